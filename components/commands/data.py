@@ -1,0 +1,53 @@
+"""``homefeed data prepare|validate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from components import config
+from components.cli import add_config_args
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from components.data.prepare import format_summary, prepare
+
+    experiment = args.experiment or ("ml100k" if args.dataset == "ml-100k" else "synthetic")
+    overrides = config.parse_overrides(args.overrides)
+    for key in ("dataset", "users", "pins", "boards", "topics", "days", "seed"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    cfg = config.load(experiment, overrides, model="data")
+    print(f"preparing {cfg.dataset} into {args.out} ...", flush=True)
+    report = prepare(cfg, args.out)
+    print(format_summary(report))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from components.data.prepare import format_summary
+    from components.data.validate import validate_dir
+
+    report = validate_dir(args.dir)
+    if args.json:
+        print(json.dumps({"rows": report.rows, "dropped": report.dropped, "summary": report.summary}, indent=2))
+    else:
+        print(format_summary(report))
+        print("\nvalid")
+    return 0
+
+
+def register(groups: dict[str, argparse._SubParsersAction]) -> None:
+    p = groups["data"].add_parser("prepare", help="build a data directory from ml-100k or synthetic data")
+    add_config_args(p, default_experiment="")
+    p.add_argument("--dataset", choices=["ml-100k", "synthetic"], default=None)
+    p.add_argument("--out", required=True, help="output data directory")
+    for key in ("users", "pins", "boards", "topics", "days", "seed"):
+        p.add_argument(f"--{key}", type=int, default=None, help=f"synthetic: {key}")
+    p.set_defaults(func=_prepare)
+
+    v = groups["data"].add_parser("validate", help="validate a data directory and print a summary")
+    v.add_argument("dir")
+    v.add_argument("--json", action="store_true", help="print the summary as JSON")
+    v.set_defaults(func=_validate)

@@ -1,0 +1,188 @@
+"""What every training loop shares: seeding, torchrun/gloo process groups, atomic checkpoints with
+resume, a JSONL training log and a data-wait vs compute timer.
+
+The loops themselves live in ``training/<model>.py``, outside nn.Module.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from components import config as config_mod
+from components.data.io import atomic_write_bytes
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(backend: str = "gloo") -> DistInfo:
+    """Join the process group that ``torchrun`` describes (WORLD_SIZE/RANK env); a no-op otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def shard(n: int, info: DistInfo) -> slice:
+    """This rank's contiguous share of ``n`` items (every rank gets the same count; extras dropped)."""
+    per = n // info.world_size
+    return slice(info.rank * per, (info.rank + 1) * per)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    step: int, cfg: Any, extra: dict[str, Any] | None = None) -> Path:
+    """Atomically write model/optimizer/RNG state, the step and the resolved config."""
+    module = model.module if hasattr(model, "module") else model
+    state = {
+        "model": module.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "step": step,
+        "config": config_mod.to_dict(cfg),
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        "extra": extra or {},
+    }
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
+                    optimizer: torch.optim.Optimizer | None = None, restore_rng: bool = True) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` into ``model``/``optimizer``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if model is not None:
+        module = model.module if hasattr(model, "module") else model
+        module.load_state_dict(state["model"])
+    if optimizer is not None and state.get("optimizer") is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if restore_rng and "rng" in state:
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+    return state
+
+
+def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The ``step-<N>.pt`` with the highest N in ``ckpt_dir``, or None."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    found = sorted(ckpt_dir.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    return found[-1] if found else None
+
+
+@dataclass
+class StepTimer:
+    """Accumulates time waiting on data vs time computing (producer-consumer loaders show ~0 wait)."""
+
+    wait_s: float = 0.0
+    compute_s: float = 0.0
+    _t: float = field(default_factory=time.perf_counter)
+
+    def data_ready(self) -> None:
+        now = time.perf_counter()
+        self.wait_s += now - self._t
+        self._t = now
+
+    def step_done(self) -> None:
+        now = time.perf_counter()
+        self.compute_s += now - self._t
+        self._t = now
+
+    def as_dict(self) -> dict[str, float]:
+        total = self.wait_s + self.compute_s
+        return {"data_wait_s": round(self.wait_s, 4), "compute_s": round(self.compute_s, 4),
+                "data_wait_fraction": round(self.wait_s / total, 4) if total else 0.0}
+
+
+class TrainLog:
+    """Append-only JSONL log (``train_log.jsonl``), written by rank 0 only, also echoed to stdout."""
+
+    def __init__(self, path: str | Path | None, info: DistInfo | None = None, echo: bool = True):
+        self.path = Path(path) if path else None
+        self.enabled = info is None or info.is_main
+        self.echo = echo
+        if self.path and self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, **record: Any) -> None:
+        if not self.enabled:
+            return
+        line = json.dumps(record, default=float)
+        if self.path:
+            with self.path.open("a") as f:
+                f.write(line + "\n")
+        if self.echo:
+            print(line, flush=True)
+
+
+@contextmanager
+def peak_memory():
+    """Peak resident memory (bytes) of this process during the block: ``with peak_memory() as m: ...; m['peak']``."""
+    import resource
+
+    out: dict[str, int] = {}
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        yield out
+    finally:
+        out["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        out["before"] = before * 1024
+
+
+def params_equal_across_ranks(model: torch.nn.Module) -> bool:
+    """True when every parameter is bitwise identical on all ranks (used by the DDP tests)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    ok = torch.tensor(1)
+    for p in model.parameters():
+        ref = p.detach().clone()
+        dist.broadcast(ref, src=0)
+        if not torch.equal(ref, p.detach()):
+            ok = torch.tensor(0)
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
