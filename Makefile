@@ -18,7 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	$(VENV)/bin/pip install --quiet -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(VENV)/bin/pip install --quiet --no-deps recbole==1.2.1 2>&1 | grep -v '^WARNING: Location' || true
+	# ML-100k ships inside recbole==1.2.1; it goes beside site-packages (--target) so that its unmet
+	# dependencies do not make `pip check` fail: only its data files are read.
+	test -d $(VENV)/share/recbole/recbole || $(VENV)/bin/pip install --quiet --no-deps --target $(VENV)/share/recbole recbole==1.2.1 2>&1 | grep -v '^WARNING: Location' || true
 	$(VENV)/bin/pip check
 	$(VENV)/bin/python -c "import components, torch, feast, kfp, pymilvus, tritonclient"
 	touch $@

