@@ -202,7 +202,7 @@ def load(eval_days: int = 28, seed: int = 0, min_board_size: int = 3) -> dict[st
     request_id = 0
     user_activity = events.groupby("user_id").cumcount().to_numpy()  # events before this one
     events_day["activity"] = user_activity
-    for (uid, d), grp in events_day.groupby(["user_id", "day"], sort=True):
+    for (uid, _day), grp in events_day.groupby(["user_id", "day"], sort=True):
         request_id += 1
         t0 = int(grp["timestamp"].min())
         act = int(grp["activity"].min())
