@@ -143,12 +143,16 @@ class RankerConfig:
     num_masknet_blocks: int = 3
     masknet_ratio: float = 2.0
     masknet_out: int = 512
-    mlp_dims: list[int] = field(default_factory=lambda: [256, 128])
-    tower_dims: list[int] = field(default_factory=lambda: [64])
+    mlp_dims: list[int] = field(default_factory=lambda: [256, 128])  # shared MLP, or each PPNet task tower
+    score_weights: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.3, -1.0])  # serving score
+    gate_hidden: int = 64  # width of the ReLU layer of every PEPNet Gate NU
     transformer_layers: int = 2
     transformer_heads: int = 4
     dense_groups: int = 2  # C
     user_seq_tokens: int = 2  # U
+    finalmlp_dims: list[int] = field(default_factory=lambda: [256, 128])
+    finalmlp_heads: int = 4
+    dhen_layers: int = 2
     dropout: float = 0.0
     seed: int = 0
     epochs: int = 3
@@ -156,6 +160,8 @@ class RankerConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     max_steps: int = 0
+    max_train_rows: int = 0  # 0 = all training impressions (a cap keeps comparisons quick)
+    eval_batch_size: int = 4096
     checkpoint_every: int = 200
     log_every: int = 50
 

@@ -1,0 +1,202 @@
+"""The homefeed ranker (arXiv 2412.01985) with PEPNet gates (arXiv 2302.01115): a multi-task model that
+scores (user, pin, context) for K actions at once.
+
+Inputs are the serving contract's model inputs (components/serving/ranker_io.py): ``x_dense`` already
+normalised with the training statistics, ``x_sparse`` ids, ``x_surface`` (the domain), the user
+(PinnerFormer) and pin (PinSage) embeddings. Preprocessing inside the model: sparse ids through learned
+tables sized by cardinality, embeddings projected down, sparse and embedding features L2-normalised,
+then concatenated with the dense features into x_0.
+
+Architectures (``cfg.arch``), each on x_0, optionally behind EPNet:
+- ``mlp``            h = x_0
+- ``dcnv2_baseline`` h = [CrossNet_full^4(x_0); x_0]
+- ``dcnv2_lowrank``  h = [CrossNet_lowrank(x_0); x_0] (ReLU between the factors)
+- ``gdcn``           h = [CrossNet_gated(x_0); x_0]
+- ``masknet_dcnv2``  h = CrossNet_full^4(ParallelMaskNet_3(x_0)), no concat with x_0 (the paper's final model)
+- ``transformer``    h = Encoder(feature tokens) flattened
+- ``finalmlp``       h = FinalMLP(x_0 | user ctx, pin ctx)
+- ``dhen``           h = DHEN layers(x_0)
+Then a shared MLP -> K logits, or with ``cfg.pepnet`` K PPNet-gated task towers.
+
+Shapes: B batch, S sparse features, N dense features, E sparse embedding width, P projected embedding
+width, F = N + (S+1)*E + 2P the width of x_0, H the interaction output width, K tasks, T tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as fn
+from torch import nn
+
+from components.config import RankerConfig
+from components.data.schemas import SURFACES
+from components.layers.crossnet import CrossNet
+from components.layers.gates import EPNet, PPNet
+from components.layers.interactions import DHENLayer, FeatureTokenizer, FinalMLP, TransformerInteraction
+from components.layers.masknet import ParallelMaskNet
+from components.layers.mlp import MLP
+
+ARCHS = ("mlp", "dcnv2_baseline", "dcnv2_lowrank", "gdcn", "masknet_dcnv2", "transformer", "finalmlp", "dhen")
+
+
+@dataclass
+class FeatureSpec:
+    """What the data says about the features (from meta.json), saved with the model."""
+
+    dense: list[str]  # N names, in x_dense order
+    sparse: list[str]  # S names, in x_sparse order
+    cardinalities: list[int]  # table size of each sparse feature
+    user_dim: int  # width of the user embedding
+    pin_dim: int  # width of the pin embedding
+    user_features: list[str]  # user-side names among dense + sparse (PPNet, FinalMLP context)
+    pin_features: list[str]  # pin-side names
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        return cls(**d)
+
+
+class Ranker(nn.Module):
+    """Multi-task ranker: forward(x_dense, x_sparse, x_surface, x_user_embedding, x_pin_embedding) -> (B, K) logits."""
+
+    def __init__(self, cfg: RankerConfig, spec: FeatureSpec):
+        super().__init__()
+        if cfg.arch not in ARCHS:
+            raise ValueError(f"ranker arch '{cfg.arch}' unknown; expected one of {', '.join(ARCHS)}")
+        if len(cfg.task_weights) != len(cfg.tasks) or len(cfg.score_weights) != len(cfg.tasks):
+            raise ValueError(f"task_weights ({len(cfg.task_weights)}) and score_weights ({len(cfg.score_weights)}) "
+                             f"must have one value per task ({len(cfg.tasks)}: {cfg.tasks})")
+        self.arch, self.pepnet = cfg.arch, cfg.pepnet
+        E, P, N, S = cfg.sparse_dim, cfg.embedding_proj_dim, len(spec.dense), len(spec.sparse)
+        K = len(cfg.tasks)
+        self.register_buffer("cardinalities", torch.tensor(spec.cardinalities, dtype=torch.long), persistent=False)
+        self.register_buffer("score_weights", torch.tensor(cfg.score_weights, dtype=torch.float32))
+        self.sparse_tables = nn.ModuleList(nn.Embedding(c, E) for c in spec.cardinalities)
+        self.surface_table = nn.Embedding(len(SURFACES), E)
+        self.user_proj = nn.Linear(spec.user_dim, P)
+        self.pin_proj = nn.Linear(spec.pin_dim, P)
+        F = N + (S + 1) * E + 2 * P
+        self.widths = [N, S * E, E, P, P]  # dense, sparse, surface, user, pin slices of x_0
+
+        # user/pin-side slices of x_0 (personal features for PPNet, contexts for FinalMLP)
+        def side(names: list[str], emb_slice: tuple[int, int]) -> list[int]:
+            idx = [spec.dense.index(n) for n in names if n in spec.dense]
+            for n in names:
+                if n in spec.sparse:
+                    start = N + spec.sparse.index(n) * E
+                    idx += list(range(start, start + E))
+            return idx + list(range(*emb_slice))
+
+        user_start = N + (S + 1) * E
+        self.register_buffer("user_idx", torch.tensor(side(spec.user_features, (user_start, user_start + P))),
+                             persistent=False)
+        self.register_buffer("pin_idx", torch.tensor(side(spec.pin_features, (user_start + P, F))), persistent=False)
+
+        if cfg.pepnet:
+            self.domain_table = nn.Embedding(len(SURFACES), E)  # EPNet's domain features, separate from x_0's
+            self.epnet = EPNet(E, F, cfg.gate_hidden)
+
+        if cfg.arch == "mlp":
+            H = F
+        elif cfg.arch in ("dcnv2_baseline", "dcnv2_lowrank", "gdcn"):
+            kind = {"dcnv2_baseline": "full", "dcnv2_lowrank": "lowrank", "gdcn": "gated"}[cfg.arch]
+            self.cross = CrossNet(F, cfg.num_cross_layers, kind, cfg.low_rank)
+            H = 2 * F
+        elif cfg.arch == "masknet_dcnv2":
+            self.masknet = ParallelMaskNet(F, cfg.num_masknet_blocks, cfg.masknet_out, cfg.masknet_ratio)
+            self.cross = CrossNet(self.masknet.out_dim, cfg.num_cross_layers, "full")
+            H = self.masknet.out_dim
+        elif cfg.arch == "transformer":
+            self.tokenizer = FeatureTokenizer(E, N, cfg.dense_groups, P, cfg.user_seq_tokens, P)
+            T = S + 1 + cfg.dense_groups + cfg.user_seq_tokens + 1
+            self.encoder = TransformerInteraction(E, cfg.transformer_layers, cfg.transformer_heads, T, cfg.dropout)
+            H = self.encoder.out_dim
+        elif cfg.arch == "finalmlp":
+            self.finalmlp = FinalMLP(F, len(self.user_idx), len(self.pin_idx), cfg.finalmlp_dims, cfg.finalmlp_dims,
+                                     cfg.finalmlp_heads, cfg.finalmlp_dims[-1], cfg.dropout)
+            H = cfg.finalmlp_dims[-1]
+        else:  # dhen
+            self.dhen = nn.Sequential(*[DHENLayer(F, cfg.masknet_ratio) for _ in range(cfg.dhen_layers)])
+            H = F
+
+        if cfg.pepnet:
+            self.towers = PPNet(H, len(self.user_idx) + len(self.pin_idx), F, cfg.mlp_dims, K, cfg.dropout,
+                                 cfg.gate_hidden)
+        else:
+            self.mlp = MLP(H, [*cfg.mlp_dims, K], dropout=cfg.dropout)
+
+    def embed(self, x_dense: torch.Tensor, x_sparse: torch.Tensor, x_surface: torch.Tensor,
+              x_user_embedding: torch.Tensor, x_pin_embedding: torch.Tensor) -> torch.Tensor:
+        """x_0: dense ++ L2-normalised sparse, surface and projected embeddings. Returns (B, F)."""
+        ids = torch.minimum(x_sparse.clamp(min=0), self.cardinalities - 1)  # (B, S) out of range -> last row
+        sparse = [fn.normalize(t(ids[:, i]), dim=-1) for i, t in enumerate(self.sparse_tables)]  # S x (B, E)
+        surface = fn.normalize(self.surface_table(x_surface[:, 0].clamp(0, len(SURFACES) - 1)), dim=-1)  # (B, E)
+        user = fn.normalize(self.user_proj(x_user_embedding), dim=-1)  # (B, P)
+        pin = fn.normalize(self.pin_proj(x_pin_embedding), dim=-1)  # (B, P)
+        return torch.cat([x_dense, *sparse, surface, user, pin], dim=-1)  # (B, F)
+
+    def forward(self, x_dense: torch.Tensor, x_sparse: torch.Tensor, x_surface: torch.Tensor,
+                x_user_embedding: torch.Tensor, x_pin_embedding: torch.Tensor) -> torch.Tensor:
+        x0 = self.embed(x_dense, x_sparse, x_surface, x_user_embedding, x_pin_embedding)  # (B, F)
+        if self.pepnet:
+            domain = self.domain_table(x_surface[:, 0].clamp(0, len(SURFACES) - 1))  # (B, E)
+            x0 = self.epnet(x0, domain)  # (B, F)
+        user_side, pin_side = x0[:, self.user_idx], x0[:, self.pin_idx]  # (B, |user|), (B, |pin|)
+
+        if self.arch == "mlp":
+            h = x0
+        elif self.arch in ("dcnv2_baseline", "dcnv2_lowrank", "gdcn"):
+            h = torch.cat([self.cross(x0), x0], dim=-1)  # (B, 2F)
+        elif self.arch == "masknet_dcnv2":
+            h = self.cross(self.masknet(x0))  # (B, 3*masknet_out)
+        elif self.arch == "transformer":
+            dense, sparse, surface, user, pin = torch.split(x0, self.widths, dim=-1)
+            sparse = torch.cat([sparse, surface], dim=-1).unflatten(-1, (-1, surface.shape[-1]))  # (B, S+1, E)
+            h = self.encoder(self.tokenizer(sparse, dense, user, pin))  # (B, T*E)
+        elif self.arch == "finalmlp":
+            h = self.finalmlp(x0, user_side, pin_side)  # (B, H)
+        else:
+            h = self.dhen(x0)  # (B, F)
+
+        if self.pepnet:
+            return self.towers(h, torch.cat([user_side, pin_side], dim=-1), x0)  # (B, K)
+        return self.mlp(h)  # (B, K)
+
+    def predict(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities (B, K), score (B, 1) = probabilities @ score_weights): the serving outputs."""
+        probs = torch.sigmoid(self(*inputs))  # (B, K)
+        return probs, (probs * self.score_weights).sum(-1, keepdim=True)  # (B, 1)
+
+
+def build(cfg: RankerConfig, spec: FeatureSpec) -> Ranker:
+    return Ranker(cfg, spec)
+
+
+def load_model(model_dir: str | Path) -> tuple[Ranker, RankerConfig, dict[str, Any]]:
+    """(Ranker in eval mode, its config, extra) from a model directory written by training.ranker."""
+    from components import config
+    from components.training.common import load_checkpoint
+
+    model_dir = Path(model_dir)
+    path = model_dir / "model.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no ranker model (train one with `homefeed train ranker`)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = config.read_saved(model_dir) if (model_dir / "config.yaml").exists() else \
+        config.build(RankerConfig, {k: v for k, v in state["config"].items() if k not in ("model", "experiment")},
+                     where=str(path))
+    extra = state.get("extra") or {}
+    if "spec" not in extra:
+        raise ValueError(f"{path}: checkpoint has no feature spec in 'extra' (not a ranker model?)")
+    model = Ranker(cfg, FeatureSpec.from_dict(extra["spec"]))
+    load_checkpoint(path, model, restore_rng=False)
+    model.eval()
+    return model, cfg, extra
+
+
+def spec_dict(spec: FeatureSpec) -> dict[str, Any]:
+    return asdict(spec)
