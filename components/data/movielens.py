@@ -15,7 +15,8 @@ The files ship inside ``recbole==1.2.1`` (installed with ``--no-deps``) under
   tie-break: rows are ordered by (timestamp, crc32 of the item id) and nudged forward one second at a
   time until each user's timestamps strictly increase.
 - impressions: one request per user-day; the items rated that day plus as many sampled unrated items
-  (popularity-weighted); labels save = rating 5, closeup = rating >= 4, click = rating >= 3,
+  (popularity-weighted from training-period counts, distinct, drawn with a fixed seed; a user who rated
+  almost the whole catalogue may get fewer); labels save = rating 5, closeup = rating >= 4, click = rating >= 3,
   hide = rating <= 2, and all 0 for the sampled items.
 - the last ``eval_days`` days are held out (``meta.json: split_timestamp``).
 """
@@ -81,22 +82,42 @@ def _crc(s: str) -> int:
     return zlib.crc32(s.encode())
 
 
+def crc_of(values: np.ndarray) -> np.ndarray:
+    """crc32 of ``str(v)`` for each value, hashing each distinct value once (int64 array)."""
+    uniq, inverse = np.unique(np.asarray(values), return_inverse=True)
+    return np.fromiter((_crc(str(v)) for v in uniq), dtype=np.int64, count=len(uniq))[inverse.reshape(-1)]
+
+
+def group_starts(keys: np.ndarray) -> np.ndarray:
+    """Start index of each run of equal values in the sorted 1-d ``keys``."""
+    return np.r_[0, np.flatnonzero(keys[1:] != keys[:-1]) + 1] if len(keys) else np.zeros(0, np.int64)
+
+
 def tie_break(user: np.ndarray, ts: np.ndarray, item: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Stable order and strictly increasing per-user timestamps.
 
     Returns (order, new_ts) where ``order`` sorts rows by (user, ts, crc32(item)) and ``new_ts`` (in that
     order) is ``max(ts, previous + 1)`` within each user.
     """
-    h = np.array([_crc(str(i)) for i in item], dtype=np.int64)
-    order = np.lexsort((h, ts, user))
-    u, t = user[order], ts[order]
-    starts = np.r_[0, np.flatnonzero(u[1:] != u[:-1]) + 1]
-    k = np.arange(len(u)) - np.repeat(starts, np.diff(np.r_[starts, len(u)]))  # index within user
+    order = np.lexsort((crc_of(item), ts, user))
+    u, t = user[order], np.asarray(ts, dtype=np.int64)[order]
+    if len(u) == 0:
+        return order, t
+    starts = group_starts(u)
+    sizes = np.diff(np.r_[starts, len(u)])
+    k = np.arange(len(u)) - np.repeat(starts, sizes)  # index within the user
     shifted = t - k
-    out = np.empty_like(t)
-    for s, e in zip(starts, np.r_[starts[1:], len(u)]):
-        out[s:e] = np.maximum.accumulate(shifted[s:e])
+    # running max within each user in one pass: lift user g's values into their own band [g*W, g*W + W)
+    lo = int(shifted.min())
+    width = int(shifted.max()) - lo + 1
+    band = np.repeat(np.arange(len(starts), dtype=np.int64) * width, sizes)
+    out = np.maximum.accumulate(shifted - lo + band) - band + lo
     return order, out + k
+
+
+def _sorted_edges(board: np.ndarray, pin: np.ndarray) -> np.ndarray:
+    """Unique (board, pin) rows sorted by board then pin, as an (E, 2) int64 array."""
+    return np.unique(np.stack([board, pin], axis=1).astype(np.int64), axis=0)
 
 
 def load(eval_days: int = 28, seed: int = 0, min_board_size: int = 3) -> dict[str, object]:
@@ -111,8 +132,10 @@ def load(eval_days: int = 28, seed: int = 0, min_board_size: int = 3) -> dict[st
 
     # ---- pins and content features -------------------------------------------------------------
     pin_ids = items["item_id"].astype(np.int64).to_numpy()
+    order_p = np.argsort(pin_ids, kind="stable")
+    items = items.iloc[order_p].reset_index(drop=True)
+    pin_ids = pin_ids[order_p]
     n_pins = len(pin_ids)
-    pin_index = {p: i for i, p in enumerate(pin_ids)}
     feat_dim = 64
     kg_dim = feat_dim - len(GENRES) - 2
     feats = np.zeros((n_pins, feat_dim), np.float32)
@@ -129,9 +152,10 @@ def load(eval_days: int = 28, seed: int = 0, min_board_size: int = 3) -> dict[st
 
     ent2item = dict(zip(link["entity_id"], link["item_id"].astype(np.int64)))
     kg = kg[kg["relation_id"].isin(KG_FEATURE_RELATIONS) & kg["head_id"].isin(ent2item)]
-    kg_item = kg["head_id"].map(ent2item).map(pin_index).to_numpy()
-    buckets = np.array([_crc(r + t) % kg_dim for r, t in zip(kg["relation_id"], kg["tail_id"])])
-    np.add.at(feats, (kg_item, len(GENRES) + 2 + buckets), 1.0)
+    kg = kg.assign(item=kg["head_id"].map(ent2item).astype(np.int64))
+    kg_row = np.searchsorted(pin_ids, kg["item"].to_numpy())
+    buckets = crc_of((kg["relation_id"] + kg["tail_id"]).to_numpy()) % kg_dim
+    np.add.at(feats, (kg_row, len(GENRES) + 2 + buckets), 1.0)
     kg_block = feats[:, len(GENRES) + 2:]
     kg_block /= np.maximum(np.linalg.norm(kg_block, axis=1, keepdims=True), 1e-6)
     pins = pd.DataFrame({"pin_id": pin_ids, "features": list(feats), "title": items["movie_title"].to_numpy(),
@@ -155,32 +179,47 @@ def load(eval_days: int = 28, seed: int = 0, min_board_size: int = 3) -> dict[st
     split_ts = int(new_ts.max()) - eval_days * 86_400
     split_ts -= split_ts % 86_400  # split on a day boundary
 
-    # ---- boards ----------------------------------------------------------------------------------
-    board_rows, edge_rows = [], []
+    # ---- boards: genres, knowledge-graph entities, users' own (training-period) boards ------------
+    names: list[np.ndarray] = []
+    kinds: list[np.ndarray] = []
+    edges: list[np.ndarray] = []  # (E, 2) rows of (local board index, pin_id) per kind
+    genre_members = [pin_ids[feats[:, genre_idx[g]] > 0] for g in GENRES]
+    keep_g = [g for g, m in zip(GENRES, genre_members) if len(m) >= min_board_size]
+    names.append(np.array([f"genre:{g}" for g in keep_g], dtype=object))
+    kinds.append(np.full(len(keep_g), "genre", dtype=object))
+    edges.append(np.concatenate([_sorted_edges(np.full(len(genre_members[genre_idx[g]]), b),
+                                               genre_members[genre_idx[g]]) for b, g in enumerate(keep_g)]))
 
-    def add_board(name: str, kind: str, members: np.ndarray) -> None:
-        bid = len(board_rows) + 1
-        board_rows.append((bid, name, kind))
-        edge_rows.extend((bid, int(p)) for p in np.unique(members))
+    kgb = kg[kg["relation_id"].isin(KG_BOARD_RELATIONS)][["relation_id", "tail_id", "item"]].drop_duplicates()
+    size = kgb.groupby(["relation_id", "tail_id"], sort=True)["item"].transform("size")
+    kgb = kgb[size >= min_board_size].sort_values(["relation_id", "tail_id", "item"], kind="stable")
+    key = (kgb["relation_id"] + "\t" + kgb["tail_id"]).to_numpy()
+    kstarts = group_starts(key)
+    kboard = np.repeat(np.arange(len(kstarts)), np.diff(np.r_[kstarts, len(key)]))
+    kind_of = kgb["relation_id"].map(KG_BOARD_RELATIONS).to_numpy()[kstarts]
+    names.append((pd.Series(kind_of) + ":" + kgb["tail_id"].to_numpy()[kstarts]).to_numpy(dtype=object))
+    kinds.append(kind_of.astype(object))
+    edges.append(np.stack([kboard, kgb["item"].to_numpy()], axis=1))
 
-    for g in GENRES:
-        members = pin_ids[feats[:, genre_idx[g]] > 0]
-        if len(members) >= min_board_size:
-            add_board(f"genre:{g}", "genre", members)
-    kgb = kg[kg["relation_id"].isin(KG_BOARD_RELATIONS)]
-    for (rel, tail), grp in kgb.groupby(["relation_id", "tail_id"], sort=True):
-        members = grp["head_id"].map(ent2item).to_numpy()
-        if len(np.unique(members)) >= min_board_size:
-            add_board(f"{KG_BOARD_RELATIONS[rel]}:{tail}", KG_BOARD_RELATIONS[rel], members)
-    train_repins = events[(events["timestamp"] < split_ts) & (events["action_type"] == "repin")]
-    genre_of = dict(zip(pin_ids, primary_genre))
-    tr = train_repins.assign(genre=train_repins["pin_id"].map(genre_of))
-    for (uid, g), grp in tr.groupby(["user_id", "genre"], sort=True):
-        if len(grp) >= 2:
-            gname = GENRES[g - 1] if g > 0 else "unknown"
-            add_board(f"user:{uid}:{gname}", "user", grp["pin_id"].to_numpy())
-    boards = pd.DataFrame(board_rows, columns=["board_id", "name", "kind"])
-    pin_boards = pd.DataFrame(edge_rows, columns=["board_id", "pin_id"]).astype(np.int64)
+    genre_of_pin = primary_genre[np.searchsorted(pin_ids, events["pin_id"].to_numpy())]
+    tr = events.assign(genre=genre_of_pin)
+    tr = tr[(tr["timestamp"] < split_ts) & (tr["action_type"] == "repin")][["user_id", "genre", "pin_id"]]
+    tr = tr.drop_duplicates().sort_values(["user_id", "genre", "pin_id"], kind="stable")
+    tr = tr[tr.groupby(["user_id", "genre"])["pin_id"].transform("size") >= 2]
+    ukey = tr["user_id"].to_numpy() * 100 + tr["genre"].to_numpy()
+    ustarts = group_starts(ukey)
+    uboard = np.repeat(np.arange(len(ustarts)), np.diff(np.r_[ustarts, len(ukey)]))
+    gnames = np.array(("unknown",) + GENRES, dtype=object)
+    names.append(("user:" + tr["user_id"].astype(str).to_numpy()[ustarts].astype(object) + ":"
+                  + gnames[tr["genre"].to_numpy()[ustarts]]).astype(object))
+    kinds.append(np.full(len(ustarts), "user", dtype=object))
+    edges.append(np.stack([uboard, tr["pin_id"].to_numpy()], axis=1))
+
+    offsets = np.cumsum([0] + [len(n) for n in names])
+    boards = pd.DataFrame({"board_id": np.arange(1, offsets[-1] + 1, dtype=np.int64),
+                           "name": np.concatenate(names), "kind": np.concatenate(kinds)})
+    pin_boards = pd.DataFrame(np.concatenate([e + np.array([off + 1, 0]) for e, off in zip(edges, offsets)]),
+                              columns=["board_id", "pin_id"]).astype(np.int64)
 
     # ---- users -----------------------------------------------------------------------------------
     occ = {o: i for i, o in enumerate(OCCUPATIONS)}
@@ -189,52 +228,63 @@ def load(eval_days: int = 28, seed: int = 0, min_board_size: int = 3) -> dict[st
         "s_gender": (users["gender"] == "F").astype(np.int64),
         "s_occupation": users["occupation"].map(lambda o: occ.get(o, occ["other"])).astype(np.int64),
         "s_age_bucket": np.minimum(users["age"].astype(int) // 10, 7).astype(np.int64),
-    })
+    }).sort_values("user_id").reset_index(drop=True)
 
     # ---- impressions: one request per user-day ----------------------------------------------------
+    # Events are sorted by (user, time), so each user-day is a contiguous run.
     pop = np.bincount(np.searchsorted(pin_ids, events.loc[events["timestamp"] < split_ts, "pin_id"]),
                       minlength=n_pins).astype(np.float64)
-    day = events["timestamp"].to_numpy() // 86_400
-    events_day = events.assign(day=day, rating=r)
-    seen = events.groupby("user_id")["pin_id"].agg(set).to_dict()
+    ev_ts = events["timestamp"].to_numpy()
+    req_key = u * 100_000 + ev_ts // 86_400
+    rstarts = group_starts(req_key)
+    rsize = np.diff(np.r_[rstarts, len(u)])
+    n_req = len(rstarts)
+    ev_req = np.repeat(np.arange(n_req), rsize)
+    req_user, req_t0 = u[rstarts], ev_ts[rstarts]
+    req_activity = rstarts - np.repeat(group_starts(u), np.diff(np.r_[group_starts(u), len(u)]))[rstarts]
+    # negatives: as many pins as the request has ratings, popularity-weighted, never rated by the user,
+    # distinct within the request (draw 6k+20 with replacement, drop repeats and seen pins, keep k)
+    n_draw = 6 * rsize + 20
+    draw_req = np.repeat(np.arange(n_req), n_draw)
     p_sample = (pop + 1.0) / (pop + 1.0).sum()
-    rows = []
-    request_id = 0
-    user_activity = events.groupby("user_id").cumcount().to_numpy()  # events before this one
-    events_day["activity"] = user_activity
-    for (uid, _day), grp in events_day.groupby(["user_id", "day"], sort=True):
-        request_id += 1
-        t0 = int(grp["timestamp"].min())
-        act = int(grp["activity"].min())
-        k = len(grp)
-        cand = rng.choice(n_pins, size=min(3 * k + 10, n_pins), replace=False, p=p_sample)
-        neg = [pin_ids[c] for c in cand if pin_ids[c] not in seen[uid]][:k]
-        for pid, rating in zip(grp["pin_id"].to_numpy(), grp["rating"].to_numpy()):
-            rows.append((request_id, uid, pid, t0, act, rating))
-        for pid in neg:
-            rows.append((request_id, uid, pid, t0, act, 0))
-    imp = pd.DataFrame(rows, columns=["request_id", "user_id", "pin_id", "timestamp", "activity", "rating"])
-    pidx = np.searchsorted(pin_ids, imp["pin_id"].to_numpy())
-    uf = user_df.set_index("user_id").loc[imp["user_id"]]
+    draw_pin = pin_ids[rng.choice(n_pins, size=len(draw_req), p=p_sample)]
+    seen = np.unique(u * 10_000_000 + it)
+    ok = ~np.isin(req_user[draw_req] * 10_000_000 + draw_pin, seen)
+    _, first = np.unique(draw_req * 10_000_000 + draw_pin, return_index=True)
+    distinct = np.zeros(len(draw_req), bool)
+    distinct[first] = True
+    keep = np.flatnonzero(ok & distinct)
+    kreq = draw_req[keep]
+    rank = np.arange(len(keep)) - np.searchsorted(kreq, kreq)  # position among the kept draws of the request
+    keep = keep[rank < rsize[kreq]]
+    neg_req = draw_req[keep]
+    imp_req = np.r_[ev_req, neg_req]
+    imp_pin = np.r_[it, draw_pin[keep]]
+    imp_rating = np.r_[r, np.zeros(len(keep), np.int64)]
+    o = np.lexsort((np.r_[np.zeros(len(ev_req), np.int64), np.ones(len(neg_req), np.int64)], imp_req))
+    imp_req, imp_pin, imp_rating = imp_req[o], imp_pin[o], imp_rating[o]
+    imp_user, imp_ts, imp_act = req_user[imp_req], req_t0[imp_req], req_activity[imp_req]
+    pidx = np.searchsorted(pin_ids, imp_pin)
+    uidx = np.searchsorted(user_df["user_id"].to_numpy(), imp_user)
+    age = users.set_index(users["user_id"].astype(np.int64))["age"].astype(np.float32)
     impressions = pd.DataFrame({
-        "request_id": imp["request_id"].astype(np.int64),
-        "user_id": imp["user_id"].astype(np.int64),
-        "pin_id": imp["pin_id"].astype(np.int64),
+        "request_id": (imp_req + 1).astype(np.int64),
+        "user_id": imp_user.astype(np.int64),
+        "pin_id": imp_pin.astype(np.int64),
         "surface": SURFACES[0],
-        "timestamp": imp["timestamp"].astype(np.int64),
+        "timestamp": imp_ts.astype(np.int64),
         "d_pin_popularity": np.log1p(pop[pidx]).astype(np.float32),
-        "d_user_activity": np.log1p(imp["activity"].to_numpy()).astype(np.float32),
+        "d_user_activity": np.log1p(imp_act).astype(np.float32),
         "d_pin_year": year_f[pidx],
-        "d_user_age": users.set_index(users["user_id"].astype(np.int64))["age"].astype(np.float32)
-        .loc[imp["user_id"]].to_numpy(),
+        "d_user_age": age.loc[user_df["user_id"]].to_numpy()[uidx],
         "s_pin_genre": primary_genre[pidx],
-        "s_user_gender": uf["s_gender"].to_numpy(),
-        "s_user_occupation": uf["s_occupation"].to_numpy(),
-        "s_hour": ((imp["timestamp"].to_numpy() // 3600) % 24).astype(np.int64),
-        "label_save": (imp["rating"] == 5).astype(np.int8),
-        "label_closeup": (imp["rating"] >= 4).astype(np.int8),
-        "label_click": (imp["rating"] >= 3).astype(np.int8),
-        "label_hide": ((imp["rating"] >= 1) & (imp["rating"] <= 2)).astype(np.int8),
+        "s_user_gender": user_df["s_gender"].to_numpy()[uidx],
+        "s_user_occupation": user_df["s_occupation"].to_numpy()[uidx],
+        "s_hour": ((imp_ts // 3600) % 24).astype(np.int64),
+        "label_save": (imp_rating == 5).astype(np.int8),
+        "label_closeup": (imp_rating >= 4).astype(np.int8),
+        "label_click": (imp_rating >= 3).astype(np.int8),
+        "label_hide": ((imp_rating >= 1) & (imp_rating <= 2)).astype(np.int8),
     })
     meta = {
         "dataset": "ml-100k",

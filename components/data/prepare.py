@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from tqdm import tqdm
 
 from components import config as config_mod
 from components.config import DataConfig
@@ -38,29 +39,42 @@ def to_arrow(spec: TableSpec, df: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def write_dataset(out: str | Path, tables: dict[str, object]) -> Path:
-    """Write every table of ``tables`` under ``out`` (atomically per file) and ``meta.json`` last."""
+def write_dataset(out: str | Path, tables: dict[str, object], progress: bool | None = None) -> Path:
+    """Write every table of ``tables`` under ``out`` (atomically per file) and ``meta.json`` last.
+
+    A partitioned table is rewritten one day file at a time (each a temp file + rename); days that the
+    new data no longer has are removed only after every new day is in place, so an interrupted write
+    leaves each partition whole (old or new). ``progress``: a tqdm bar (None = only on a terminal).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, spec in TABLES.items():
-        table = to_arrow(spec, tables[name])
-        if spec.partitioned:
-            old = out / spec.filename
-            if old.exists():  # a re-prepare replaces the whole table; days no longer present go
-                shutil.rmtree(old)
-            io.write_partitioned(out, name, table)
-        else:
-            io.write_table(out, name, table)
-    gt = tables.get("ground_truth")
-    if gt:
-        for name, df in gt.items():
-            io.atomic_write_parquet(pa.Table.from_pandas(df, preserve_index=False), out / "ground_truth" / f"{name}.parquet")
-    io.write_meta(out, tables["meta"])
+    with tqdm(total=len(TABLES) + 1, desc=f"writing {out.name}", unit="table",
+              disable=None if progress is None else not progress, leave=False) as bar:
+        for name, spec in TABLES.items():
+            bar.set_postfix_str(name)
+            table = to_arrow(spec, tables[name])
+            if spec.partitioned:
+                old_days = set(io.partitions(out, name))
+                written = io.write_partitioned(out, name, table)
+                new_days = {p.parent.name[3:] for p in written}
+                for day in sorted(old_days - new_days):
+                    shutil.rmtree(io.partition_path(out, name, day).parent)
+            else:
+                io.write_table(out, name, table)
+            bar.update(1)
+        gt = tables.get("ground_truth")
+        if gt:
+            for name, df in gt.items():
+                io.atomic_write_parquet(pa.Table.from_pandas(df, preserve_index=False),
+                                        out / "ground_truth" / f"{name}.parquet")
+        io.write_meta(out, tables["meta"])
+        bar.update(1)
     return out
 
 
-def prepare(cfg: DataConfig, out: str | Path) -> ValidationReport:
-    """Generate or map the dataset of ``cfg`` into ``out``, validate it and save the resolved config."""
+def prepare(cfg: DataConfig, out: str | Path, progress: bool | None = None) -> ValidationReport:
+    """Generate or map the dataset of ``cfg`` into ``out``, validate it and save the resolved config
+    (``out/config.yaml``). Returns the validation report (its summary is what the CLI prints)."""
     if cfg.dataset == "ml-100k":
         from components.data import movielens
         tables = movielens.load(eval_days=cfg.eval_days, seed=cfg.seed)
@@ -69,7 +83,7 @@ def prepare(cfg: DataConfig, out: str | Path) -> ValidationReport:
         tables = synthetic.generate(cfg)
     else:
         raise config_mod.ConfigError(f"key 'dataset' expects one of ml-100k, synthetic; got {cfg.dataset!r}")
-    write_dataset(out, tables)
+    write_dataset(out, tables, progress=progress)
     config_mod.save(cfg, Path(out) / "config.yaml")
     return validate_dir(out)
 
@@ -82,6 +96,7 @@ def format_summary(report: ValidationReport) -> str:
               f"| users | {s.get('users', 0):,} |", f"| pins | {s.get('pins', 0):,} |",
               f"| boards | {s.get('boards', 0):,} |",
               f"| date range | {s.get('first_day')} .. {s.get('last_day')} |",
+              f"| eval split | from {s.get('split_day')} ({s.get('eval_events', 0):,} events) |",
               "| action mix | " + ", ".join(f"{k} {v:.1%}" for k, v in s.get("action_mix", {}).items()) + " |",
               "| surface mix | " + ", ".join(f"{k} {v:.1%}" for k, v in s.get("surface_mix", {}).items()) + " |"]
     if report.dropped:

@@ -49,6 +49,7 @@ class TableSpec:
     partitioned: bool = False  # stored as <name>/dt=YYYY-MM-DD/part-0.parquet
     references: dict[str, str] = field(default_factory=dict)  # column -> "table.column"
     prefixed: dict[str, pa.DataType] = field(default_factory=dict)  # prefix -> type
+    required_prefixed: tuple[str, ...] = ()  # prefixed columns that must be present (e.g. label_<task>)
     non_negative: tuple[str, ...] = ()
     timestamps: tuple[str, ...] = ()
     vocab: dict[str, tuple[str, ...]] = field(default_factory=dict)  # column -> allowed values
@@ -103,10 +104,24 @@ IMPRESSIONS = TableSpec(
     partitioned=True,
     references={"pin_id": "pins.pin_id", "user_id": "users.user_id"},
     prefixed={DENSE_PREFIX: pa.float32(), SPARSE_PREFIX: pa.int64(), LABEL_PREFIX: pa.int8()},
+    required_prefixed=tuple(f"{LABEL_PREFIX}{t}" for t in TASKS),
     non_negative=(),
     timestamps=("timestamp",),
     vocab={"surface": SURFACES},
 )
+
+# meta.json: required keys and their JSON types
+META_KEYS: dict[str, type | tuple[type, ...]] = {
+    "dataset": str,
+    "split_timestamp": int,
+    "eval_days": int,
+    "feature_dim": int,
+    "dense_features": list,
+    "sparse_features": dict,
+    "user_features": list,
+    "pin_features": list,
+    "domain_feature": str,
+}
 
 TABLES: dict[str, TableSpec] = {t.name: t for t in (PINS, BOARDS, PIN_BOARDS, USERS, EVENTS, IMPRESSIONS)}
 

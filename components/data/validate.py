@@ -7,6 +7,7 @@ so the loaders drop and count them and the validator reports the counts.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from components.data import io
-from components.data.schemas import MAX_TIMESTAMP, MIN_TIMESTAMP, TABLES, TableSpec
+from components.data.schemas import MAX_TIMESTAMP, META_KEYS, MIN_TIMESTAMP, TABLES, TableSpec
 
 
 class DataValidationError(ValueError):
@@ -58,22 +59,26 @@ def check_table(spec: TableSpec, table: pa.Table, source: str) -> tuple[list[str
     oov: dict[str, int] = {}
     n = table.num_rows
     if n == 0:
-        return [f"{source}: table '{spec.name}' is empty (expected at least one row)"], oov
+        return [f"{source}: table '{spec.name}' is empty: 0 rows (expected at least one row)"], oov
     names = set(table.column_names)
     for col, expected in spec.columns.items():
         if col not in names:
-            errors.append(f"{source}: missing column '{col}' (expected {expected})")
+            errors.append(f"{source}: missing column '{col}' (expected {expected}); all {n} rows lack it")
             continue
         got = table.schema.field(col).type
         if got != expected:
-            errors.append(f"{source}: column '{col}' has type {got}, expected {expected}")
+            errors.append(f"{source}: column '{col}' has type {got}, expected {expected} (all {n} rows)")
+    for col in spec.required_prefixed:
+        if col not in names:
+            expected = next(t for p, t in spec.prefixed.items() if col.startswith(p))
+            errors.append(f"{source}: missing column '{col}' (expected {expected}); all {n} rows lack it")
     for col in table.column_names:
         for prefix, expected in spec.prefixed.items():
             if col.startswith(prefix) and col not in spec.columns:
                 got = table.schema.field(col).type
                 if got != expected:
                     errors.append(f"{source}: column '{col}' has type {got}, expected {expected} "
-                                  f"(columns starting with '{prefix}')")
+                                  f"(columns starting with '{prefix}'; all {n} rows)")
     if errors:
         return errors, oov  # value checks below assume the types are right
 
@@ -134,11 +139,21 @@ def check_table(spec: TableSpec, table: pa.Table, source: str) -> tuple[list[str
     return errors, oov
 
 
-def _duplicates(table: pa.Table, key: tuple[str, ...]) -> int:
+def _examples(values: np.ndarray, k: int = 3) -> str:
+    return ", ".join(str(v) for v in values[:k].tolist())
+
+
+def _duplicates(table: pa.Table, key: tuple[str, ...]) -> tuple[int, str]:
+    """(number of rows that repeat an earlier row's key, an example key)."""
     if not key:
-        return 0
+        return 0, ""
     df = table.select(list(key)).to_pandas()
-    return int(df.duplicated().sum())
+    dup = df.duplicated()
+    n = int(dup.sum())
+    if not n:
+        return 0, ""
+    first = df[dup].iloc[0]
+    return n, "(" + ", ".join(f"{c}={first[c]}" for c in key) + ")"
 
 
 def _check_partition_days(table: pa.Table, day: str, source: str) -> list[str]:
@@ -148,8 +163,88 @@ def _check_partition_days(table: pa.Table, day: str, source: str) -> list[str]:
     return [f"{source}: column 'timestamp': {_rows(bad, len(ts))} fall outside the partition's day {day}"] if bad else []
 
 
+def check_meta(meta: object, tables: dict[str, pa.Table], source: str = "meta.json") -> list[str]:
+    """Check ``meta.json`` against ``schemas.META_KEYS`` and the tables it describes."""
+    if not isinstance(meta, dict):
+        return [f"{source}: expected a JSON object, got {type(meta).__name__}"]
+    errors = []
+    for key, tp in META_KEYS.items():
+        if key not in meta:
+            errors.append(f"{source}: missing key '{key}' (expected {getattr(tp, '__name__', tp)})")
+        elif not isinstance(meta[key], tp) or isinstance(meta[key], bool):
+            errors.append(f"{source}: key '{key}' is {meta[key]!r}, expected {getattr(tp, '__name__', tp)}")
+    if errors:
+        return errors
+    split = meta["split_timestamp"]
+    if not MIN_TIMESTAMP <= split < MAX_TIMESTAMP:
+        errors.append(f"{source}: key 'split_timestamp' is {split}, expected unix seconds in "
+                      f"[{MIN_TIMESTAMP}, {MAX_TIMESTAMP})")
+    if "pins" in tables:
+        feats = tables["pins"].column("features")
+        lengths = set(pc.list_value_length(feats).to_numpy(zero_copy_only=False).tolist())
+        if lengths and lengths != {meta["feature_dim"]}:
+            errors.append(f"pins.parquet: column 'features': vectors of length {sorted(lengths)[:3]} in all "
+                          f"{feats.length()} rows, expected feature_dim = {meta['feature_dim']} from {source}")
+    if "impressions" in tables:
+        imp = tables["impressions"]
+        cols = set(imp.column_names)
+        for name in meta["dense_features"]:
+            if name not in cols:
+                errors.append(f"impressions: missing column '{name}' (listed in {source} dense_features); "
+                              f"all {imp.num_rows} rows lack it")
+        for name, card in meta["sparse_features"].items():
+            if name not in cols:
+                errors.append(f"impressions: missing column '{name}' (listed in {source} sparse_features); "
+                              f"all {imp.num_rows} rows lack it")
+                continue
+            if not isinstance(card, int) or card <= 0:
+                errors.append(f"{source}: sparse_features['{name}'] is {card!r}, expected a positive int cardinality")
+                continue
+            vals = imp.column(name).to_numpy(zero_copy_only=False)
+            bad = int(((vals < 0) | (vals >= card)).sum())
+            if bad:
+                errors.append(f"impressions: column '{name}': {_rows(bad, len(vals))} are outside [0, {card}) "
+                              f"(the cardinality in {source} sparse_features)")
+    return errors
+
+
+def _check_references(data_dir: Path, name: str, table: pa.Table, parts: list[tuple[str, int]],
+                      tables: dict[str, pa.Table]) -> list[str]:
+    """Unknown-id errors for ``table``'s reference columns, per file (each partition of a partitioned table)."""
+    spec = TABLES[name]
+    errors = []
+    for col, target in spec.references.items():
+        ref_table, ref_col = target.split(".")
+        if ref_table not in tables:
+            continue
+        values = table.column(col)
+        unknown = pc.invert(pc.is_in(values, value_set=tables[ref_table].column(ref_col))).to_numpy(
+            zero_copy_only=False)
+        if not unknown.any():
+            continue
+        offset = 0
+        bad_files = []
+        for source, n in parts:
+            k = int(unknown[offset:offset + n].sum())
+            if k:
+                ids = np.unique(values.slice(offset, n).to_numpy(zero_copy_only=False)[unknown[offset:offset + n]])
+                bad_files.append(f"{source}: column '{col}': {_rows(k, n)} point at unknown {ref_table} "
+                                 f"(expected ids present in {ref_table}.{ref_col}; e.g. {_examples(ids)})")
+            offset += n
+        errors += bad_files[:5]
+        if len(bad_files) > 5:
+            errors.append(f"{spec.filename}: column '{col}': {len(bad_files) - 5} more files point at unknown "
+                          f"{ref_table} ({_rows(int(unknown.sum()), table.num_rows)} in all)")
+    return errors
+
+
 def validate_dir(data_dir: str | Path, raise_on_error: bool = True) -> ValidationReport:
-    """Validate every table of ``data_dir``; raise :class:`DataValidationError` listing all problems."""
+    """Validate every table of ``data_dir`` and ``meta.json``.
+
+    Raises :class:`DataValidationError` listing all problems (or returns them in the report when
+    ``raise_on_error`` is False). Out-of-vocabulary action types/surfaces are counted in
+    ``report.dropped`` ("events.action_type" -> rows), not errors.
+    """
     data_dir = Path(data_dir)
     report = ValidationReport(str(data_dir))
     if not data_dir.is_dir():
@@ -158,11 +253,13 @@ def validate_dir(data_dir: str | Path, raise_on_error: bool = True) -> Validatio
             raise DataValidationError(report.errors)
         return report
     tables: dict[str, pa.Table] = {}
+    sources: dict[str, list[tuple[str, int]]] = {}  # table -> [(file, rows)] in concatenation order
     for name, spec in TABLES.items():
         if spec.partitioned:
             days = io.partitions(data_dir, name)
             if not days:
-                report.errors.append(f"{data_dir / spec.filename}: no day partitions (dt=YYYY-MM-DD/{io.PART_FILE})")
+                report.errors.append(f"{spec.filename}: no day partitions (expected {spec.filename}/dt=YYYY-MM-DD/"
+                                     f"{io.PART_FILE}); table '{name}' has 0 rows")
                 continue
             parts = []
             ok = True
@@ -183,12 +280,14 @@ def validate_dir(data_dir: str | Path, raise_on_error: bool = True) -> Validatio
                 for col, k in oov.items():
                     report.dropped[f"{name}.{col}"] = report.dropped.get(f"{name}.{col}", 0) + k
                 parts.append(t)
+                sources.setdefault(name, []).append((source, t.num_rows))
             if ok and parts:
                 tables[name] = pa.concat_tables(parts, promote_options="default")
         else:
             path = data_dir / spec.filename
             if not path.exists():
-                report.errors.append(f"{path}: missing (table '{name}')")
+                report.errors.append(f"{spec.filename}: missing (table '{name}', expected columns "
+                                     f"{', '.join(spec.columns)})")
                 continue
             try:
                 t = pq.read_table(path)
@@ -201,30 +300,36 @@ def validate_dir(data_dir: str | Path, raise_on_error: bool = True) -> Validatio
                 report.dropped[f"{name}.{col}"] = k
             if not errs:
                 tables[name] = t
+                sources[name] = [(spec.filename, t.num_rows)]
     for name, t in tables.items():
         spec = TABLES[name]
         report.rows[name] = t.num_rows
-        dup = _duplicates(t, spec.primary_key)
+        dup, example = _duplicates(t, spec.primary_key)
         if dup:
-            report.errors.append(f"{spec.filename}: {_rows(dup, t.num_rows)} duplicate the primary key "
-                                 f"({', '.join(spec.primary_key)}) (expected unique)")
-        for col, target in spec.references.items():
-            ref_table, ref_col = target.split(".")
-            if ref_table not in tables:
-                continue
-            known = tables[ref_table].column(ref_col)
-            unknown = int(pc.sum(pc.invert(pc.is_in(t.column(col), value_set=known))).as_py() or 0)
-            if unknown:
-                report.errors.append(f"{spec.filename}: column '{col}': {_rows(unknown, t.num_rows)} point at "
-                                     f"unknown {ref_table} (expected ids present in {ref_table}.{ref_col})")
+            report.errors.append(f"{spec.filename}: column{'s' if len(spec.primary_key) > 1 else ''} "
+                                 f"{', '.join(repr(c) for c in spec.primary_key)}: {_rows(dup, t.num_rows)} "
+                                 f"duplicate the primary key (expected unique; e.g. {example})")
+        report.errors += _check_references(data_dir, name, t, sources[name], tables)
+    meta_path = data_dir / "meta.json"
+    meta = None
+    if not meta_path.exists():
+        report.errors.append("meta.json: missing (expected the dataset's split time and feature lists)")
+    else:
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError as e:
+            report.errors.append(f"meta.json: not valid JSON: {e}")
+        else:
+            report.errors += check_meta(meta, tables)
     if not report.errors:
-        report.summary = summarize(tables)
+        report.summary = summarize(tables, meta)
     if report.errors and raise_on_error:
         raise DataValidationError(report.errors)
     return report
 
 
-def summarize(tables: dict[str, pa.Table]) -> dict[str, object]:
+def summarize(tables: dict[str, pa.Table], meta: dict | None = None) -> dict[str, object]:
+    """Counts, date range, split and the action/surface mix of a validated directory."""
     ev = tables["events"]
     ts = ev.column("timestamp").to_numpy()
     mix = pd.Series(ev.column("action_type").to_numpy(zero_copy_only=False)).value_counts()
@@ -239,6 +344,8 @@ def summarize(tables: dict[str, pa.Table]) -> dict[str, object]:
         "last_day": str(io.day_of(ts.max())),
         "action_mix": {k: round(float(v) / len(ts), 4) for k, v in mix.items()},
         "surface_mix": {k: round(float(v) / len(ts), 4) for k, v in surf.items()},
+        **({"dataset": meta["dataset"], "split_day": str(io.day_of(meta["split_timestamp"])),
+            "eval_events": int((ts >= meta["split_timestamp"]).sum())} if meta else {}),
     }
 
 
@@ -283,15 +390,15 @@ def load_events(data_dir: str | Path, days: list[str] | None = None,
     return df.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
 
 
-def load_table(data_dir: str | Path, name: str) -> pd.DataFrame:
-    """A validated non-event table as pandas (impressions: all days, OOV surfaces dropped)."""
+def load_table(data_dir: str | Path, name: str, counts: dict[str, int] | None = None) -> pd.DataFrame:
+    """A checked table as pandas (impressions: all days, OOV surfaces dropped and added to ``counts``)."""
     spec = TABLES[name]
     table = io.read_table(data_dir, name)
     errs, _ = check_table(spec, table, str(Path(data_dir) / spec.filename))
     if errs:
         raise DataValidationError(errs)
     df = table.to_pandas()
-    return drop_out_of_vocab(df, spec) if spec.vocab else df
+    return drop_out_of_vocab(df, spec, counts) if spec.vocab else df
 
 
 def pin_features(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
