@@ -88,6 +88,7 @@ class PinSageConfig:
     checkpoint_every: int = 100
     log_every: int = 20
     pair_window_s: int = 86_400  # co-engagement window for related pairs
+    board_pairs: bool = True  # also pair pins saved to the same board
     inference_chunk: int = 4096
 
 
