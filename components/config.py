@@ -90,6 +90,8 @@ class PinSageConfig:
     pair_window_s: int = 86_400  # co-engagement window for related pairs
     board_pairs: bool = True  # also pair pins saved to the same board
     inference_chunk: int = 4096
+    eval_pool: int = 5000  # candidate pins per held-out query (all pins when the corpus is smaller)
+    eval_max_queries: int = 2000
 
 
 @dataclass
