@@ -1,0 +1,244 @@
+"""The Feast feature store: instantiate the repo, write its sources, apply, materialize, read.
+
+``feature_repo/`` holds definitions only. A *repo instance* is a copy of it for one data directory
+(``init_repo``): ``sources/`` (Parquet snapshots, ``write_sources``) and ``state/`` (the registry and
+the SQLite online store) live inside the instance, so tests and pipelines each use their own copy.
+
+- ``apply(repo_dir)`` imports every definition file of the instance (as ``feast apply`` does) and
+  registers the objects, removing registered objects that are no longer defined.
+- ``materialize(repo_dir, date)`` loads every feature view from its last materialized end (or the
+  beginning) up to the end of ``date`` (UTC) into the online store: incremental and idempotent (a
+  second call with the same date loads nothing).
+- ``online_user_embeddings`` / ``online_ranker_features`` read the online store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from components.data import io
+from components.data.io import atomic_write_json, atomic_write_parquet
+from components.inference.tables import read_table
+
+REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "feature_repo"
+SOURCE_NAMES = ("user_embedding", "pin_embedding", "user_features", "pin_features")
+EPOCH = dt.datetime(1970, 1, 2, tzinfo=dt.UTC)
+
+
+class FeatureStoreError(RuntimeError):
+    """A feature-store problem with a message naming the repo, view or file."""
+
+
+def init_repo(repo_dir: str | Path, template: str | Path = REPO_TEMPLATE) -> Path:
+    """Copy the definitions and feature_store.yaml of ``template`` into ``repo_dir`` (sources and state
+    already there are kept). Returns the repo directory."""
+    repo_dir, template = Path(repo_dir), Path(template)
+    if not (template / "feature_store.yaml").exists():
+        raise FileNotFoundError(f"{template}: not a Feast repo (feature_store.yaml missing)")
+    repo_dir.mkdir(parents=True, exist_ok=True)
+    if repo_dir.resolve() != template.resolve():
+        for f in sorted(template.iterdir()):
+            if f.is_file() and (f.suffix == ".py" or f.name == "feature_store.yaml"):
+                shutil.copy2(f, repo_dir / f.name)
+    (repo_dir / "sources").mkdir(exist_ok=True)
+    (repo_dir / "state").mkdir(exist_ok=True)
+    return repo_dir
+
+
+def _day_start(date: str) -> dt.datetime:
+    start, _ = io.day_bounds(date)
+    return dt.datetime.fromtimestamp(start, dt.UTC)
+
+
+def _embedding_source(path: str | Path, id_column: str, as_of: dt.datetime) -> pa.Table:
+    table = read_table(path, id_column)
+    n, d = table.embeddings.shape
+    return pa.table({
+        id_column: pa.array(table.ids.astype(np.int64)),
+        "embedding": pa.array(list(table.embeddings.astype(np.float32)), pa.list_(pa.float32())),
+        "model_version": pa.array([table.model_version] * n, pa.string()),
+        "event_timestamp": pa.array([as_of] * n, pa.timestamp("us", tz="UTC")),
+    })
+
+
+def _latest_features(imp: pa.Table, id_column: str, columns: list[str]) -> pa.Table:
+    """One row per entity: its feature values at its latest impression."""
+    t = imp.select([id_column, "timestamp", *columns]).sort_by([(id_column, "ascending"), ("timestamp", "ascending")])
+    ids = t.column(id_column).to_numpy()
+    last = np.r_[ids[1:] != ids[:-1], True] if len(ids) else np.zeros(0, bool)
+    t = t.filter(pa.array(last))
+    ts = pc.cast(pc.multiply(t.column("timestamp"), 1_000_000), pa.timestamp("us", tz="UTC"))
+    return t.drop_columns(["timestamp"]).append_column("event_timestamp", ts)
+
+
+def write_sources(repo_dir: str | Path, data_dir: str | Path, date: str, user_embeddings: str | Path | None = None,
+                  pin_embeddings: str | Path | None = None) -> dict[str, int]:
+    """Write the sources of a repo instance as of the end of ``date`` (YYYY-MM-DD, UTC).
+
+    Ranker features: each user's and pin's feature columns (meta.json ``user_features`` /
+    ``pin_features``) at their latest impression before the end of ``date``. Embeddings: the given
+    embedding tables (None -> the source is left as it is), stamped with ``date``. Each file is written
+    atomically. Returns rows per source.
+    """
+    repo_dir = Path(repo_dir)
+    sources = repo_dir / "sources"
+    sources.mkdir(parents=True, exist_ok=True)
+    meta = io.read_meta(data_dir)
+    as_of = _day_start(date)
+    end = int(as_of.timestamp()) + 86_400
+    imp = io.read_table(data_dir, "impressions")
+    imp = imp.filter(pc.less(imp.column("timestamp"), end))
+    counts: dict[str, int] = {}
+    schema: dict[str, dict[str, str]] = {}
+    for name, id_column, key in (("user_features", "user_id", "user_features"),
+                                 ("pin_features", "pin_id", "pin_features")):
+        cols = list(meta.get(key, []))
+        missing = [c for c in cols if c not in imp.column_names]
+        if missing:
+            raise FeatureStoreError(f"{data_dir}/impressions: meta.json {key} names columns {missing} "
+                                    f"that the impressions do not have")
+        schema[key] = {c: ("float" if pa.types.is_floating(imp.schema.field(c).type) else "int") for c in cols}
+        t = _latest_features(imp, id_column, cols)
+        atomic_write_parquet(t, sources / f"{name}.parquet")
+        counts[name] = t.num_rows
+    for name, path, id_column in (("user_embedding", user_embeddings, "user_id"),
+                                  ("pin_embedding", pin_embeddings, "pin_id")):
+        if path is not None:
+            t = _embedding_source(path, id_column, as_of)
+            atomic_write_parquet(t, sources / f"{name}.parquet")
+            counts[name] = t.num_rows
+        elif not (sources / f"{name}.parquet").exists():
+            raise FeatureStoreError(f"{sources / (name + '.parquet')}: no {name} source yet; pass an embedding table")
+    atomic_write_json(schema, sources / "schema.json")
+    return counts
+
+
+def _store(repo_dir: str | Path):
+    from feast import FeatureStore
+
+    repo_dir = Path(repo_dir).resolve()
+    if not (repo_dir / "feature_store.yaml").exists():
+        raise FileNotFoundError(f"{repo_dir}: not a Feast repo instance (feature_store.yaml missing; run init_repo)")
+    return FeatureStore(repo_path=str(repo_dir))
+
+
+def _definitions(repo_dir: Path) -> list[Any]:
+    """Import every definition file of the repo (as ``feast apply`` does) under a unique module name,
+    so two repo instances in one process never share a cached module; collect the Feast objects."""
+    from feast import Entity, FeatureService, FeatureView
+
+    objects: list[Any] = []
+    for f in sorted(repo_dir.glob("*.py")):
+        if f.name == "__init__.py":
+            continue
+        name = f"_homefeed_feast_{f.stem}_{uuid.uuid4().hex[:8]}"
+        spec = importlib.util.spec_from_file_location(name, f)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            raise FeatureStoreError(f"{f}: failed to import Feast definitions: {e}") from e
+        finally:
+            sys.modules.pop(name, None)
+        for obj in vars(module).values():
+            if isinstance(obj, Entity | FeatureView | FeatureService) and not any(obj is o for o in objects):
+                objects.append(obj)
+    return objects
+
+
+def apply(repo_dir: str | Path) -> dict[str, list[str]]:
+    """Register the repo's definitions (and delete registered objects no longer defined)."""
+    repo_dir = Path(repo_dir).resolve()
+    for name in SOURCE_NAMES:
+        if not (repo_dir / "sources" / f"{name}.parquet").exists():
+            raise FeatureStoreError(f"{repo_dir}/sources/{name}.parquet: missing; run write_sources first")
+    store = _store(repo_dir)
+    objects = _definitions(repo_dir)
+    names = {type(o).__name__: [] for o in objects}
+    for o in objects:
+        names[type(o).__name__].append(o.name)
+    stale: list[Any] = []
+    for listed, cls in ((store.list_feature_services(), "FeatureService"), (store.list_feature_views(), "FeatureView"),
+                        (store.list_entities(), "Entity")):
+        stale += [o for o in listed if o.name not in names.get(cls, []) and o.name != "__dummy"]
+    store.apply(objects, objects_to_delete=stale, partial=False)
+    return names
+
+
+def materialize(repo_dir: str | Path, date: str) -> dict[str, str]:
+    """Load every feature view into the online store up to the end of ``date`` (UTC), starting where the
+    last materialization of that view ended. Idempotent: returns per view the interval loaded, or
+    'up to date'."""
+    store = _store(repo_dir)
+    end = _day_start(date) + dt.timedelta(days=1)
+    views = store.list_feature_views()
+    if not views:
+        raise FeatureStoreError(f"{repo_dir}: no feature views registered; run apply first")
+    done: dict[str, str] = {}
+    for fv in views:
+        ends = [e for _, e in fv.materialization_intervals]
+        start = max(ends) if ends else EPOCH
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=dt.UTC)
+        if start >= end:
+            done[fv.name] = "up to date"
+            continue
+        store.materialize(start_date=start, end_date=end, feature_views=[fv.name])
+        done[fv.name] = f"{start.isoformat()} .. {end.isoformat()}"
+    return done
+
+
+def online_user_embeddings(repo_dir: str | Path, user_ids: list[int] | np.ndarray,
+                           store: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings (U, D) float32, found (U,) bool) from the ``retrieval_v1`` service."""
+    store = store or _store(repo_dir)
+    rows = [{"user_id": int(u)} for u in user_ids]
+    out = store.get_online_features(features=store.get_feature_service("retrieval_v1"),
+                                    entity_rows=rows).to_dict()
+    emb = out["embedding"]
+    found = np.array([e is not None for e in emb], bool)
+    dim = next((len(e) for e in emb if e is not None), 0)
+    arr = np.zeros((len(rows), dim), np.float32)
+    for i, e in enumerate(emb):
+        if e is not None:
+            arr[i] = e
+    return arr, found
+
+
+def online_ranker_features(repo_dir: str | Path, user_id: int, pin_ids: list[int] | np.ndarray,
+                           store: Any = None) -> dict[str, list[Any]]:
+    """The ``ranker_v1`` service for one user and candidate pins: feature name -> values per pin
+    (None where the store has no value). Embeddings come as ``user_embedding`` / ``pin_embedding``."""
+    store = store or _store(repo_dir)
+    rows = [{"user_id": int(user_id), "pin_id": int(p)} for p in pin_ids]
+    out = store.get_online_features(features=store.get_feature_service("ranker_v1"), entity_rows=rows,
+                                    full_feature_names=True).to_dict()
+    result: dict[str, list[Any]] = {}
+    for key, values in out.items():
+        view, _, feat = key.partition("__")
+        if not feat:
+            continue  # join keys
+        if feat == "embedding":
+            result[view] = values
+        elif feat != "model_version":
+            result[feat] = values
+    return result
+
+
+def read_schema(repo_dir: str | Path) -> dict[str, dict[str, str]]:
+    f = Path(repo_dir) / "sources" / "schema.json"
+    if not f.exists():
+        raise FileNotFoundError(f"{f}: missing; run write_sources first")
+    return json.loads(f.read_text())
