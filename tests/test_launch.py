@@ -1,0 +1,200 @@
+"""components/training/launch.py: local torchrun (gloo) for real, and the TrainJob / PyTorchJob objects
+validated offline against the Kubeflow SDK models and the Kubernetes schema (no API server here)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import textwrap
+
+import pytest
+
+from components.training.launch import (
+    ClusterSettings,
+    LaunchError,
+    TrainCall,
+    build_pytorchjob,
+    build_trainjob,
+    job_state,
+    run_local,
+    submit_and_wait,
+    torchrun_command,
+    validate_pytorchjob,
+    validate_trainjob,
+)
+
+ENTRY_SOURCE = textwrap.dedent('''
+    import os
+    import torch
+    import torch.distributed as dist
+    from components.training.common import init_distributed
+
+    def train(cfg, out_dir, fail_rank=-1):
+        info = init_distributed("gloo")
+        if info.rank == fail_rank:
+            raise SystemExit(3)
+        t = torch.tensor([float(info.rank + 1)])
+        if info.enabled:
+            dist.all_reduce(t)
+            dist.destroy_process_group()
+        return {"world_size": info.world_size, "rank_sum": float(t.item()), "epochs": cfg.epochs,
+                "node_rank": int(os.environ.get("GROUP_RANK", "0"))}
+''')
+
+
+@pytest.fixture
+def entry_module(tmp_path):
+    (tmp_path / "hf_launch_entry.py").write_text(ENTRY_SOURCE)
+    return {"PYTHONPATH": str(tmp_path)}
+
+
+def _call(out_dir, **kw) -> TrainCall:
+    return TrainCall("hf_launch_entry:train", "pinsage_tiny", ["epochs=7"], {"out_dir": str(out_dir), **kw})
+
+
+@pytest.mark.slow
+def test_run_local_two_ranks_gloo(tmp_path, entry_module):
+    res = run_local(_call(tmp_path / "out"), nproc_per_node=2, env=entry_module, timeout_s=240)
+    assert res["world_size"] == 2
+    assert res["rank_sum"] == 3.0  # 1 + 2 summed by a real gloo all_reduce
+    assert res["epochs"] == 7  # the override reached config.load in every rank
+    assert not list((tmp_path / "out").glob(".launch-result-*"))  # the result file is cleaned up
+
+
+@pytest.mark.slow
+def test_run_local_two_nodes_rendezvous(tmp_path, entry_module):
+    res = run_local(_call(tmp_path / "out"), nproc_per_node=1, num_nodes=2, env=entry_module, timeout_s=240)
+    assert res["world_size"] == 2 and res["rank_sum"] == 3.0
+
+
+@pytest.mark.slow
+def test_run_local_failure_names_the_entry(tmp_path, entry_module):
+    with pytest.raises(LaunchError, match=r"hf_launch_entry:train.*exited with code"):
+        run_local(_call(tmp_path / "out", fail_rank=0), nproc_per_node=1, env=entry_module, timeout_s=240)
+
+
+def test_torchrun_command_shapes():
+    call = _call("/o")
+    single = torchrun_command(call, 2)
+    assert "--standalone" in single and "--nproc_per_node=2" in single
+    multi = torchrun_command(call, 1, num_nodes=3, node_rank=2, master_port=1234)
+    assert "--nnodes=3" in multi and "--node_rank=2" in multi and "--master_port=1234" in multi
+    assert json.loads(multi[multi.index("--call") + 1])["entry"] == "hf_launch_entry:train"
+    with pytest.raises(LaunchError, match="nproc_per_node"):
+        torchrun_command(call, 0)
+
+
+def test_call_json_round_trip_and_errors():
+    call = _call("/o")
+    assert TrainCall.from_json(call.to_json()) == call
+    with pytest.raises(LaunchError, match="not valid JSON"):
+        TrainCall.from_json("{nope")
+    with pytest.raises(LaunchError, match="expected keys"):
+        TrainCall.from_json(json.dumps({"entry": "a:b", "experiment": "x", "bogus": 1}))
+
+
+SETTINGS = ClusterSettings(namespace="ml", secret_env={"AWS_SECRET_ACCESS_KEY": "s3-creds/secret-key"})
+CALL = TrainCall("components.training.pinsage:train", "pinsage", [], {"data_dir": "/data/d", "out_dir": "/data/o"},
+                 ["data_dir"])
+
+
+def test_trainjob_fields():
+    job = build_trainjob(CALL, num_nodes=4, nproc_per_node=8, settings=SETTINGS, name="hf-pinsage-1")
+    assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
+    spec = job["spec"]
+    assert spec["runtimeRef"]["name"] == "torch-distributed"
+    tr = spec["trainer"]
+    assert tr["numNodes"] == 4 and tr["numProcPerNode"] == 8
+    assert tr["command"][:3] == ["torchrun", "-m", "components.training.launch"]
+    assert tr["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"name": "AWS_SECRET_ACCESS_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "secret-key"}}} in tr["env"]
+    pod = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    assert pod["name"] == "node"
+    pod_spec = pod["template"]["spec"]["template"]["spec"]
+    assert pod_spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == "homefeed-data"
+    assert pod_spec["containers"][0]["volumeMounts"][0]["mountPath"] == "/data"
+    assert pod_spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod_spec["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_trainjob_validation_rejects_unknown_and_mistyped_fields():
+    job = build_trainjob(CALL, 2, 1, SETTINGS, name="hf-pinsage-2")
+    bad = copy.deepcopy(job)
+    bad["spec"]["trainer"]["numNodes"] = "two"
+    with pytest.raises(LaunchError, match="invalid"):
+        validate_trainjob(bad)
+    bad = copy.deepcopy(job)
+    bad["spec"]["trainer"]["numNodez"] = 2
+    with pytest.raises(LaunchError, match=r"unknown field 'spec\.trainer\.numNodez'"):
+        validate_trainjob(bad)
+    bad = copy.deepcopy(job)
+    del bad["spec"]["runtimeRef"]
+    with pytest.raises(LaunchError, match="invalid"):
+        validate_trainjob(bad)
+    bad = copy.deepcopy(job)
+    bad["apiVersion"] = "kubeflow.org/v1"
+    with pytest.raises(LaunchError, match="apiVersion"):
+        validate_trainjob(bad)
+
+
+def test_pytorchjob_fields_and_validation():
+    job = build_pytorchjob(CALL, num_nodes=3, nproc_per_node=2, settings=SETTINGS, name="hf-pinsage-3")
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    assert specs["Master"]["replicas"] == 1 and specs["Worker"]["replicas"] == 2
+    assert job["spec"]["nprocPerNode"] == "2"
+    c = specs["Worker"]["template"]["spec"]["containers"][0]
+    assert c["name"] == "pytorch" and c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    single = build_pytorchjob(CALL, 1, 1, SETTINGS, name="hf-pinsage-4")
+    assert set(single["spec"]["pytorchReplicaSpecs"]) == {"Master"}
+
+    bad = copy.deepcopy(job)
+    bad["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = 3
+    with pytest.raises(LaunchError):
+        validate_pytorchjob(bad)
+    bad = copy.deepcopy(job)
+    bad["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = 2
+    with pytest.raises(LaunchError, match="Master"):
+        validate_pytorchjob(bad)
+    bad = copy.deepcopy(job)
+    bad["spec"]["elasticPolicyy"] = {}
+    with pytest.raises(LaunchError, match="unknown field 'spec.elasticPolicyy'"):
+        validate_pytorchjob(bad)
+
+
+def test_settings_from_env():
+    s = ClusterSettings.from_env({"HOMEFEED_JOB_API": "pytorchjob", "HOMEFEED_GPUS_PER_NODE": "0",
+                                  "HOMEFEED_NAMESPACE": "team"})
+    assert (s.job_api, s.gpus_per_node, s.namespace) == ("pytorchjob", 0, "team")
+    job = build_pytorchjob(CALL, 2, 1, s, name="hf-cpu")
+    assert "nvidia.com/gpu" not in job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+        "resources"]["limits"]
+    with pytest.raises(LaunchError, match="HOMEFEED_JOB_API|job_api"):
+        ClusterSettings.from_env({"HOMEFEED_JOB_API": "mpijob"})
+    with pytest.raises(LaunchError, match="HOMEFEED_GPUS_PER_NODE"):
+        ClusterSettings.from_env({"HOMEFEED_GPUS_PER_NODE": "many"})
+
+
+def test_job_state_from_conditions():
+    assert job_state({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}, "trainjob") == "succeeded"
+    assert job_state({"status": {"conditions": [{"type": "Succeeded", "status": "True"}]}}, "pytorchjob") == "succeeded"
+    assert job_state({"status": {"conditions": [{"type": "Failed", "status": "True"}]}}, "trainjob") == "failed"
+    assert job_state({"status": {}}, "trainjob") == "running"
+
+
+def test_submit_and_wait_without_a_cluster_fails_clearly(tmp_path, monkeypatch):
+    """No API server can run here: the real kubernetes client must fail to connect, not hang or pass."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(textwrap.dedent("""
+        apiVersion: v1
+        kind: Config
+        clusters: [{name: none, cluster: {server: "https://127.0.0.1:1"}}]
+        contexts: [{name: none, context: {cluster: none, user: none}}]
+        current-context: none
+        users: [{name: none, user: {token: x}}]
+    """))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    job = build_trainjob(CALL, 2, 1, SETTINGS, name="hf-nowhere")
+    with pytest.raises(Exception, match="(?i)connect|refused|Max retries"):
+        submit_and_wait(job, ClusterSettings(timeout_s=5, poll_s=0.1))
