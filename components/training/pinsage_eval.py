@@ -1,0 +1,158 @@
+"""Related-pin evaluation of PinSage (the paper's Table 1 metrics) and the four-way comparison.
+
+Held-out pairs: co-engagement pairs (q, i) from events at or after ``meta.json: split_timestamp`` (the same
+definition as training pairs), at most ``eval_max_queries`` drawn with the seed. For each pair the positive i
+is ranked by dot product with q against a candidate pool: every other pin when the corpus has at most
+``eval_pool`` pins, otherwise ``eval_pool`` random pins shared by all queries. Metrics:
+
+- hit@K: fraction of pairs whose positive ranks in the top K (K = 10, 50);
+- MRR: mean of 1/rank (plain, not the paper's rank/100 scaling);
+- topic@10 (synthetic data only): fraction of each pin's 10 nearest pins that share its planted topic
+  (``ground_truth/pin_topics.parquet``).
+
+:func:`compare` trains, on one split and one seed: content-only (the dense network on features, K = 0),
+PinSage with uniform mean pooling, PinSage without hard negatives and full PinSage; plus the raw content
+features untrained as a floor. It writes ``<out>/pinsage_<dataset>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.config import PinSageConfig
+from components.data import io
+from components.data.validate import load_events
+from components.graph.graph import build_graph
+from components.training.pinsage_data import coengagement_pairs
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "content-only (MLP on features)": {"num_layers": 0},
+    "PinSage, mean pooling": {"pooling": "mean"},
+    "PinSage, no hard negatives": {"hard_negatives": False},
+    "PinSage (full)": {},
+}
+HIT_KS = (10, 50)
+
+
+def heldout_pairs(data_dir: str | Path, pin_ids: np.ndarray, cfg: PinSageConfig) -> np.ndarray:
+    """(n, 2) pin-index pairs of co-engagement at or after the split (deduplicated, sampled with the seed)."""
+    split = io.read_meta(data_dir)["split_timestamp"]
+    ev = load_events(data_dir)
+    pairs = coengagement_pairs(ev[ev["timestamp"] >= split], pin_ids, cfg.pair_window_s)
+    pairs = np.unique(pairs, axis=0) if len(pairs) else pairs
+    if len(pairs) == 0:
+        raise ValueError(f"{data_dir}: no co-engagement pairs after meta.json split_timestamp to evaluate on")
+    rng = np.random.default_rng([cfg.seed, 5])
+    if len(pairs) > cfg.eval_max_queries:
+        pairs = pairs[np.sort(rng.choice(len(pairs), cfg.eval_max_queries, replace=False))]
+    return pairs
+
+
+def ranking_metrics(emb: np.ndarray, pairs: np.ndarray, pool_size: int, seed: int) -> dict[str, float]:
+    """hit@K and MRR of each pair's positive against the candidate pool (see the module doc)."""
+    P = len(emb)
+    q, pos = emb[pairs[:, 0]], emb[pairs[:, 1]]
+    s_pos = (q * pos).sum(1)  # (n,)
+    if P - 1 <= pool_size:
+        scores = q @ emb.T  # (n, P)
+        scores[np.arange(len(pairs)), pairs[:, 0]] = -np.inf  # the query is not a candidate
+        scores[np.arange(len(pairs)), pairs[:, 1]] = -np.inf  # counted once, as s_pos
+    else:
+        pool = np.random.default_rng([seed, 6]).choice(P, pool_size, replace=False)
+        scores = q @ emb[pool].T  # (n, pool)
+        scores[(pool[None, :] == pairs[:, :1]) | (pool[None, :] == pairs[:, 1:])] = -np.inf
+    rank = 1 + (scores > s_pos[:, None]).sum(1)  # (n,)
+    out = {f"hit@{k}": float((rank <= k).mean()) for k in HIT_KS}
+    out["mrr"] = float((1.0 / rank).mean())
+    return out
+
+
+def topic_purity(emb: np.ndarray, topics: np.ndarray, k: int = 10, max_pins: int = 3000, seed: int = 0) -> float:
+    """Mean fraction of a pin's k nearest other pins (dot product) that share its planted topic."""
+    rng = np.random.default_rng([seed, 8])
+    rows = rng.choice(len(emb), min(max_pins, len(emb)), replace=False)
+    s = emb[rows] @ emb.T  # (R, P)
+    s[np.arange(len(rows)), rows] = -np.inf
+    nn = np.argpartition(-s, k, axis=1)[:, :k]  # (R, k)
+    return float((topics[nn] == topics[rows][:, None]).mean())
+
+
+def evaluate_embeddings(emb: np.ndarray, pairs: np.ndarray, cfg: PinSageConfig,
+                        topics: np.ndarray | None) -> dict[str, float]:
+    out = ranking_metrics(emb, pairs, cfg.eval_pool, cfg.seed)
+    if topics is not None:
+        out["topic@10"] = topic_purity(emb, topics, seed=cfg.seed)
+    return out
+
+
+def planted_topics(data_dir: str | Path, pin_ids: np.ndarray) -> np.ndarray | None:
+    """Planted topic per pin index (synthetic data), or None."""
+    path = Path(data_dir) / "ground_truth" / "pin_topics.parquet"
+    if not path.exists():
+        return None
+    gt = pd.read_parquet(path)
+    order = np.argsort(gt["pin_id"].to_numpy())
+    ids, topic = gt["pin_id"].to_numpy()[order], gt["topic"].to_numpy()[order]
+    return topic[np.searchsorted(ids, pin_ids).clip(0, len(ids) - 1)]
+
+
+def train_and_embed(cfg: PinSageConfig, data_dir: str | Path, model_dir: str | Path) -> tuple[np.ndarray, dict]:
+    from components.inference.pinsage import embed_data
+    from components.training.pinsage import train
+
+    metrics = train(cfg, data_dir, model_dir)
+    return embed_data(model_dir, data_dir)[1], metrics
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    rows = result["rows"]
+    cols = [c for c in rows[0] if c != "variant"]
+    lines = [f"# PinSage related-pin evaluation: {result['dataset']}", "",
+             f"`{result['command']}`", "",
+             f"{result['pairs']} held-out co-engagement pairs (events after the split); candidate pool: "
+             f"{result['pool']}; experiment `{result['experiment']}`, seed {result['seed']}.", "",
+             "| variant | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    lines += ["| " + r["variant"] + " | " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def compare(cfg: PinSageConfig, data_dir: str | Path, out_dir: str | Path, command: str = "",
+            variants: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train and evaluate every variant on the same split; write ``pinsage_<dataset>.json`` and ``.md``."""
+    out_dir = Path(out_dir)
+    dataset = io.read_meta(data_dir).get("dataset", Path(data_dir).name)
+    graph = build_graph(data_dir, cfg.use_engagement_edges)
+    pairs = heldout_pairs(data_dir, graph.pin_ids, cfg)
+    topics = planted_topics(data_dir, graph.pin_ids)
+    from components.training.pinsage import graph_features
+
+    feats = graph_features(graph, data_dir)
+    raw = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-8)
+    rows = [{"variant": "content features, untrained (cosine)", **evaluate_embeddings(raw, pairs, cfg, topics),
+             "train_s": 0.0}]
+    for name, overrides in (variants or VARIANTS).items():
+        vcfg = copy.deepcopy(cfg)
+        for k, v in overrides.items():
+            setattr(vcfg, k, v)
+        slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+        t0 = time.perf_counter()
+        emb, metrics = train_and_embed(vcfg, data_dir, out_dir / "models" / f"pinsage_{dataset}" / slug)
+        rows.append({"variant": name, **evaluate_embeddings(emb, pairs, vcfg, topics),
+                     "train_s": round(time.perf_counter() - t0, 1)})
+        print(f"{name}: {rows[-1]}", flush=True)
+    pool = "all other pins" if graph.num_pins - 1 <= cfg.eval_pool else f"{cfg.eval_pool} random pins"
+    result = {"model": "pinsage", "dataset": dataset, "command": command, "experiment": getattr(cfg, "_experiment", None),
+              "seed": cfg.seed, "pairs": int(len(pairs)), "pool": pool, "num_pins": graph.num_pins, "rows": rows}
+    io.atomic_write_json(result, out_dir / f"pinsage_{dataset}.json")
+    io.atomic_write_bytes(out_dir / f"pinsage_{dataset}.md", to_markdown(result).encode())
+    return result
