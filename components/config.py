@@ -127,7 +127,8 @@ class PinnerFormerConfig:
     max_steps: int = 0
     checkpoint_every: int = 100
     log_every: int = 20
-    eval_pool: int = 1000
+    eval_pool: int = 1000  # random pins each positive is ranked against (Recall@10)
+    eval_user_fraction: float = 0.1  # users held out of training, for evaluation
     num_workers: int = 0
 
 
