@@ -60,6 +60,12 @@ class FeatureSpec:
         return cls(**d)
 
 
+def _surface_ids(x_surface: torch.Tensor) -> torch.Tensor:
+    """(B, 1) surface indices -> (B,), out of range -> 0 (as ranker_io.clamp_surface)."""
+    s = x_surface[:, 0]
+    return torch.where((s >= 0) & (s < len(SURFACES)), s, 0)
+
+
 class Ranker(nn.Module):
     """Multi-task ranker: forward(x_dense, x_sparse, x_surface, x_user_embedding, x_pin_embedding) -> (B, K) logits."""
 
@@ -132,9 +138,9 @@ class Ranker(nn.Module):
     def embed(self, x_dense: torch.Tensor, x_sparse: torch.Tensor, x_surface: torch.Tensor,
               x_user_embedding: torch.Tensor, x_pin_embedding: torch.Tensor) -> torch.Tensor:
         """x_0: dense ++ L2-normalised sparse, surface and projected embeddings. Returns (B, F)."""
-        ids = torch.minimum(x_sparse.clamp(min=0), self.cardinalities - 1)  # (B, S) out of range -> last row
+        ids = torch.where((x_sparse >= 0) & (x_sparse < self.cardinalities), x_sparse, 0)  # (B, S) unknown -> 0
         sparse = [fn.normalize(t(ids[:, i]), dim=-1) for i, t in enumerate(self.sparse_tables)]  # S x (B, E)
-        surface = fn.normalize(self.surface_table(x_surface[:, 0].clamp(0, len(SURFACES) - 1)), dim=-1)  # (B, E)
+        surface = fn.normalize(self.surface_table(_surface_ids(x_surface)), dim=-1)  # (B, E)
         user = fn.normalize(self.user_proj(x_user_embedding), dim=-1)  # (B, P)
         pin = fn.normalize(self.pin_proj(x_pin_embedding), dim=-1)  # (B, P)
         return torch.cat([x_dense, *sparse, surface, user, pin], dim=-1)  # (B, F)
@@ -143,7 +149,7 @@ class Ranker(nn.Module):
                 x_user_embedding: torch.Tensor, x_pin_embedding: torch.Tensor) -> torch.Tensor:
         x0 = self.embed(x_dense, x_sparse, x_surface, x_user_embedding, x_pin_embedding)  # (B, F)
         if self.pepnet:
-            domain = self.domain_table(x_surface[:, 0].clamp(0, len(SURFACES) - 1))  # (B, E)
+            domain = self.domain_table(_surface_ids(x_surface))  # (B, E)
             x0 = self.epnet(x0, domain)  # (B, F)
         user_side, pin_side = x0[:, self.user_idx], x0[:, self.pin_idx]  # (B, |user|), (B, |pin|)
 

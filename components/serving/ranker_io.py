@@ -50,3 +50,36 @@ class RankerShapes:
 
     def outputs(self) -> dict[str, tuple[int, ...]]:
         return {"probabilities": (self.n_tasks,), "score": (1,)}
+
+
+# ---- the preprocessing both training and ranker_preprocess apply (numpy only: the Triton venv has numpy<2) ----
+DENSE_CLIP = 5.0  # normalised dense features are clipped to [-DENSE_CLIP, DENSE_CLIP]
+MIN_STD = 1e-6
+
+
+def normalize_dense(dense, mean, std):
+    """z-score with the training statistics, clipped: ``clip((x - mean) / max(std, MIN_STD), -5, 5)`` as float32.
+    Non-finite inputs become 0 (the training mean)."""
+    import numpy as np
+
+    x = np.asarray(dense, dtype=np.float32)
+    z = (x - np.asarray(mean, dtype=np.float32)) / np.maximum(np.asarray(std, dtype=np.float32), MIN_STD)
+    z = np.where(np.isfinite(z), z, 0.0)
+    return np.clip(z, -DENSE_CLIP, DENSE_CLIP).astype(np.float32)
+
+
+def clamp_sparse(sparse, cardinalities):
+    """Sparse ids as int64; an id outside [0, cardinality) becomes 0, the reserved unknown id."""
+    import numpy as np
+
+    ids = np.asarray(sparse, dtype=np.int64)
+    cards = np.asarray(cardinalities, dtype=np.int64)
+    return np.where((ids >= 0) & (ids < cards), ids, 0).astype(np.int64)
+
+
+def clamp_surface(surface, n_surfaces: int):
+    """Surface indices as int64 [B, 1]; out of range -> 0 (homefeed)."""
+    import numpy as np
+
+    s = np.asarray(surface, dtype=np.int64).reshape(-1, 1)
+    return np.where((s >= 0) & (s < n_surfaces), s, 0).astype(np.int64)
