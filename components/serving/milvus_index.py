@@ -1,0 +1,173 @@
+"""The Milvus pin index: one collection per pin-embedding version, served through an alias.
+
+``build_index`` creates a new collection named after the table's version and content, inserts the
+embeddings, builds an HNSW index (cosine), loads it, and only then points the alias (``pins``) at it
+with one ``alter_alias`` (``create_alias`` the first time); the previous collection keeps serving until
+that switch and is dropped after it. A build that fails midway drops its own half-built collection
+and leaves the alias untouched, so queries (which always go through the alias) never notice.
+
+Works against any Milvus URI: a local path is Milvus Lite (the default), ``http://host:19530`` a
+Milvus server. Milvus Lite builds the index in the background after ``flush()`` and searches brute
+force until then; ``wait_for_index`` waits for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components.inference.tables import EmbeddingTable, read_table
+
+ALIAS = "pins"
+ID_FIELD = "pin_id"
+VECTOR_FIELD = "embedding"
+
+
+class MilvusIndexError(RuntimeError):
+    """A Milvus index problem, naming the URI, collection or alias."""
+
+
+@dataclass
+class HnswParams:
+    m: int = 16
+    ef_construction: int = 200
+    ef_search: int = 128  # at query time: max(ef_search, limit)
+    insert_batch: int = 10_000
+
+
+def connect(uri: str | Path):
+    """A MilvusClient for ``uri`` (a local file path -> Milvus Lite)."""
+    from pymilvus import MilvusClient
+
+    uri = str(uri)
+    if "://" not in uri:
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    return MilvusClient(uri=uri)
+
+
+def collection_name(table: EmbeddingTable, prefix: str = ALIAS) -> str:
+    """``<prefix>_<version>_<content hash>``: one collection per version (and per content)."""
+    h = hashlib.sha1(np.ascontiguousarray(table.ids, np.int64).tobytes())
+    h.update(np.ascontiguousarray(table.embeddings, np.float32).tobytes())
+    version = re.sub(r"[^0-9A-Za-z_]", "_", table.model_version or "v")[:40]
+    return f"{prefix}_{version}_{h.hexdigest()[:10]}"
+
+
+def served_collection(client, alias: str = ALIAS) -> str | None:
+    """The collection ``alias`` points at, or None."""
+    if alias not in (client.list_aliases() or {}).get("aliases", []):
+        return None
+    return client.describe_alias(alias=alias).get("collection_name")
+
+
+def build_index(uri: str | Path, embeddings_path: str | Path, alias: str = ALIAS, params: HnswParams | None = None,
+                on_batch: Callable[[int, int], None] | None = None, wait: bool = True) -> str:
+    """Index the embedding table at ``embeddings_path`` and switch ``alias`` to it; return the collection.
+
+    ``on_batch(inserted, total)`` is called after each inserted batch (progress). If the same content
+    is already served, nothing is rebuilt.
+    """
+    params = params or HnswParams()
+    table = read_table(embeddings_path)
+    if len(table) == 0:
+        raise MilvusIndexError(f"{embeddings_path}: embedding table is empty; refusing to index it")
+    if not np.isfinite(table.embeddings).all():
+        raise MilvusIndexError(f"{embeddings_path}: embeddings contain NaN or infinite values")
+    client = connect(uri)
+    name = collection_name(table, alias)
+    old = served_collection(client, alias)
+    if old == name:
+        return name
+    if client.has_collection(name):
+        client.drop_collection(name)  # left over from a failed build: never served
+    try:
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        from pymilvus import DataType
+
+        schema.add_field(ID_FIELD, DataType.INT64, is_primary=True)
+        schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=table.dim)
+        index = client.prepare_index_params()
+        index.add_index(field_name=VECTOR_FIELD, index_type="HNSW", metric_type="COSINE",
+                        params={"M": params.m, "efConstruction": params.ef_construction})
+        client.create_collection(name, schema=schema)
+        n = len(table)
+        for s in range(0, n, params.insert_batch):
+            e = min(n, s + params.insert_batch)
+            rows = [{ID_FIELD: int(i), VECTOR_FIELD: v} for i, v in zip(table.ids[s:e], table.embeddings[s:e].tolist())]
+            client.insert(name, rows)
+            if on_batch is not None:
+                on_batch(e, n)
+        client.flush(name)
+        client.create_index(name, index)
+        client.load_collection(name)
+        if wait:
+            wait_for_index(client, name, n)
+        count = client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"]
+        if count != n:
+            raise MilvusIndexError(f"{uri}: collection {name} holds {count} rows after insert, expected {n}")
+        if old is None:
+            client.create_alias(name, alias)
+        else:
+            client.alter_alias(name, alias)
+    except BaseException:
+        try:
+            if served_collection(client, alias) != name and client.has_collection(name):
+                client.drop_collection(name)
+        finally:
+            client.close()
+        raise
+    if old is not None and old != name:
+        client.drop_collection(old)
+    client.close()
+    return name
+
+
+def wait_for_index(client, collection: str, rows: int, timeout_s: float = 600.0) -> None:
+    """Wait until the vector index covers every row (Milvus builds it in the background)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        info = client.describe_index(collection, VECTOR_FIELD) or {}
+        indexed = int(info.get("indexed_rows", rows))
+        if info.get("state") == "Finished" or indexed >= rows:
+            return
+        if info.get("state") == "Failed":
+            raise MilvusIndexError(f"collection {collection}: index build failed: {info.get('index_state_fail_reason')}")
+        if time.monotonic() > deadline:
+            raise MilvusIndexError(f"collection {collection}: index covers {indexed}/{rows} rows after {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+class PinIndex:
+    """Queries through the alias: ``search(vectors, k) -> (ids (Q, k), similarities (Q, k))``."""
+
+    def __init__(self, uri: str | Path, alias: str = ALIAS, ef_search: int = 128):
+        self.uri, self.alias, self.ef_search = str(uri), alias, ef_search
+        self.client = connect(uri)
+        if served_collection(self.client, alias) is None:
+            raise MilvusIndexError(f"{uri}: no collection behind alias '{alias}'; run `homefeed index build` first")
+
+    def dim(self) -> int:
+        info = self.client.describe_collection(self.alias)
+        field = next(f for f in info["fields"] if f["name"] == VECTOR_FIELD)
+        return int(field["params"]["dim"])
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+        res = self.client.search(self.alias, data=vectors.tolist(), limit=k, anns_field=VECTOR_FIELD,
+                                 search_params={"metric_type": "COSINE", "params": {"ef": max(self.ef_search, k)}})
+        ids = np.full((len(vectors), k), -1, np.int64)
+        sims = np.full((len(vectors), k), np.nan, np.float32)
+        for q, hits in enumerate(res):
+            for j, h in enumerate(hits[:k]):
+                ids[q, j] = h[ID_FIELD]
+                sims[q, j] = h["distance"]
+        return ids, sims
+
+    def close(self) -> None:
+        self.client.close()

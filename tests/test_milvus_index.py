@@ -1,0 +1,76 @@
+"""Milvus Lite for real: versioned collections behind the `pins` alias, HNSW cosine, atomic switch."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from components.inference.baseline import content_embeddings
+from components.inference.tables import write_table
+from components.serving import milvus_index as mi
+
+
+@pytest.fixture(scope="module")
+def tables(tiny_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("milvus")
+    pins, _ = content_embeddings(tiny_data)
+    v1 = dataclasses.replace(pins, model_version="2024-02-01")
+    rng = np.random.default_rng(0)
+    e2 = rng.normal(size=pins.embeddings.shape).astype(np.float32)
+    v2 = dataclasses.replace(pins, embeddings=e2 / np.linalg.norm(e2, axis=1, keepdims=True), model_version="2024-02-02")
+    return {"root": root, "v1": v1, "p1": write_table(v1, root / "v1.parquet"), "v2": v2,
+            "p2": write_table(v2, root / "v2.parquet")}
+
+
+def _exact(table, queries, k):
+    sims = queries @ table.embeddings.T
+    return table.ids[np.argsort(-sims, axis=1)[:, :k]]
+
+
+def test_build_switch_and_drop_previous(tables):
+    uri = str(tables["root"] / "a.db")
+    c1 = mi.build_index(uri, tables["p1"])
+    index = mi.PinIndex(uri)
+    assert index.dim() == tables["v1"].dim
+    q = tables["v1"].embeddings[:20]
+    ids, sims = index.search(q, 10)
+    assert (ids[:, 0] == tables["v1"].ids[:20]).all()  # a pin is its own nearest neighbour
+    np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-4)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, _exact(tables["v1"], q, 10))])
+    assert recall >= 0.9
+    assert mi.build_index(uri, tables["p1"]) == c1  # same content: nothing rebuilt
+    c2 = mi.build_index(uri, tables["p2"])
+    assert c2 != c1 and "2024_02_02" in c2
+    assert index.client.list_collections() == [c2]  # the previous collection dropped after the switch
+    ids2, _ = index.search(tables["v2"].embeddings[:20], 10)  # the same client, through the alias
+    assert (ids2[:, 0] == tables["v2"].ids[:20]).all()
+    index.close()
+
+
+def test_failed_build_never_disturbs_serving(tables):
+    uri = str(tables["root"] / "b.db")
+    c1 = mi.build_index(uri, tables["p1"])
+    index = mi.PinIndex(uri)
+    before, _ = index.search(tables["v1"].embeddings[:5], 10)
+
+    def interrupt(done, total):
+        raise KeyboardInterrupt(f"killed after {done}/{total} rows")
+
+    with pytest.raises(KeyboardInterrupt):
+        mi.build_index(uri, tables["p2"], params=mi.HnswParams(insert_batch=100), on_batch=interrupt)
+    assert mi.served_collection(index.client, "pins") == c1
+    assert index.client.list_collections() == [c1]  # the half-built collection is gone
+    after, _ = index.search(tables["v1"].embeddings[:5], 10)
+    np.testing.assert_array_equal(before, after)
+    index.close()
+
+
+def test_bad_tables_are_refused_with_the_file_name(tables, tmp_path):
+    empty = dataclasses.replace(tables["v1"], ids=tables["v1"].ids[:0], embeddings=tables["v1"].embeddings[:0])
+    path = write_table(empty, tmp_path / "empty.parquet")
+    with pytest.raises(mi.MilvusIndexError, match="empty.parquet"):
+        mi.build_index(str(tmp_path / "c.db"), path)
+    with pytest.raises(mi.MilvusIndexError, match="no collection behind alias"):
+        mi.PinIndex(str(tmp_path / "d.db"))
