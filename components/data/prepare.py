@@ -31,8 +31,10 @@ def to_arrow(spec: TableSpec, df: pd.DataFrame) -> pa.Table:
     arrays = []
     for f in fields:
         values = df[f.name]
-        if pa.types.is_list(f.type):
-            flat = np.stack(values.to_numpy()).astype(np.float32) if len(values) else np.zeros((0, 0), np.float32)
+        if pa.types.is_list(f.type) and len(values) == 0:
+            arrays.append(pa.array([], type=f.type))
+        elif pa.types.is_list(f.type):
+            flat = np.stack(values.to_numpy()).astype(np.float32)
             arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1]).cast(f.type))
         else:
             arrays.append(pa.array(values.to_numpy(), type=f.type))
