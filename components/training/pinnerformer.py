@@ -187,7 +187,7 @@ def train(cfg: PinnerFormerConfig, data_dir: str | Path, pin_embeddings: str | P
             step += 1
             n_seqs += len(exs)
             n_pairs += len(target)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if step % cfg.log_every == 0:
                 log.log(step=step, epoch=epoch, loss=round(float(np.mean(losses[-cfg.log_every:])), 5),
                         temperature=round(float(tau), 5), pairs=len(target))

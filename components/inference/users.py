@@ -1,0 +1,140 @@
+"""PinnerFormer batch inference: the daily incremental user job and the pin tower (arXiv 2205.04507, 3.6).
+
+``embed_users(model_dir, data_dir, pin_embeddings, out_root, date)``:
+1. the users active on day D are those in the ``events/dt=D`` partition;
+2. each is embedded from their latest M actions up to the end of D (only their events are read);
+3. the result is merged into the previous day's table (the newest published version older than D):
+   new rows replace old ones, the other users carry over;
+4. the merged table is published as version D of ``VersionedStore(out_root / "users")``: written
+   completely, then CURRENT switches with a rename. A run killed before that leaves the previous
+   version current and readable; re-running D merges with the same base and gives the same table
+   (``created_at`` is the end of D and ``model_version`` a digest of the model, not the wall clock).
+
+``embed_pin_tower(model_dir, pin_embeddings, out_root, version=None)`` recomputes every pin's
+pin-tower embedding (the retrieval space indexed in Milvus) into ``VersionedStore(out_root / "pins")``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from components.data import io
+from components.data.schemas import TABLES
+from components.data.validate import DataValidationError, check_table, drop_out_of_vocab
+from components.inference.tables import EmbeddingTable, VersionedStore
+from components.models.pinnerformer import load_model
+from components.training.pinnerformer_data import build_sequences
+
+USERS_STORE = "users"
+PINS_STORE = "pins"
+
+
+def model_digest(model_dir: str | Path) -> str:
+    """A short content digest of ``model.pt``: the model_version of every table it produces."""
+    h = hashlib.sha256()
+    with open(Path(model_dir) / "model.pt", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "pinnerformer-" + h.hexdigest()[:12]
+
+
+def _load_pin_table(path: str | Path) -> EmbeddingTable:
+    from components.training.pinnerformer import load_pin_table
+
+    return load_pin_table(path)
+
+
+def _events_of(data_dir: str | Path, users: np.ndarray, days: list[str]):
+    """Events of ``users`` on ``days`` (validated, out-of-vocabulary rows dropped, sorted by user/time)."""
+    spec = TABLES["events"]
+    frames = []
+    value_set = pa.array(users, pa.int64())
+    for day in days:
+        path = io.partition_path(data_dir, "events", day)
+        t = pq.read_table(path, filters=[("user_id", "in", value_set)]) if len(users) else pq.read_table(path).slice(0, 0)
+        if t.num_rows:
+            errs, _ = check_table(spec, t, str(path))
+            if errs:
+                raise DataValidationError(errs)
+            frames.append(t)
+    if not frames:
+        return None
+    df = drop_out_of_vocab(pa.concat_tables(frames).to_pandas(), spec)
+    return df.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+
+
+@torch.no_grad()
+def embed_users(model_dir: str | Path, data_dir: str | Path, pin_embeddings: str | Path, out_root: str | Path,
+                date: str, batch_size: int = 512,
+                before_publish: Callable[[EmbeddingTable], None] | None = None) -> Path:
+    """Embed the users active on ``date`` and publish the merged table as version ``date``; returns its path.
+
+    ``before_publish`` (tests, hooks) is called with the merged table right before publishing.
+    """
+    from components.training.pinnerformer_eval import embed_windows
+
+    day_start, day_end = io.day_bounds(date)
+    days = io.partitions(data_dir, "events")
+    if date not in days:
+        raise FileNotFoundError(f"{io.partition_path(data_dir, 'events', date)}: no events partition for {date}")
+    model, cfg, _ = load_model(model_dir)
+    version_tag = model_digest(model_dir)
+    table = _load_pin_table(pin_embeddings)
+    if table.dim != cfg.pin_dim:
+        raise ValueError(f"{pin_embeddings}: pin embeddings have {table.dim} dims, the model expects {cfg.pin_dim}")
+    day_path = io.partition_path(data_dir, "events", date)
+    active = np.unique(pq.read_table(day_path, columns=["user_id"]).column("user_id").to_numpy())
+    # latest M actions up to the end of D: read only the active users' rows, up to and including D
+    events = _events_of(data_dir, active, [d for d in days if d <= date])
+    ids = np.zeros(0, np.int64)
+    emb = np.zeros((0, cfg.embed_dim), np.float32)
+    if events is not None:
+        events = events[events["timestamp"] < day_end]
+        seqs = build_sequences(events, table.ids)
+        windows = []
+        for u in range(len(seqs)):
+            a, b = seqs.span(u)
+            windows.append((max(a, b - cfg.max_seq_len), b - 1))
+        pins = torch.from_numpy(np.ascontiguousarray(table.embeddings, dtype=np.float32))
+        emb = embed_windows(model, pins, seqs, windows, batch_size)
+        ids = seqs.user_ids
+    store = VersionedStore(Path(out_root) / USERS_STORE)
+    previous = [v for v in store.versions() if v < date]
+    if previous:
+        old = store.read(previous[-1])
+        if old.dim != emb.shape[1]:
+            raise ValueError(f"{store.path(previous[-1])}: previous table has {old.dim} dims, this model "
+                             f"produces {emb.shape[1]}")
+        keep = ~np.isin(old.ids, ids)
+        ids = np.concatenate([old.ids[keep], ids])
+        emb = np.concatenate([old.embeddings[keep], emb])
+    order = np.argsort(ids, kind="stable")
+    merged = EmbeddingTable(ids[order], emb[order].astype(np.float32), version_tag,
+                            dt.datetime.fromtimestamp(day_end, dt.UTC), "user_id")
+    if before_publish is not None:
+        before_publish(merged)
+    return store.publish(merged, date)
+
+
+@torch.no_grad()
+def embed_pin_tower(model_dir: str | Path, pin_embeddings: str | Path, out_root: str | Path,
+                    version: str | None = None, chunk: int = 8192) -> Path:
+    """Recompute every pin's pin-tower embedding and publish ``VersionedStore(out_root / "pins")``."""
+    model, cfg, _ = load_model(model_dir)
+    table = _load_pin_table(pin_embeddings)
+    if table.dim != cfg.pin_dim:
+        raise ValueError(f"{pin_embeddings}: pin embeddings have {table.dim} dims, the model expects {cfg.pin_dim}")
+    pins = torch.from_numpy(np.ascontiguousarray(table.embeddings, dtype=np.float32))
+    out = np.concatenate([model.embed_pins(pins[i:i + chunk]).numpy() for i in range(0, len(pins), chunk)])
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    version = version or now.strftime("%Y-%m-%d")
+    result = EmbeddingTable(table.ids.astype(np.int64), out.astype(np.float32), model_digest(model_dir), now, "pin_id")
+    return VersionedStore(Path(out_root) / PINS_STORE).publish(result, version)
