@@ -1,0 +1,63 @@
+"""Helpers shared by the Kubeflow steps (imported inside each step function, so that the lightweight
+local components and the containerized cluster components run the same code)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def load_config(experiment: str, overrides: list[str] | None, model: str | None = None):
+    """``config.load`` plus the resolved config as a plain dict (for artifact metadata)."""
+    from components import config
+
+    cfg = config.load(experiment, list(overrides or []), model=model)
+    return cfg, config.to_dict(cfg)
+
+
+def numeric_items(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The finite numbers of ``values`` (nested dicts flattened with ``.``), as floats."""
+    out: dict[str, float] = {}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(numeric_items(v, key + "."))
+        elif isinstance(v, bool):
+            out[key] = float(v)
+        elif isinstance(v, int | float) and math.isfinite(float(v)):
+            out[key] = float(v)
+    return out
+
+
+def log_metrics(artifact: Any, values: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Log every finite number of ``values`` on a KFP ``Metrics`` artifact; returns what was logged."""
+    logged = numeric_items(values, prefix)
+    for k, v in logged.items():
+        artifact.log_metric(k, v)
+    return logged
+
+
+def dir_size(path: str | Path) -> int:
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def table_path(path: str | Path) -> Path:
+    """The embedding table file of ``path``: a VersionedStore root (CURRENT), a folder or the file itself."""
+    from components.inference.tables import TABLE_FILE, VersionedStore
+
+    path = Path(path)
+    if (path / "CURRENT").exists():
+        return VersionedStore(path).path()
+    return path / TABLE_FILE if path.is_dir() else path
+
+
+def default_date(data_dir: str | Path) -> str:
+    """The last training day: the UTC day before ``meta.json``'s ``split_timestamp`` (YYYY-MM-DD)."""
+    import datetime as dt
+
+    from components.data.io import read_meta
+
+    split = int(read_meta(data_dir)["split_timestamp"])
+    return (dt.datetime.fromtimestamp(split, dt.UTC) - dt.timedelta(days=1)).strftime("%Y-%m-%d")

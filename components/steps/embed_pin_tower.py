@@ -1,0 +1,20 @@
+"""Step: PinnerFormer's pin tower over the PinSage embeddings: the retrieval space indexed in Milvus."""
+
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.steps.images import step
+
+
+@step
+def embed_pin_tower(model: Input[Model], pin_embeddings: Input[Dataset], embeddings: Output[Dataset],
+                    stats: Output[Metrics], version: str = ""):
+    """``components.inference.users.embed_pin_tower(model, pin_embeddings, embeddings, version)``."""
+    from components.inference.tables import read_table
+    from components.inference.users import embed_pin_tower as run
+    from components.steps.common import log_metrics
+
+    path = run(model.path, pin_embeddings.path, embeddings.path, version=version or None)
+    table = read_table(path)
+    embeddings.metadata["table"] = str(path)
+    embeddings.metadata["model_version"] = table.model_version
+    log_metrics(stats, {"pins": len(table), "dim": table.dim})

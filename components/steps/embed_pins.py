@@ -1,0 +1,22 @@
+"""Step: layer-wise PinSage inference over every pin, published as a versioned embedding table."""
+
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.steps.images import step
+
+
+@step
+def embed_pins(data: Input[Dataset], model: Input[Model], embeddings: Output[Dataset], stats: Output[Metrics],
+               version: str = ""):
+    """``components.inference.pinsage.embed_pins(model, data, embeddings, version)``; ``embeddings`` is a
+    VersionedStore root (``CURRENT`` names the table)."""
+    from components.inference.pinsage import embed_pins as run
+    from components.inference.tables import read_table
+    from components.steps.common import log_metrics
+
+    path = run(model.path, data.path, embeddings.path, version=version or None)
+    table = read_table(path)
+    embeddings.metadata["table"] = str(path)
+    embeddings.metadata["model_version"] = table.model_version
+    embeddings.metadata["config"] = model.metadata.get("config", {})
+    log_metrics(stats, {"pins": len(table), "dim": table.dim})

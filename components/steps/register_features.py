@@ -1,0 +1,34 @@
+"""Step: publish user (PinnerFormer) and pin (PinSage) embeddings and ranker features to Feast."""
+
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from components.steps.images import step
+
+
+@step
+def register_features(data: Input[Dataset], repo: Output[Dataset], stats: Output[Metrics],
+                      user_embeddings: Input[Dataset] = None, pin_embeddings: Input[Dataset] = None,
+                      date: str = "", repo_dir: str = ""):
+    """``feast_store``: init the repo, write its sources as of ``date``, ``apply``, ``materialize``.
+
+    ``repo_dir``: the persistent Feast repo (a PVC path on a cluster); "" = this run's artifact.
+    ``date`` "" = the date of the user embeddings (or the last training day).
+    """
+    from components.serving import feast_store
+    from components.steps.common import default_date, log_metrics, table_path
+
+    if not date and user_embeddings is not None:
+        date = user_embeddings.metadata.get("date", "")
+    date = date or default_date(data.path)
+    root = repo_dir or repo.path
+    feast_store.init_repo(root)
+    rows = feast_store.write_sources(root, data.path, date,
+                                     user_embeddings=table_path(user_embeddings.path) if user_embeddings is not None else None,
+                                     pin_embeddings=table_path(pin_embeddings.path) if pin_embeddings is not None else None)
+    names = feast_store.apply(root)
+    loaded = feast_store.materialize(root, date)
+    repo.metadata["repo_dir"] = str(root)
+    repo.metadata["date"] = date
+    repo.metadata["objects"] = names
+    repo.metadata["materialized"] = loaded
+    log_metrics(stats, {"rows": rows})

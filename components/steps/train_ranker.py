@@ -1,0 +1,28 @@
+"""Step: train the multi-task homefeed ranker on impressions, with PinnerFormer/PinSage embeddings."""
+
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.steps.images import step
+
+
+@step
+def train_ranker(experiment: str, data: Input[Dataset], model: Output[Model], metrics: Output[Metrics],
+                 user_embeddings: Input[Dataset] = None, pin_embeddings: Input[Dataset] = None,
+                 overrides: list = None, num_nodes: int = 1, nproc_per_node: int = 1):
+    """``components.training.ranker.train(cfg, data, model, user_embeddings, pin_embeddings)`` through the
+    launcher; a missing embedding table falls back to the content baseline."""
+    from components.steps.common import load_config, log_metrics
+    from components.training.launch import TrainCall, launch
+
+    _, resolved = load_config(experiment, overrides, model="ranker")
+    kwargs = {"data_dir": data.path, "out_dir": model.path}
+    if user_embeddings is not None:
+        kwargs["user_embeddings"] = user_embeddings.path
+    if pin_embeddings is not None:
+        kwargs["pin_embeddings"] = pin_embeddings.path
+    call = TrainCall("components.training.ranker:train", experiment, list(overrides or []), kwargs,
+                     path_kwargs=[k for k in kwargs if k != "out_dir"])
+    result = launch(call, num_nodes=num_nodes, nproc_per_node=nproc_per_node)
+    model.metadata["config"] = resolved
+    model.metadata["embeddings"] = "trained" if user_embeddings is not None else "content baseline"
+    log_metrics(metrics, result)

@@ -1,0 +1,93 @@
+"""What the pipelines share: the step components (containerized, or lightweight for ``kfp.local``) and
+the Kubernetes settings applied to tasks when compiling for a cluster (kfp-kubernetes).
+
+On a cluster every task mounts the data PVC; training and export tasks run on the GPU image with a GPU
+node selector, a toleration for the GPU taint, an accelerator type and limit and CPU/memory limits;
+tasks that talk to object storage, Feast's online store or Milvus get their credentials from existing
+Secrets as environment variables. Local runs (``kfp.local``) get none of this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from kfp import kubernetes
+from kfp.dsl import PipelineTask
+
+STEP_NAMES = ("prepare_data", "sample_graph", "train_pinsage", "embed_pins", "train_pinnerformer", "embed_users",
+              "embed_pin_tower", "train_ranker", "evaluate_ranker", "export_ranker", "register_features",
+              "build_index")
+GPU_STEPS = ("train_pinsage", "train_pinnerformer", "train_ranker", "export_ranker")
+
+
+@dataclass
+class ClusterConfig:
+    """Kubernetes settings of a compiled pipeline (secrets are referenced by name, never inlined)."""
+
+    data_pvc: str = "homefeed-data"
+    data_mount: str = "/data"
+    gpu_node_label: tuple[str, str] = ("nvidia.com/gpu.present", "true")
+    gpu_taint_key: str = "nvidia.com/gpu"
+    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_limit: int = 1
+    gpu_cpu_limit: str = "8"
+    gpu_memory_limit: str = "32Gi"
+    cpu_limit: str = "4"
+    memory_limit: str = "16Gi"
+    job_api: str = "trainjob"  # multi-node training: trainjob (Kubeflow Trainer) | pytorchjob (Training Operator)
+    # secret name -> {secret key: environment variable}, per kind of task
+    storage_secret: dict[str, dict[str, str]] = field(default_factory=lambda: {
+        "homefeed-object-store": {"access-key": "AWS_ACCESS_KEY_ID", "secret-key": "AWS_SECRET_ACCESS_KEY"}})
+    feast_secret: dict[str, dict[str, str]] = field(default_factory=lambda: {
+        "homefeed-feast-redis": {"password": "FEAST_REDIS_PASSWORD"}})
+    milvus_secret: dict[str, dict[str, str]] = field(default_factory=lambda: {
+        "homefeed-milvus": {"token": "MILVUS_TOKEN"}})
+
+
+def steps(local: bool) -> SimpleNamespace:
+    """The step components by name; ``local`` -> lightweight versions for ``kfp.local.SubprocessRunner``."""
+    import importlib
+
+    from components.steps.images import lightweight
+
+    comps = {}
+    for name in STEP_NAMES:
+        comp = getattr(importlib.import_module(f"components.steps.{name}"), name)
+        comps[name] = lightweight(comp) if local else comp
+    return SimpleNamespace(**comps)
+
+
+def _secrets(task: PipelineTask, secrets: dict[str, dict[str, str]]) -> None:
+    for name, key_to_env in secrets.items():
+        kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=key_to_env)
+
+
+def apply(task: PipelineTask, step_name: str, cluster: ClusterConfig | None) -> PipelineTask:
+    """Apply ``cluster``'s settings to ``task`` (a no-op for local runs: ``cluster`` None)."""
+    if cluster is None:
+        return task
+    from components.steps.images import GPU_IMAGE
+
+    kubernetes.mount_pvc(task, pvc_name=cluster.data_pvc, mount_path=cluster.data_mount)
+    task.set_env_variable("HOMEFEED_DATA_PVC", cluster.data_pvc)
+    task.set_env_variable("HOMEFEED_DATA_MOUNT", cluster.data_mount)
+    if step_name in GPU_STEPS:
+        task.set_container_image(GPU_IMAGE)
+        kubernetes.add_node_selector(task, label_key=cluster.gpu_node_label[0], label_value=cluster.gpu_node_label[1])
+        kubernetes.add_toleration(task, key=cluster.gpu_taint_key, operator="Exists", effect="NoSchedule")
+        task.set_accelerator_type(cluster.accelerator_type)
+        task.set_accelerator_limit(cluster.accelerator_limit)
+        task.set_cpu_limit(cluster.gpu_cpu_limit)
+        task.set_memory_limit(cluster.gpu_memory_limit)
+        task.set_env_variable("HOMEFEED_JOB_API", cluster.job_api)
+    else:
+        task.set_cpu_limit(cluster.cpu_limit)
+        task.set_memory_limit(cluster.memory_limit)
+    if step_name in ("export_ranker", "register_features", "prepare_data"):
+        _secrets(task, cluster.storage_secret)
+    if step_name == "register_features":
+        _secrets(task, cluster.feast_secret)
+    if step_name == "build_index":
+        _secrets(task, cluster.milvus_secret)
+    return task

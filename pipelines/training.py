@@ -1,0 +1,90 @@
+"""The training pipeline: data -> PinSage -> PinnerFormer -> ranker -> serving artifacts.
+
+Steps (each a task with a display name):
+ 1. prepare_data        build and validate the data directory (ML-100k or synthetic)
+ 2. sample_graph        pin-board graph, importance neighbourhoods (random walks)
+ 3. train_pinsage       PinSage (torchrun; a TrainJob/PyTorchJob when num_nodes > 1 on a cluster)
+ 4. embed_pins          layer-wise PinSage inference -> pin embedding table
+ 5. train_pinnerformer  PinnerFormer over the pin embeddings
+ 6. embed_users         user embeddings as of ``date`` (merged into ``users_store``)
+ 7. embed_pin_tower     PinnerFormer's pin tower (the retrieval space)
+ 8. train_ranker        the multi-task ranker with the user and pin embeddings
+ 9. evaluate_ranker     held-out AUC per task and HIT@3/save; stops the run below ``min_auc``
+10. export_ranker       ONNX + preprocess.json for Triton
+11. register_features   Feast: user/pin embeddings and ranker features, apply + materialize
+12. build_index         Milvus: pin-tower embeddings, new collection, alias switch
+
+``build(local=True)`` gives the same DAG over lightweight components for ``kfp.local``; the module-level
+``training_pipeline`` is the cluster version (kfp-kubernetes settings, see pipelines/cluster.py).
+"""
+
+from kfp import dsl
+
+from pipelines.cluster import ClusterConfig, apply, steps
+
+
+def build(local: bool = False, cluster: ClusterConfig | None = None):
+    """The training pipeline function; ``cluster`` settings are applied unless ``local``."""
+    s = steps(local)
+    cluster = None if local else (cluster or ClusterConfig())
+
+    @dsl.pipeline(name="homefeed-training", description=__doc__.splitlines()[0])
+    def training_pipeline(
+        data_experiment: str = "ml100k",
+        pinsage_experiment: str = "pinsage",
+        pinnerformer_experiment: str = "pinnerformer",
+        ranker_experiment: str = "ranker",
+        data_overrides: list = None,
+        pinsage_overrides: list = None,
+        pinnerformer_overrides: list = None,
+        ranker_overrides: list = None,
+        date: str = "",
+        num_nodes: int = 1,
+        nproc_per_node: int = 1,
+        users_store: str = "/data/homefeed/embeddings/users",
+        feature_repo: str = "/data/homefeed/feature_repo",
+        milvus_uri: str = "http://milvus:19530",
+        min_auc: float = 0.5,
+    ):
+        data = apply(s.prepare_data(experiment=data_experiment, overrides=data_overrides)
+                     .set_display_name("Prepare data"), "prepare_data", cluster)
+        graph = apply(s.sample_graph(experiment=pinsage_experiment, overrides=pinsage_overrides,
+                                     data=data.outputs["data"])
+                      .set_display_name("Sample graph neighbourhoods"), "sample_graph", cluster)
+        pinsage = apply(s.train_pinsage(experiment=pinsage_experiment, overrides=pinsage_overrides,
+                                        data=data.outputs["data"], graph=graph.outputs["graph"],
+                                        num_nodes=num_nodes, nproc_per_node=nproc_per_node)
+                        .set_display_name("Train PinSage"), "train_pinsage", cluster)
+        pins = apply(s.embed_pins(data=data.outputs["data"], model=pinsage.outputs["model"])
+                     .set_display_name("Embed pins (PinSage)"), "embed_pins", cluster)
+        pinnerformer = apply(s.train_pinnerformer(experiment=pinnerformer_experiment, overrides=pinnerformer_overrides,
+                                                  data=data.outputs["data"], pin_embeddings=pins.outputs["embeddings"],
+                                                  num_nodes=num_nodes, nproc_per_node=nproc_per_node)
+                             .set_display_name("Train PinnerFormer"), "train_pinnerformer", cluster)
+        users = apply(s.embed_users(data=data.outputs["data"], model=pinnerformer.outputs["model"],
+                                    pin_embeddings=pins.outputs["embeddings"], date=date, store_root=users_store)
+                      .set_display_name("Embed users (PinnerFormer)"), "embed_users", cluster)
+        tower = apply(s.embed_pin_tower(model=pinnerformer.outputs["model"], pin_embeddings=pins.outputs["embeddings"])
+                      .set_display_name("Embed pins (PinnerFormer pin tower)"), "embed_pin_tower", cluster)
+        ranker = apply(s.train_ranker(experiment=ranker_experiment, overrides=ranker_overrides,
+                                      data=data.outputs["data"], user_embeddings=users.outputs["users"],
+                                      pin_embeddings=pins.outputs["embeddings"],
+                                      num_nodes=num_nodes, nproc_per_node=nproc_per_node)
+                       .set_display_name("Train ranker"), "train_ranker", cluster)
+        evaluation = apply(s.evaluate_ranker(data=data.outputs["data"], model=ranker.outputs["model"],
+                                             user_embeddings=users.outputs["users"],
+                                             pin_embeddings=pins.outputs["embeddings"], min_auc=min_auc)
+                           .set_display_name("Evaluate ranker"), "evaluate_ranker", cluster)
+        export = apply(s.export_ranker(model=ranker.outputs["model"], data=data.outputs["data"])
+                       .set_display_name("Export ranker (ONNX)"), "export_ranker", cluster)
+        export.after(evaluation)
+        apply(s.register_features(data=data.outputs["data"], user_embeddings=users.outputs["users"],
+                                  pin_embeddings=pins.outputs["embeddings"], date=date, repo_dir=feature_repo)
+              .set_display_name("Register features (Feast)"), "register_features", cluster)
+        apply(s.build_index(pin_embeddings=tower.outputs["embeddings"], milvus_uri=milvus_uri)
+              .set_display_name("Build pin index (Milvus)"), "build_index", cluster)
+
+    return training_pipeline
+
+
+training_pipeline = build()
