@@ -87,14 +87,17 @@ def write_partitioned(data_dir: str | Path, name: str, table: pa.Table, ts_colum
     Each partition file is written atomically; rewriting a day replaces that day only.
     """
     root = Path(data_dir) / TABLES[name].filename
-    days = day_of(table.column(ts_column).to_numpy())
-    order = np.argsort(days, kind="stable")
-    days_sorted = days[order]
-    table = table.take(pa.array(order))
+    day_index = table.column(ts_column).to_numpy() // 86_400  # UTC days since the epoch
+    if len(day_index) and (day_index[1:] >= day_index[:-1]).all():
+        order = None  # already in day order (the usual case): no copy
+    else:
+        order = np.argsort(day_index, kind="stable")
+        day_index = day_index[order]
+        table = table.take(pa.array(order))
     paths = []
-    uniq, starts = np.unique(days_sorted, return_index=True)
-    ends = list(starts[1:]) + [len(days_sorted)]
-    for day, s, e in zip(uniq, starts, ends):
+    uniq, starts = np.unique(day_index, return_index=True)
+    ends = list(starts[1:]) + [len(day_index)]
+    for day, s, e in zip(day_of(uniq * 86_400), starts, ends):
         paths.append(atomic_write_parquet(table.slice(int(s), int(e - s)), root / f"dt={day}" / PART_FILE))
     return paths
 

@@ -11,7 +11,7 @@ The files ship inside ``recbole==1.2.1`` (installed with ``--no-deps``) under
   user rated 5 before the evaluation split (users' own boards; no evaluation data leaks into the graph).
 - ratings -> events on the homefeed surface: 5 = repin, 4 = closeup (10-120 s), 3 = click (under 10 s),
   1-2 = hide; durations are drawn with a fixed seed.
-- equal timestamps (about half the rows share one with another rating of the same user) get a stable
+- equal timestamps (three rows in four share one with another rating of the same user) get a stable
   tie-break: rows are ordered by (timestamp, crc32 of the item id) and nudged forward one second at a
   time until each user's timestamps strictly increase.
 - impressions: one request per user-day; the items rated that day plus as many sampled unrated items
