@@ -190,7 +190,7 @@ def train(cfg: PinnerFormerConfig, data_dir: str | Path, pin_embeddings: str | P
             losses.append(float(loss.detach()))
             if step % cfg.log_every == 0:
                 log.log(step=step, epoch=epoch, loss=round(float(np.mean(losses[-cfg.log_every:])), 5),
-                        temperature=round(float(tau), 5), pairs=len(target))
+                        temperature=round(float(tau.detach()), 5), pairs=len(target))
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and info.is_main:
                 common.save_checkpoint(ckpt_dir / f"step-{step}.pt", model, opt, step, cfg, extra(epoch, bi + 1))
         if done:
