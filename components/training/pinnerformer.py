@@ -201,7 +201,7 @@ def train(cfg: PinnerFormerConfig, data_dir: str | Path, pin_embeddings: str | P
     metrics: dict = {"steps": step, "final_loss": float(np.mean(losses[-20:])) if losses else None,
                      "sequences_per_s": n_seqs * info.world_size / elapsed if elapsed > 0 else 0.0,
                      "pairs": n_pairs * info.world_size, "world_size": info.world_size,
-                     "params_equal_across_ranks": equal, "temperature": float(model.temperature()),
+                     "params_equal_across_ranks": equal, "temperature": float(model.temperature().detach()),
                      "train_users": int(len(train_pos)), "eval_users": int(len(eval_users)),
                      "dropped_unknown_pins": seqs.dropped_unknown_pins, **timer.as_dict()}
     if info.is_main:

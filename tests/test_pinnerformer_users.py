@@ -1,0 +1,166 @@
+"""The daily incremental user job: only active users, merge with yesterday, idempotent, atomic under kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from components import config
+from components.cli import main as cli_main
+from components.data import io
+from components.inference.baseline import content_embeddings
+from components.inference.tables import VersionedStore, write_table
+from components.inference.users import embed_pin_tower, embed_users
+from components.training.pinnerformer import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("pf_users")
+    pins, _ = content_embeddings(tiny_data)
+    pin_path = write_table(pins, root / "pins.parquet")
+    train(config.load("pinnerformer_tiny", {"max_steps": 5, "epochs": 1}), tiny_data, pin_path, root / "model",
+          evaluate=False)
+    return root / "model", pin_path
+
+
+def _days(data_dir: Path) -> list[str]:
+    return io.partitions(data_dir, "events")
+
+
+def test_daily_incremental_merge_and_idempotence(tiny_data, trained, tmp_path):
+    model_dir, pins = trained
+    d1, d2 = _days(tiny_data)[20:22]
+    out = tmp_path / "emb"
+    store = VersionedStore(out / "users")
+    embed_users(model_dir, tiny_data, pins, out, d1)
+    t1 = store.read(d1)
+    active1 = np.unique(pq.read_table(io.partition_path(tiny_data, "events", d1)).column("user_id").to_numpy())
+    np.testing.assert_array_equal(t1.ids, active1)  # day 1 of an empty store: exactly the active users
+    assert np.allclose(np.linalg.norm(t1.embeddings, axis=1), 1, atol=1e-4)
+    embed_users(model_dir, tiny_data, pins, out, d2)
+    assert store.current() == d2
+    t2 = store.read(d2)
+    active2 = np.unique(pq.read_table(io.partition_path(tiny_data, "events", d2)).column("user_id").to_numpy())
+    np.testing.assert_array_equal(t2.ids, np.union1d(active1, active2))
+    carried = np.setdiff1d(active1, active2)
+    assert len(carried) and len(np.intersect1d(active1, active2))  # the test exercises both cases
+    e1, _ = t1.lookup(carried)
+    e2, _ = t2.lookup(carried)
+    np.testing.assert_array_equal(e1, e2)  # inactive users carry over unchanged
+    both = np.intersect1d(active1, active2)
+    assert not np.allclose(t1.lookup(both)[0], t2.lookup(both)[0])  # re-embedded with day-2 actions
+    # idempotent: re-running day 2 merges with day 1 again and gives the same table, byte for byte
+    before = (out / "users" / f"v={d2}" / "embeddings.parquet").read_bytes()
+    embed_users(model_dir, tiny_data, pins, out, d2)
+    assert pq.read_table(out / "users" / f"v={d2}" / "embeddings.parquet").equals(
+        pq.read_table(pa.BufferReader(before)))
+    assert store.current() == d2
+
+
+def test_embedding_uses_latest_actions_up_to_end_of_day(tiny_data, trained, tmp_path):
+    """A user's embedding for day D equals the model applied to their last M actions up to the end of D."""
+    import torch
+
+    from components.data.validate import load_events
+    from components.models.pinnerformer import load_model
+    from components.training.pinnerformer import load_pin_table
+    from components.training.pinnerformer_data import build_sequences, collate
+
+    model_dir, pins = trained
+    day = _days(tiny_data)[25]
+    embed_users(model_dir, tiny_data, pins, tmp_path, day)
+    table = VersionedStore(tmp_path / "users").read(day)
+    model, cfg, _ = load_model(model_dir)
+    pt = load_pin_table(pins)
+    _, end = io.day_bounds(day)
+    ev = load_events(tiny_data)
+    user = int(table.ids[0])
+    ev = ev[(ev.user_id == user) & (ev.timestamp < end)]
+    seqs = build_sequences(ev, pt.ids)
+    b = seqs.span(0)[1]
+    batch = collate(seqs, [(max(0, b - cfg.max_seq_len), b - 1)])
+    with torch.no_grad():
+        out = model(torch.from_numpy(pt.embeddings)[batch["pin_row"]], batch["action"], batch["surface"],
+                    batch["duration"], batch["timestamp"], batch["valid"])[0, -1].numpy()
+    np.testing.assert_allclose(table.embeddings[0], out, atol=1e-5)
+
+
+def test_failure_before_publish_keeps_previous_version(tiny_data, trained, tmp_path):
+    model_dir, pins = trained
+    d1, d2 = _days(tiny_data)[20:22]
+    embed_users(model_dir, tiny_data, pins, tmp_path, d1)
+    current = (tmp_path / "users" / "CURRENT").read_bytes()
+    table_bytes = (tmp_path / "users" / f"v={d1}" / "embeddings.parquet").read_bytes()
+
+    def boom(_table):
+        raise RuntimeError("injected failure before publish")
+
+    with pytest.raises(RuntimeError, match="injected"):
+        embed_users(model_dir, tiny_data, pins, tmp_path, d2, before_publish=boom)
+    assert (tmp_path / "users" / "CURRENT").read_bytes() == current
+    assert (tmp_path / "users" / f"v={d1}" / "embeddings.parquet").read_bytes() == table_bytes
+    assert VersionedStore(tmp_path / "users").versions() == [d1]
+
+
+def test_killed_process_leaves_previous_version_current(tiny_data, trained, tmp_path):
+    """SIGKILL a real embedding process right before it publishes; the store is untouched."""
+    model_dir, pins = trained
+    d1, d2 = _days(tiny_data)[20:22]
+    embed_users(model_dir, tiny_data, pins, tmp_path, d1)
+    current = (tmp_path / "users" / "CURRENT").read_bytes()
+    table_bytes = (tmp_path / "users" / f"v={d1}" / "embeddings.parquet").read_bytes()
+    script = (
+        "import os, signal, sys\n"
+        "from components.inference.users import embed_users\n"
+        "embed_users(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5],\n"
+        "            before_publish=lambda t: os.kill(os.getpid(), signal.SIGKILL))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(model_dir), str(tiny_data), str(pins), str(tmp_path), d2],
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert (tmp_path / "users" / "CURRENT").read_bytes() == current
+    assert (tmp_path / "users" / f"v={d1}" / "embeddings.parquet").read_bytes() == table_bytes
+    assert VersionedStore(tmp_path / "users").read().model_version.startswith("pinnerformer-")
+    # the next run completes and publishes normally
+    embed_users(model_dir, tiny_data, pins, tmp_path, d2)
+    assert VersionedStore(tmp_path / "users").current() == d2
+
+
+def test_cli_embed_users_and_pin_tower(tiny_data, trained, tmp_path, capsys):
+    model_dir, pins = trained
+    day = _days(tiny_data)[10]
+    assert cli_main(["embed", "users", "--date", day, "--model", str(model_dir), "--data", str(tiny_data),
+                     "--pin-embeddings", str(pins), "--out", str(tmp_path)]) == 0
+    assert VersionedStore(tmp_path / "users").current() == day
+    assert cli_main(["embed", "pin-tower", "--model", str(model_dir), "--pin-embeddings", str(pins),
+                     "--out", str(tmp_path), "--version", "v1"]) == 0
+    pt = VersionedStore(tmp_path / "pins").read()
+    assert len(pt) == 800 and np.allclose(np.linalg.norm(pt.embeddings, axis=1), 1, atol=1e-4)
+    assert pt.dim == VersionedStore(tmp_path / "users").read().dim  # one space for users and pins
+    # a day without a partition is a clear error naming the path
+    assert cli_main(["embed", "users", "--date", "1999-01-01", "--model", str(model_dir), "--data", str(tiny_data),
+                     "--pin-embeddings", str(pins), "--out", str(tmp_path)]) == 2
+    assert "dt=1999-01-01" in capsys.readouterr().err
+
+
+def test_pin_tower_rejects_wrong_dimension(trained, tmp_path):
+    import datetime as dt
+
+    from components.inference.tables import EmbeddingTable
+
+    model_dir, _ = trained
+    bad = write_table(EmbeddingTable(np.arange(3), np.ones((3, 5), np.float32), "x", dt.datetime.now(dt.UTC)),
+                      tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="5 dims, the model expects 64"):
+        embed_pin_tower(model_dir, bad, tmp_path)
