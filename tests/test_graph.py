@@ -151,3 +151,14 @@ def test_computation_graph_reindexes_every_layer():
         assert np.array_equal(b.nbr_w, w[layers[-1]])
     assert np.array_equal(layers[-1][pos], targets)
     assert len(layers[0]) >= len(layers[1]) >= len(layers[2])
+
+
+def test_neighbourhoods_round_trip_through_a_file(tiny_data, tmp_path):
+    g = build_graph(tiny_data)
+    nbr, w = sampling.build_neighbourhoods(g, cfg())
+    path = sampling.save_neighbourhoods(tmp_path / "nbrs.npz", g.pin_ids, nbr, w)
+    ids, nbr2, w2 = sampling.load_neighbourhoods(path, g)
+    assert np.array_equal(ids, g.pin_ids) and np.array_equal(nbr2, nbr) and np.array_equal(w2, w)
+    other = PinBoardGraph.from_edges(g.pin_ids[:10], np.array([1]), np.arange(10), np.zeros(10, int))
+    with pytest.raises(ValueError, match="nbrs.npz: sampled for"):
+        sampling.load_neighbourhoods(path, other)

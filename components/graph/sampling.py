@@ -10,6 +10,8 @@ negatives and the re-indexed computation graph of a minibatch.
 - :func:`personalized_pagerank` / :func:`hard_negative_candidates`: the paper's hard negatives, pins
   ranked in a band of the query's personalised PageRank (2000-5000 of 2 billion there; here the band is a
   fraction of the corpus, ``hard_negative_band``), by power iteration on the same graph.
+- :func:`save_neighbourhoods` / :func:`load_neighbourhoods`: the sampled neighbourhoods as an artifact
+  (``.npz``, keyed by pin id) for a pipeline's graph-sampling step.
 - :func:`computation_graph`: Algorithm 1's node sets S^(K) <- ... <- S^(0) for a set of target pins,
   re-indexed so layer k gathers its inputs from layer k-1 by position.
 
@@ -18,14 +20,17 @@ Everything random takes a seed and is reproducible.
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from components.data.io import atomic_write_bytes
 from components.graph.graph import PinBoardGraph
 
 
@@ -209,3 +214,26 @@ def computation_graph(targets: np.ndarray, nbr_ids: np.ndarray, nbr_weights: np.
         blocks.append(Block(np.searchsorted(prev, layer), np.searchsorted(prev, nb), nbr_weights[layer]))
         layer = prev
     return layer, blocks[::-1], target_pos
+
+
+def save_neighbourhoods(path: str | Path, pin_ids: np.ndarray, nbr_ids: np.ndarray, nbr_weights: np.ndarray) -> Path:
+    """Write neighbourhoods atomically as ``.npz``: pin_ids (P,), nbr_pin_ids (P, T) as pin *ids*, weights (P, T)."""
+    buf = io.BytesIO()
+    np.savez(buf, pin_ids=np.asarray(pin_ids, np.int64), nbr_pin_ids=np.asarray(pin_ids, np.int64)[nbr_ids],
+             weights=np.asarray(nbr_weights, np.float32))
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_neighbourhoods(path: str | Path, graph: PinBoardGraph | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pin_ids (P,), nbr_ids (P, T) pin indices, weights (P, T)) from :func:`save_neighbourhoods`.
+
+    With ``graph``, checks the file was sampled from a graph with the same pins (an error names the file).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: neighbourhoods file not found (run the graph sampling step)")
+    with np.load(path) as z:
+        pin_ids, nbr_pin_ids, w = z["pin_ids"], z["nbr_pin_ids"], z["weights"]
+    if graph is not None and not np.array_equal(pin_ids, graph.pin_ids):
+        raise ValueError(f"{path}: sampled for {len(pin_ids)} pins, the graph has {graph.num_pins} different pins")
+    return pin_ids, np.searchsorted(pin_ids, nbr_pin_ids), w
