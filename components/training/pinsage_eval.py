@@ -7,6 +7,7 @@ is ranked by dot product with q against a candidate pool: every other pin when t
 
 - hit@K: fraction of pairs whose positive ranks in the top K (K = 10, 50);
 - MRR: mean of 1/rank (plain, not the paper's rank/100 scaling);
+- hit@10_se, mrr_se: their standard errors over the held-out pairs;
 - topic@10 (synthetic data only): fraction of each pin's 10 nearest pins that share its planted topic
   (``ground_truth/pin_topics.parquet``).
 
@@ -68,8 +69,14 @@ def ranking_metrics(emb: np.ndarray, pairs: np.ndarray, pool_size: int, seed: in
         scores = q @ emb[pool].T  # (n, pool)
         scores[(pool[None, :] == pairs[:, :1]) | (pool[None, :] == pairs[:, 1:])] = -np.inf
     rank = 1 + (scores > s_pos[:, None]).sum(1)  # (n,)
-    out = {f"hit@{k}": float((rank <= k).mean()) for k in HIT_KS}
+    n = len(rank)
+    out: dict[str, float] = {}
+    for k in HIT_KS:
+        out[f"hit@{k}"] = float((rank <= k).mean())
     out["mrr"] = float((1.0 / rank).mean())
+    # standard errors over the held-out pairs, to read differences between rows against
+    out["hit@10_se"] = float(np.sqrt(out["hit@10"] * (1 - out["hit@10"]) / n))
+    out["mrr_se"] = float((1.0 / rank).std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
     return out
 
 
