@@ -257,11 +257,13 @@ def train(cfg: RankerConfig, data_dir: str | Path, out_dir: str | Path, user_emb
                 torch.distributed.barrier()
     train_s = time.perf_counter() - t0
 
+    in_sync = common.params_equal_across_ranks(model) if info.enabled else True  # a collective: every rank
     metrics: dict[str, Any] = {}
     if info.is_main:
         metrics = evaluate(model, eval_data, cfg.tasks, cfg.task_weights, cfg.eval_batch_size)
         metrics.update({"steps": step, "world_size": info.world_size, "train_seconds": round(train_s, 3),
                         "train_examples_per_s": round(examples * info.world_size / max(train_s, 1e-9), 1),
+                        "params_in_sync": in_sync,
                         "parameters": sum(p.numel() for p in model.parameters()),
                         "rows_train": len(train_data), "rows_eval": len(eval_data), **timer.as_dict()})
         common.save_checkpoint(out_dir / "model.pt", model, None, step, cfg, extra)
