@@ -29,11 +29,12 @@ import pyarrow.compute as pc
 
 from components.data import io
 from components.data.io import atomic_write_json, atomic_write_parquet
-from components.inference.tables import read_table
+from components.inference.tables import VersionedStore, read_table
 
 REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "feature_repo"
 SOURCE_NAMES = ("user_embedding", "pin_embedding", "user_features", "pin_features")
 EPOCH = dt.datetime(1970, 1, 2, tzinfo=dt.UTC)
+POPULAR_FILE = "popular_pins.parquet"  # beside the sources: the cold-start list (not a feature view)
 
 
 class FeatureStoreError(RuntimeError):
@@ -61,8 +62,16 @@ def _day_start(date: str) -> dt.datetime:
     return dt.datetime.fromtimestamp(start, dt.UTC)
 
 
+def table_path(source: str | Path) -> Path:
+    """An embedding table's file from a file, a directory holding one, or a VersionedStore root (CURRENT)."""
+    source = Path(source)
+    if (source / "CURRENT").exists():
+        return VersionedStore(source).path()
+    return source
+
+
 def _embedding_source(path: str | Path, id_column: str, as_of: dt.datetime) -> pa.Table:
-    table = read_table(path, id_column)
+    table = read_table(table_path(path), id_column)
     n, d = table.embeddings.shape
     return pa.table({
         id_column: pa.array(table.ids.astype(np.int64)),
@@ -120,8 +129,27 @@ def write_sources(repo_dir: str | Path, data_dir: str | Path, date: str, user_em
             counts[name] = t.num_rows
         elif not (sources / f"{name}.parquet").exists():
             raise FeatureStoreError(f"{sources / (name + '.parquet')}: no {name} source yet; pass an embedding table")
+    pop = popular_pins(data_dir, end)
+    atomic_write_parquet(pop, sources / POPULAR_FILE)
+    counts["popular_pins"] = pop.num_rows
     atomic_write_json(schema, sources / "schema.json")
     return counts
+
+
+def popular_pins(data_dir: str | Path, end: int, days: int = 14, top: int = 1000) -> pa.Table:
+    """The cold-start list: pins by positive engagements in the ``days`` before ``end`` (all engagements
+    break ties; all history if the window is empty)."""
+    from components.data.validate import load_events
+    from components.inference.baseline import is_positive
+
+    ev = load_events(data_dir)
+    ev = ev[ev["timestamp"] < end]
+    recent = ev[ev["timestamp"] >= end - days * 86_400]
+    ev = recent if len(recent) else ev
+    pos = is_positive(ev["action_type"].to_numpy(), ev["duration_s"].to_numpy())
+    score = ev.assign(w=np.where(pos, 1.0, 0.01)).groupby("pin_id")["w"].sum().sort_values(ascending=False, kind="stable")
+    score = score.head(top)
+    return pa.table({"pin_id": pa.array(score.index.to_numpy(np.int64)), "score": pa.array(score.to_numpy(np.float64))})
 
 
 def _store(repo_dir: str | Path):

@@ -74,7 +74,9 @@ def build_index(uri: str | Path, embeddings_path: str | Path, alias: str = ALIAS
     is already served, nothing is rebuilt.
     """
     params = params or HnswParams()
-    table = read_table(embeddings_path)
+    from components.serving.feast_store import table_path
+
+    table = read_table(table_path(embeddings_path))
     if len(table) == 0:
         raise MilvusIndexError(f"{embeddings_path}: embedding table is empty; refusing to index it")
     if not np.isfinite(table.embeddings).all():
