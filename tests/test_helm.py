@@ -1,0 +1,691 @@
+"""The Helm chart (helm/homefeed), with a real helm (v4.3.1 from `make helm`) and offline schema validation.
+
+Scenarios: defaults (GPU Triton, TrainJob off), ci/gpu-values.yaml (GPU, model repository from object storage,
+TrainJob on), ci/cpu-values.yaml (CPU only, ONNX Runtime ranker, TrainJob off), ci/cpu-training-values.yaml
+(CPU TrainJob on). Each is linted with `helm lint --strict`, rendered with `helm template`, validated with
+`kubernetes-validate --strict` (Kubernetes OpenAPI schemas shipped in the package), the TrainJob against the
+Kubeflow Trainer CRD schema subset in helm/schemas/, and checked by policy tests (restricted Pod Security on
+every pod template, no Secret rendered, least-privilege RBAC, default-deny network policies).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "helm" / "homefeed"
+CRD_SUBSET = REPO / "helm" / "schemas" / "trainer.kubeflow.org_trainjobs.v1alpha1.subset.yaml"
+KUBE_VERSION = "1.33.0"
+NAMESPACE = "homefeed"
+RELEASE = "hf"
+
+SCENARIOS: dict[str, list[str]] = {
+    "defaults": [],
+    "gpu": ["-f", str(CHART / "ci" / "gpu-values.yaml")],
+    "cpu": ["-f", str(CHART / "ci" / "cpu-values.yaml")],
+    "cpu-training": ["-f", str(CHART / "ci" / "cpu-training-values.yaml")],
+}
+WITH_TRAINJOB = {"gpu", "cpu-training"}
+CUSTOM_KINDS = {("trainer.kubeflow.org/v1alpha1", "TrainJob")}
+
+# Restricted Pod Security Standard (https://kubernetes.io/docs/concepts/security/pod-security-standards/).
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                           "projected", "secret"}
+
+
+def helm_binary() -> str:
+    local = REPO / "tools" / "bin" / "helm"
+    if local.exists():
+        return str(local)
+    found = shutil.which("helm")
+    if found is None:
+        pytest.fail("helm not found at tools/bin/helm or on PATH: run `make helm` (installs helm v4.3.1)")
+    return found
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HELM_CACHE_HOME="/tmp/homefeed-helm/cache", HELM_CONFIG_HOME="/tmp/homefeed-helm/config",
+               HELM_DATA_HOME="/tmp/homefeed-helm/data", NO_COLOR="1")
+    proc = subprocess.run([helm_binary(), *args], capture_output=True, text=True, env=env, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def template(*extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    return helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION, *extra,
+                check=check)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict[str, tuple[Path, list[dict[str, Any]]]]:
+    """scenario -> (rendered manifest file, its documents)."""
+    out = tmp_path_factory.mktemp("helm")
+    result = {}
+    for name, args in SCENARIOS.items():
+        text = template(*args).stdout
+        path = out / f"{name}.yaml"
+        path.write_text(text)
+        docs = [d for d in yaml.safe_load_all(text) if d]
+        assert docs, f"{name}: helm template rendered nothing"
+        result[name] = (path, docs)
+    return result
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict], kind: str, component: str) -> dict:
+    found = [d for d in by_kind(docs, kind)
+             if d["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+    assert len(found) == 1, f"expected one {kind} of component {component}, found {len(found)}"
+    return found[0]
+
+
+def pod_templates(docs: list[dict]) -> list[tuple[str, dict, dict]]:
+    """(where, pod metadata, pod spec) of every pod this rendering can create, resources filled in for TrainJob."""
+    pods = []
+    for d in docs:
+        where = f"{d['kind']}/{d['metadata']['name']}"
+        if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            pods.append((where, d["spec"]["template"]["metadata"], d["spec"]["template"]["spec"]))
+        elif d["kind"] == "CronJob":
+            t = d["spec"]["jobTemplate"]["spec"]["template"]
+            pods.append((where, t["metadata"], t["spec"]))
+        elif d["kind"] == "Pod":
+            pods.append((where, d["metadata"], d["spec"]))
+        elif d["kind"] == "TrainJob":
+            # The runtime's `node` pods: security, volumes and scheduling come from runtimePatches, the
+            # container's image/command/resources from spec.trainer.
+            patches = d["spec"].get("runtimePatches", [])
+            jobs = [j for p in patches for j in p["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]]
+            assert [j["name"] for j in jobs] == ["node"], f"{where}: expected one patch of the `node` job"
+            t = jobs[0]["template"]["spec"]["template"]
+            spec = copy.deepcopy(t["spec"])
+            for c in spec["containers"]:
+                c.setdefault("resources", d["spec"]["trainer"]["resourcesPerNode"])
+            pods.append((where, t["metadata"], spec))
+    return pods
+
+
+# ------------------------------------------------------------------------------------------------
+# helm lint and template, kubernetes-validate
+# ------------------------------------------------------------------------------------------------
+
+
+def test_chart_has_no_remote_dependencies():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2" and chart["name"] == "homefeed"
+    assert not chart.get("dependencies"), "the chart must render offline: no chart dependencies"
+    assert not (CHART / "charts").exists()
+    assert not (CHART / "crds").exists(), "helm would install anything in crds/ as a CRD"
+
+
+def test_helm_is_v4():
+    out = helm("version", "--short").stdout
+    assert out.startswith("v4."), out
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_lint_strict(scenario):
+    proc = helm("lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART), *SCENARIOS[scenario])
+    assert "0 chart(s) failed" in proc.stdout, proc.stdout
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_kubernetes_validate_cli_strict(rendered, scenario):
+    """The kubernetes-validate CLI in strict mode (unknown fields are errors) over the whole rendering."""
+    path, docs = rendered[scenario]
+    exe = Path(sys.executable).parent / "kubernetes-validate"
+    proc = subprocess.run([str(exe), "--strict", "-k", KUBE_VERSION, str(path)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    passed = re.findall(r"^INFO .* passed for resource (\S+)", proc.stdout, re.M)
+    assert len(passed) == len([d for d in docs if (d["apiVersion"], d["kind"]) not in CUSTOM_KINDS]), proc.stdout
+    # The only resource without a Kubernetes schema is the TrainJob (validated against its CRD below).
+    warned = re.findall(r"^WARN .*kind (\S+) with api version (\S+)", proc.stdout, re.M)
+    assert {(v, k) for k, v in warned} <= CUSTOM_KINDS, proc.stdout
+    assert bool(warned) == (scenario in WITH_TRAINJOB)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_builtin_resource_has_a_schema(rendered, scenario):
+    _, docs = rendered[scenario]
+    for d in docs:
+        if (d["apiVersion"], d["kind"]) in CUSTOM_KINDS:
+            continue
+        kubernetes_validate.validate(d, KUBE_VERSION, strict=True)  # raises SchemaNotFoundError/ValidationError
+
+
+def test_kubernetes_validate_strict_rejects_unknown_field(rendered):
+    """The validation above can fail: a misspelt field in the Triton Deployment is an error."""
+    _, docs = rendered["defaults"]
+    dep = copy.deepcopy(one(docs, "Deployment", "triton"))
+    dep["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"httpGet": {"path": "/", "port": 8000}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dep, KUBE_VERSION, strict=True)
+    dep = copy.deepcopy(one(docs, "Deployment", "triton"))
+    dep["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dep, KUBE_VERSION, strict=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# TrainJob against the Kubeflow Trainer CRD
+# ------------------------------------------------------------------------------------------------
+
+
+def _strict(schema: Any) -> Any:
+    """Unknown fields are errors (the API server's fieldValidation=Strict): close every object that lists properties."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if "properties" in out and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+@pytest.fixture(scope="module")
+def trainjob_validator() -> jsonschema.Draft7Validator:
+    doc = yaml.safe_load(CRD_SUBSET.read_text())
+    schema = _strict({**doc["openAPIV3Schema"], "definitions": doc["definitions"]})
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def validate_trainjob(obj: dict, validator: jsonschema.Draft7Validator) -> None:
+    validator.validate(obj)
+    # The CRD's CEL rules that apply at creation.
+    name = obj["metadata"]["name"]
+    if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 63:
+        raise jsonschema.ValidationError(f"metadata.name {name!r} is not an RFC 1035 label of <= 63 characters")
+    managed = obj["spec"].get("managedBy")
+    if managed is not None and managed not in ("trainer.kubeflow.org/trainjob-controller", "kueue.x-k8s.io/multikueue"):
+        raise jsonschema.ValidationError(f"spec.managedBy {managed!r} is not allowed")
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_trainjob_against_crd_schema(rendered, trainjob_validator, scenario):
+    _, docs = rendered[scenario]
+    jobs = by_kind(docs, "TrainJob")
+    assert len(jobs) == (1 if scenario in WITH_TRAINJOB else 0)
+    for job in jobs:
+        assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
+        validate_trainjob(job, trainjob_validator)
+
+
+@pytest.mark.parametrize("scenario", sorted(WITH_TRAINJOB))
+def test_trainjob_round_trips_through_kubeflow_trainer_models(rendered, scenario):
+    """The Kubeflow SDK's generated models (kubeflow_trainer_api) read the TrainJob and write it back unchanged."""
+    from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
+
+    (job,) = by_kind(rendered[scenario][1], "TrainJob")
+    assert TrainerV1alpha1TrainJob.from_dict(job).to_dict() == job
+
+
+def test_trainjob_crd_schema_rejects_bad_objects(rendered, trainjob_validator):
+    (job,) = by_kind(rendered["gpu"][1], "TrainJob")
+    validate_trainjob(job, trainjob_validator)
+    bad = []
+    j = copy.deepcopy(job); j["spec"]["trainer"]["numNodes"] = "2"; bad.append(j)  # noqa: E702
+    j = copy.deepcopy(job); j["spec"]["trainer"]["replicas"] = 2; bad.append(j)  # noqa: E702
+    j = copy.deepcopy(job); del j["spec"]["runtimeRef"]; bad.append(j)  # noqa: E702
+    j = copy.deepcopy(job); j["spec"]["runtimeRef"]["name"] = ""; bad.append(j)  # noqa: E702
+    j = copy.deepcopy(job); j["metadata"]["name"] = "Bad_Name"; bad.append(j)  # noqa: E702
+    j = copy.deepcopy(job); j["spec"]["managedBy"] = "me"; bad.append(j)  # noqa: E702
+    j = copy.deepcopy(job); j["spec"]["trainer"]["resourcesPerNode"]["limits"]["cpu"] = "lots"; bad.append(j)  # noqa: E702
+    j = copy.deepcopy(job)
+    pod = j["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    pod["template"]["spec"]["template"]["spec"]["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    bad.append(j)
+    for b in bad:
+        with pytest.raises(jsonschema.ValidationError):
+            validate_trainjob(b, trainjob_validator)
+
+
+def test_trainjob_runs_torchrun_on_the_data_pvc(rendered):
+    (job,) = by_kind(rendered["gpu"][1], "TrainJob")
+    spec = job["spec"]
+    assert spec["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
+                                  "name": "torch-distributed"}
+    t = spec["trainer"]
+    assert t["command"] == ["torchrun", "-m", "components.training.pinsage"]
+    assert t["args"][:6] == ["--experiment", "pinsage", "--data", "/data/prepared", "--out", "/data/models/pinsage"]
+    assert t["args"][6:] == ["--set", "epochs=20"]
+    assert (t["numNodes"], t["numProcPerNode"]) == (2, 4)
+    assert t["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 4
+    assert t["resourcesPerNode"]["requests"]["nvidia.com/gpu"] == 4
+    assert t["image"].endswith(":0.1.0-gpu")
+    (_, _, pod), = [p for p in pod_templates([job])]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "homefeed-data"}} in pod["volumes"]
+    (cpu_job,) = by_kind(rendered["cpu-training"][1], "TrainJob")
+    assert "nvidia.com/gpu" not in str(cpu_job)
+    assert cpu_job["spec"]["trainer"]["image"].endswith(":0.1.0-cpu")
+    assert cpu_job["spec"]["trainer"]["command"][-1] == "components.training.ranker"
+
+
+# ------------------------------------------------------------------------------------------------
+# Components
+# ------------------------------------------------------------------------------------------------
+
+
+def test_defaults_render_every_component(rendered):
+    _, docs = rendered["defaults"]
+    kinds = sorted({d["kind"] for d in docs})
+    assert kinds == ["ConfigMap", "CronJob", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "Role",
+                     "RoleBinding", "Service", "ServiceAccount"]
+    assert {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in by_kind(docs, "Deployment")} == {
+        "triton", "feature-server"}
+    assert len(by_kind(docs, "NetworkPolicy")) == 4  # default deny + triton, feature server, CronJob
+
+
+def test_triton_gpu_deployment(rendered):
+    _, docs = rendered["defaults"]
+    dep = one(docs, "Deployment", "triton")
+    assert "replicas" not in dep["spec"], "the HPA owns the replica count"
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == "nvcr.io/nvidia/tritonserver:25.10-py3"
+    assert c["command"] == ["tritonserver"] and "--model-repository=/models" in c["args"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 and c["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"]["nvidia.com/gpu.present"] == "true"
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "model-repository")
+    assert mount == {"name": "model-repository", "mountPath": "/models", "subPath": "triton/tensorrt",
+                     "readOnly": True}
+    assert {"name": "model-repository", "persistentVolumeClaim": {"claimName": "homefeed-data", "readOnly": True}} \
+        in pod["volumes"]
+    assert "initContainers" not in pod
+    hpa = one(docs, "HorizontalPodAutoscaler", "triton")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": dep["metadata"]["name"]}
+    svc = one(docs, "Service", "triton")
+    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_triton_model_repository_from_object_storage(rendered):
+    _, docs = rendered["gpu"]
+    pod = one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["image"].startswith("docker.io/rclone/rclone:")
+    assert init["args"] == ["copy", "--checksum", "remote:homefeed/triton/tensorrt", "/models"]
+    env = {e["name"]: e for e in init["env"]}
+    assert env["RCLONE_CONFIG_REMOTE_ENDPOINT"]["value"] == "http://minio.storage.svc:9000"
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "homefeed-s3",
+                                                                         "key": "AWS_SECRET_ACCESS_KEY"}
+    assert {"name": "model-repository", "emptyDir": {"sizeLimit": "10Gi"}} in pod["volumes"]
+    assert any(m["name"] == "model-repository" for m in init["volumeMounts"])
+
+
+def test_cpu_only_uses_the_onnxruntime_ranker(rendered):
+    _, docs = rendered["cpu"]
+    assert "nvidia.com/gpu" not in yaml.safe_dump_all(docs), "no GPU anywhere in the CPU-only rendering"
+    pod = one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == "ghcr.io/homefeed/tritonserver-onnxruntime-cpu:25.10"
+    assert {"name": "HOMEFEED_RANKER_BACKEND", "value": "onnxruntime"} in c["env"]
+    assert next(m for m in c["volumeMounts"] if m["name"] == "model-repository")["subPath"] == "triton/onnxruntime"
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert not by_kind(docs, "TrainJob")
+
+
+def test_feature_server(rendered):
+    _, docs = rendered["defaults"]
+    dep = one(docs, "Deployment", "feature-server")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["command"] == ["feast"]
+    assert c["args"][:3] == ["--chdir", "/feature_repo", "serve"]
+    assert c["args"][c["args"].index("--port") + 1] == "6566"
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    env = {e["name"]: e for e in c["env"]}
+    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "redis-auth", "key": "redis-password"}
+    cm = one(docs, "ConfigMap", "feature-server")
+    store = yaml.safe_load(cm["data"]["feature_store.yaml"])
+    assert store["online_store"]["connection_string"] == "redis-master:6379,password=${REDIS_PASSWORD}"
+    assert one(docs, "Service", "feature-server")["spec"]["ports"][0]["port"] == 6566
+
+
+def test_feature_store_yaml_is_a_valid_feast_config(rendered, tmp_path, monkeypatch):
+    """Feast itself parses the rendered feature_store.yaml (the Redis online store, ${REDIS_PASSWORD} expanded)."""
+    from feast.repo_config import load_repo_config
+
+    cm = one(rendered["cpu"][1], "ConfigMap", "feature-server")
+    (tmp_path / "feature_store.yaml").write_text(cm["data"]["feature_store.yaml"])
+    monkeypatch.setenv("REDIS_PASSWORD", "from-the-secret")
+    cfg = load_repo_config(tmp_path, tmp_path / "feature_store.yaml")
+    assert cfg.project == "homefeed"
+    assert type(cfg.online_store).__name__ == "RedisOnlineStoreConfig"
+    assert cfg.online_store.connection_string == "redis-master:6379,password=from-the-secret"
+    assert cfg.registry.path == "/data/feature_repo/registry.db"
+
+
+def test_cronjob_submits_the_daily_pipeline(rendered):
+    _, docs = rendered["gpu"]
+    cron = one(docs, "CronJob", "embedding-cron")
+    assert cron["spec"]["schedule"] == "30 2 * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["python", "-m", "components.cli"]
+    assert c["args"] == ["pipeline", "submit", "daily", "--host", "http://ml-pipeline.kubeflow.svc.cluster.local:8888"]
+    token = next(v for v in pod["volumes"] if v["name"] == "kfp-token")
+    (src,) = token["projected"]["sources"]
+    assert src["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "kfp-token")
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["KF_PIPELINES_SA_TOKEN_PATH"] == mount["mountPath"] + "/" + src["serviceAccountToken"]["path"]
+    assert env["KFP_NAMESPACE"] == "kubeflow-user"
+
+
+def test_notes_render_offline():
+    proc = helm("install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client", *SCENARIOS["gpu"])
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "http://hf-homefeed-triton:8000" in notes and "/v2/health/ready" in notes
+    assert "create job --from=cronjob/hf-homefeed-embedding-cron" in notes
+    assert "TrainJob: pinsage on 2 node(s) x 4 process(es)" in notes
+
+
+# ------------------------------------------------------------------------------------------------
+# Policies: restricted Pod Security, secrets, RBAC, network
+# ------------------------------------------------------------------------------------------------
+
+
+def restricted_violations(where: str, spec: dict) -> list[str]:
+    """What in one pod spec breaks the restricted Pod Security Standard or this chart's rules (requests, limits,
+    read-only root, /tmp on an emptyDir, no API token)."""
+    bad = []
+    psc = spec.get("securityContext", {})
+    for host in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(host):
+            bad.append(f"{where}: {host}")
+    for v in spec.get("volumes", []):
+        kinds = set(v) - {"name"}
+        if not kinds <= RESTRICTED_VOLUME_TYPES:
+            bad.append(f"{where}: volume {v['name']} of type {kinds - RESTRICTED_VOLUME_TYPES}")
+    if psc.get("seccompProfile", {}).get("type") not in ("RuntimeDefault", "Localhost"):
+        bad.append(f"{where}: pod seccompProfile is not RuntimeDefault")
+    if psc.get("runAsUser") == 0 or psc.get("runAsGroup") == 0:
+        bad.append(f"{where}: pod runs as root")
+    if spec.get("automountServiceAccountToken", False) is not False and "TrainJob" not in where:
+        bad.append(f"{where}: mounts a Kubernetes API token")
+    tmp_volumes = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+    containers = spec.get("containers", []) + spec.get("initContainers", [])
+    if not spec.get("containers"):
+        bad.append(f"{where}: no containers")
+    for c in containers:
+        cw = f"{where} container {c['name']}"
+        sc = c.get("securityContext", {})
+        non_root = sc.get("runAsNonRoot", psc.get("runAsNonRoot"))
+        if non_root is not True:
+            bad.append(f"{cw}: runAsNonRoot is not true")
+        if sc.get("runAsUser", psc.get("runAsUser")) in (0, None):
+            bad.append(f"{cw}: no non-zero runAsUser")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{cw}: allowPrivilegeEscalation is not false")
+        if sc.get("privileged"):
+            bad.append(f"{cw}: privileged")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            bad.append(f"{cw}: root filesystem is writable")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            bad.append(f"{cw}: capabilities not dropped (drop: ALL)")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            bad.append(f"{cw}: adds capabilities {caps['add']}")
+        seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{cw}: seccompProfile {seccomp}")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            bad.append(f"{cw}: hostPort")
+        res = c.get("resources", {})
+        for part in ("requests", "limits"):
+            for r in ("cpu", "memory"):
+                if r not in res.get(part, {}):
+                    bad.append(f"{cw}: no {part}.{r}")
+        tmp = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+        if len(tmp) != 1 or tmp[0]["name"] not in tmp_volumes:
+            bad.append(f"{cw}: /tmp is not a writable emptyDir")
+    return bad
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_restricted_pod_security_on_every_pod_template(rendered, scenario):
+    _, docs = rendered[scenario]
+    pods = pod_templates(docs)
+    expected = {"defaults": 3, "gpu": 4, "cpu": 3, "cpu-training": 4}[scenario]
+    assert len(pods) == expected, [w for w, _, _ in pods]
+    violations = [v for where, _, spec in pods for v in restricted_violations(where, spec)]
+    assert violations == []
+
+
+def test_restricted_check_catches_violations(rendered):
+    """The policy check above is not vacuous: each kind of violation is reported."""
+    _, docs = rendered["gpu"]
+    (where, _, spec) = next(p for p in pod_templates(docs) if "triton" in p[0])
+    assert restricted_violations(where, spec) == []
+    mutations = {
+        "runAsNonRoot": lambda s: s["containers"][0]["securityContext"].update(runAsNonRoot=False),
+        "allowPrivilegeEscalation": lambda s: s["initContainers"][0]["securityContext"].pop("allowPrivilegeEscalation"),
+        "writable": lambda s: s["containers"][0]["securityContext"].update(readOnlyRootFilesystem=False),
+        "capabilities": lambda s: s["containers"][0]["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]),
+        "seccompProfile": lambda s: (s["securityContext"].pop("seccompProfile"),
+                                     s["containers"][0]["securityContext"].pop("seccompProfile")),
+        "hostPath": lambda s: s["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
+        "limits.memory": lambda s: s["containers"][0]["resources"]["limits"].pop("memory"),
+        "hostNetwork": lambda s: s.update(hostNetwork=True),
+        "/tmp": lambda s: s["containers"][0].update(volumeMounts=[]),
+    }
+    for needle, mutate in mutations.items():
+        s = copy.deepcopy(spec)
+        mutate(s)
+        found = restricted_violations(where, s)
+        assert any(needle in v for v in found), (needle, found)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_no_secret_rendered_and_credentials_only_by_reference(rendered, scenario):
+    _, docs = rendered[scenario]
+    assert by_kind(docs, "Secret") == [], "the chart must not render Secrets (existing-secret references only)"
+    sensitive = re.compile(r"PASSWORD|TOKEN|SECRET|ACCESS_KEY", re.I)
+    for where, _, spec in pod_templates(docs):
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            for e in c.get("env", []):
+                if sensitive.search(e["name"]) and e["name"] != "KF_PIPELINES_SA_TOKEN_PATH":
+                    assert "value" not in e and "secretKeyRef" in e.get("valueFrom", {}), (where, e)
+    for job in by_kind(docs, "TrainJob"):
+        for e in job["spec"]["trainer"].get("env", []):
+            if sensitive.search(e["name"]):
+                assert "secretKeyRef" in e.get("valueFrom", {}), e
+
+
+def test_values_hold_no_secret_values():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    forbidden = re.compile(r"password|token|secretkey|accesskey|credential|apikey", re.I)
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if forbidden.search(k) and k not in ("existingSecret", "existingSecretKey"):
+                    raise AssertionError(f"values.yaml: {path}{k} looks like a secret value; use existingSecret")
+                walk(v, f"{path}{k}.")
+
+    walk(values, "")
+    # Every *existingSecret names a Secret (or is empty); it is never a credential itself.
+    for section in values["endpoints"].values():
+        if "existingSecret" in section:
+            assert re.fullmatch(r"|[a-z0-9]([-a-z0-9.]*[a-z0-9])?", section["existingSecret"])
+
+
+def test_rbac_is_least_privilege(rendered):
+    _, docs = rendered["gpu"]
+    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    (role,) = by_kind(docs, "Role")
+    assert role["metadata"]["namespace"] == "kubeflow-user"
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == ["pipelines.kubeflow.org"]
+        assert set(rule["resources"]) <= {"runs", "experiments"}
+        assert set(rule["verbs"]) <= {"create", "get", "list"}
+        assert "*" not in str(rule)
+    (binding,) = by_kind(docs, "RoleBinding")
+    cron = one(docs, "CronJob", "embedding-cron")
+    sa = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+    for account in by_kind(docs, "ServiceAccount"):
+        assert account["automountServiceAccountToken"] is False
+    # Each workload has its own ServiceAccount; only the CronJob's is bound to anything.
+    names = [p["serviceAccountName"] for _, _, p in pod_templates(docs)]
+    assert len(set(names)) == len(names) == 4
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_network_policies_default_deny_and_cover_every_pod(rendered, scenario):
+    _, docs = rendered[scenario]
+    policies = by_kind(docs, "NetworkPolicy")
+    deny = one(docs, "NetworkPolicy", "default-deny")
+    assert set(deny["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny["spec"] and "egress" not in deny["spec"]
+
+    def selects(policy: dict, labels: dict) -> bool:
+        return policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+
+    for where, meta, _ in pod_templates(docs):
+        assert selects(deny, meta["labels"]), f"{where} escapes the default deny"
+        allowing = [p for p in policies if p is not deny and selects(p, meta["labels"])]
+        assert len(allowing) == 1, f"{where}: expected one allow policy, found {len(allowing)}"
+        egress = allowing[0]["spec"].get("egress", [])
+        assert any({"protocol": "UDP", "port": 53} in r.get("ports", []) for r in egress), f"{where}: no DNS"
+
+
+def test_network_policy_ports(rendered):
+    _, docs = rendered["gpu"]
+    triton = one(docs, "NetworkPolicy", "triton")
+    ports = sorted(p["port"] for r in triton["spec"]["ingress"] for p in r["ports"])
+    assert ports == [8000, 8001, 8002]
+    assert [p["port"] for p in triton["spec"]["egress"][1]["ports"]] == [9000], "model pull from object storage"
+    cron = one(docs, "NetworkPolicy", "embedding-cron")
+    assert "ingress" not in cron["spec"]
+    assert cron["spec"]["egress"][1] == {"to": [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "kubeflow"}}, "podSelector": {"matchLabels": {"app": "ml-pipeline"}}}],
+        "ports": [{"protocol": "TCP", "port": 8888}]}
+    trainer = one(docs, "NetworkPolicy", "trainer")
+    peers = trainer["spec"]["ingress"][0]["from"]
+    assert peers == [{"podSelector": {"matchLabels": trainer["spec"]["podSelector"]["matchLabels"]}}]
+    # Defaults: the PVC model repository needs no egress beyond DNS.
+    assert len(one(rendered["defaults"][1], "NetworkPolicy", "triton")["spec"]["egress"]) == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Values: schema, documentation
+# ------------------------------------------------------------------------------------------------
+
+BAD_VALUES = [
+    (["--set", "triton.replicaCount=2"], "replicaCount"),
+    (["--set", "podSecurity.runAsUser=0"], "runAsUser"),
+    (["--set", "gpu.enabled=false"], "backend"),  # the TensorRT plan needs a GPU
+    (["--set", "images.tritonGpu.pullPolicy=Sometimes"], "pullPolicy"),
+    (["--set", "triton.resources.limits=null"], "limits"),  # null deletes the default
+    (["--set", "featureServer.resources.requests.memory=lots"], "memory"),
+    (["--set", "triton.modelRepository.source=objectStorage"], "uri"),
+    (["--set", "trainJob.model=bert"], "model"),
+    (["--set", "embeddingCron.schedule=daily"], "schedule"),
+    (["--set", "endpoints.redis.password=hunter2"], "password"),
+]
+
+
+@pytest.mark.parametrize("args,field", BAD_VALUES, ids=[f for _, f in BAD_VALUES])
+def test_schema_rejects_bad_values(args, field):
+    proc = template(*args, check=False)
+    assert proc.returncode != 0, f"helm template accepted {args}"
+    assert "values don't meet the specifications of the schema" in proc.stderr or "schema" in proc.stderr
+    assert field in proc.stderr, proc.stderr
+
+
+def test_lint_strict_rejects_bad_values():
+    proc = helm("lint", "--strict", str(CHART), "--set", "featureServer.workers=0", check=False)
+    assert proc.returncode != 0 and "workers" in proc.stdout + proc.stderr
+
+
+def test_template_guards_fail_with_a_clear_message():
+    """Without the schema, the templates still refuse inconsistent values, naming the value to fix."""
+    proc = template("--skip-schema-validation", "--set", "gpu.enabled=false", check=False)
+    assert proc.returncode != 0 and "triton.ranker.backend=tensorrt needs gpu.enabled=true" in proc.stderr
+    proc = template("--skip-schema-validation", "--set", "trainJob.enabled=true", "--set", "data.existingClaim=",
+                    "--set", "triton.modelRepository.source=objectStorage", "--set",
+                    "triton.modelRepository.uri=s3://b/r", check=False)
+    assert proc.returncode != 0 and "trainJob.enabled needs data.existingClaim" in proc.stderr
+
+
+def _leaves(node: Any, path: str = "") -> list[str]:
+    """Paths of the values a user sets: scalars, lists and empty maps (a non-empty map is a section)."""
+    if isinstance(node, dict) and node and not path.endswith(("nodeSelector", "requests", "limits")):
+        return [p for k, v in node.items() for p in _leaves(v, f"{path}.{k}" if path else k)]
+    return [path]
+
+
+def test_every_value_is_documented_and_in_the_schema():
+    text = (CHART / "values.yaml").read_text()
+    values = yaml.safe_load(text)
+    params = re.findall(r"^\s*## @param (\S+) \S", text, re.M)
+    assert len(params) == len(set(params)), "a value is documented twice"
+    leaves = _leaves(values)
+    assert sorted(set(leaves) - set(params)) == [], "values without a `## @param` line"
+    assert sorted(set(params) - set(leaves)) == [], "`## @param` lines naming no value"
+    readme = (CHART / "README.md").read_text()
+    assert [p for p in params if f"`{p}`" not in readme] == [], "README.md parameter table is out of date"
+    schema = yaml.safe_load((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator(schema).validate(values)
+
+    def schema_paths(node: dict, path: str = "") -> set[str]:
+        props = node.get("properties")
+        if not props or node.get("additionalProperties") is not False:
+            return {path}
+        return {p for k, v in props.items() for p in schema_paths(v, f"{path}.{k}" if path else k)}
+
+    # The schema is strict (additionalProperties: false) exactly where values.yaml has sections: the same tree.
+    assert schema_paths(schema) == set(leaves)
+
+
+def test_components_have_the_same_values_shape():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    shape = {"enabled", "image", "resources", "nodeSelector", "tolerations", "affinity", "podAnnotations"}
+    for name in ("triton", "featureServer", "embeddingCron", "trainJob"):
+        assert shape <= set(values[name]), f"{name} lacks {shape - set(values[name])}"
+        assert set(values[name]["image"]) == {"repository", "tag", "pullPolicy"}
+        assert set(values[name]["resources"]) == {"requests", "limits"}
+
+
+def test_official_chart_values_files():
+    """The values files for the official Milvus and Redis charts match homefeed's default endpoints."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    milvus = yaml.safe_load((REPO / "helm" / "milvus-values.yaml").read_text())
+    redis = yaml.safe_load((REPO / "helm" / "redis-values.yaml").read_text())
+    assert milvus["cluster"]["enabled"] is False
+    assert values["endpoints"]["milvus"]["uri"] == f"http://milvus:{milvus['service']['port']}"
+    assert redis["architecture"] == "standalone" and redis["auth"]["existingSecret"] == \
+        values["endpoints"]["redis"]["existingSecret"]
+    assert redis["auth"]["existingSecretPasswordKey"] == values["endpoints"]["redis"]["existingSecretKey"]
+    assert "password" not in redis["auth"]
+    readme = (CHART / "README.md").read_text()
+    assert "helm install redis oci://registry-1.docker.io/bitnamicharts/redis" in readme
+    assert "helm install milvus zilliztech/milvus" in readme and "-f helm/milvus-values.yaml" in readme
