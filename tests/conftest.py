@@ -12,6 +12,16 @@ from components.data.prepare import prepare
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "tests" / "bench"
+
+
+def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
+    """Benchmarks run only when tests/bench (or a file in it) is named: `make bench`, never `make test`."""
+    if collection_path == BENCH or BENCH in collection_path.parents:
+        named = [(config.invocation_params.dir / str(a).split("::")[0]).resolve() for a in config.args]
+        if not any(a == BENCH or BENCH in a.parents for a in named):
+            return True
+    return None
 
 
 @pytest.fixture(scope="session")
