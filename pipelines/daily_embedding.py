@@ -3,7 +3,7 @@
 Steps (each a task with a display name):
 1. import data, PinSage model, PinnerFormer model   (dsl.importer: URIs of the training run's artifacts)
 2. embed_pins         PinSage layer-wise inference over every pin, version D
-3. embed_users        users active on D only, merged with the previous table in ``users_store``
+3. embed_users        users active on D only, merged with the previous table in ``embeddings_root``
 4. register_features  materialise the merged user table and today's pin table to Feast as of D
 5. embed_pin_tower    PinnerFormer's pin tower over today's PinSage embeddings, version D
 6. build_index        a new Milvus collection for version D, then the alias switch (old one dropped)
@@ -29,7 +29,7 @@ def build(local: bool = False, cluster: ClusterConfig | None = None):
         data_uri: str = "minio://mlpipeline/homefeed/data",
         pinsage_model_uri: str = "minio://mlpipeline/homefeed/models/pinsage",
         pinnerformer_model_uri: str = "minio://mlpipeline/homefeed/models/pinnerformer",
-        users_store: str = "/data/homefeed/embeddings/users",
+        embeddings_root: str = "/data/homefeed/embeddings",
         feature_repo: str = "/data/homefeed/feature_repo",
         milvus_uri: str = "http://milvus:19530",
     ):
@@ -42,7 +42,7 @@ def build(local: bool = False, cluster: ClusterConfig | None = None):
         pins = apply(s.embed_pins(data=data.output, model=pinsage.output, version=date)
                      .set_display_name("Embed pins (PinSage)"), "embed_pins", cluster)
         users = apply(s.embed_users(data=data.output, model=pinnerformer.output, pin_embeddings=pins.outputs["embeddings"],
-                                    date=date, store_root=users_store)
+                                    date=date, store_root=embeddings_root)
                       .set_display_name("Embed users active on D (incremental, merged)"), "embed_users", cluster)
         apply(s.register_features(data=data.output, user_embeddings=users.outputs["users"],
                                   pin_embeddings=pins.outputs["embeddings"], date=date, repo_dir=feature_repo)

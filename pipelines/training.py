@@ -6,7 +6,8 @@ Steps (each a task with a display name):
  3. train_pinsage       PinSage (torchrun; a TrainJob/PyTorchJob when num_nodes > 1 on a cluster)
  4. embed_pins          layer-wise PinSage inference -> pin embedding table
  5. train_pinnerformer  PinnerFormer over the pin embeddings
- 6. embed_users         user embeddings as of ``date`` (merged into ``users_store``)
+ 6. embed_users         user embeddings as of ``date`` (merged into ``embeddings_root``; a new store is
+                        first backfilled over the last ``user_backfill_days`` event days)
  7. embed_pin_tower     PinnerFormer's pin tower (the retrieval space)
  8. train_ranker        the multi-task ranker with the user and pin embeddings
  9. evaluate_ranker     held-out AUC per task and HIT@3/save; stops the run below ``min_auc``
@@ -34,14 +35,15 @@ def build(local: bool = False, cluster: ClusterConfig | None = None):
         pinsage_experiment: str = "pinsage",
         pinnerformer_experiment: str = "pinnerformer",
         ranker_experiment: str = "ranker",
-        data_overrides: list = None,
-        pinsage_overrides: list = None,
-        pinnerformer_overrides: list = None,
-        ranker_overrides: list = None,
+        data_overrides: list = [],  # noqa: B006 (a KFP parameter default, never mutated)
+        pinsage_overrides: list = [],  # noqa: B006 (a KFP parameter default, never mutated)
+        pinnerformer_overrides: list = [],  # noqa: B006 (a KFP parameter default, never mutated)
+        ranker_overrides: list = [],  # noqa: B006 (a KFP parameter default, never mutated)
         date: str = "",
         num_nodes: int = 1,
         nproc_per_node: int = 1,
-        users_store: str = "/data/homefeed/embeddings/users",
+        user_backfill_days: int = 28,
+        embeddings_root: str = "/data/homefeed/embeddings",
         feature_repo: str = "/data/homefeed/feature_repo",
         milvus_uri: str = "http://milvus:19530",
         min_auc: float = 0.5,
@@ -62,7 +64,8 @@ def build(local: bool = False, cluster: ClusterConfig | None = None):
                                                   num_nodes=num_nodes, nproc_per_node=nproc_per_node)
                              .set_display_name("Train PinnerFormer"), "train_pinnerformer", cluster)
         users = apply(s.embed_users(data=data.outputs["data"], model=pinnerformer.outputs["model"],
-                                    pin_embeddings=pins.outputs["embeddings"], date=date, store_root=users_store)
+                                    pin_embeddings=pins.outputs["embeddings"], date=date, store_root=embeddings_root,
+                                    backfill_days=user_backfill_days)
                       .set_display_name("Embed users (PinnerFormer)"), "embed_users", cluster)
         tower = apply(s.embed_pin_tower(model=pinnerformer.outputs["model"], pin_embeddings=pins.outputs["embeddings"])
                       .set_display_name("Embed pins (PinnerFormer pin tower)"), "embed_pin_tower", cluster)

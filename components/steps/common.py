@@ -44,13 +44,22 @@ def dir_size(path: str | Path) -> int:
 
 
 def table_path(path: str | Path) -> Path:
-    """The embedding table file of ``path``: a VersionedStore root (CURRENT), a folder or the file itself."""
+    """The published embedding table of an artifact: ``path`` may be a VersionedStore root (CURRENT), an
+    embeddings root holding one store (``users/`` or ``pins/``, as components.inference.users writes),
+    a folder with the table, or the table file."""
     from components.inference.tables import TABLE_FILE, VersionedStore
 
     path = Path(path)
     if (path / "CURRENT").exists():
         return VersionedStore(path).path()
-    return path / TABLE_FILE if path.is_dir() else path
+    if path.is_dir():
+        stores = [p for p in sorted(path.iterdir()) if (p / "CURRENT").exists()]
+        if len(stores) == 1:
+            return VersionedStore(stores[0]).path()
+        if len(stores) > 1:
+            raise ValueError(f"{path}: several embedding stores ({', '.join(p.name for p in stores)}); name one")
+        return path / TABLE_FILE
+    return path
 
 
 def default_date(data_dir: str | Path) -> str:

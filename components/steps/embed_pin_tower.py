@@ -11,9 +11,9 @@ def embed_pin_tower(model: Input[Model], pin_embeddings: Input[Dataset], embeddi
     """``components.inference.users.embed_pin_tower(model, pin_embeddings, embeddings, version)``."""
     from components.inference.tables import read_table
     from components.inference.users import embed_pin_tower as run
-    from components.steps.common import log_metrics
+    from components.steps.common import log_metrics, table_path
 
-    path = run(model.path, pin_embeddings.path, embeddings.path, version=version or None)
+    path = run(model.path, str(table_path(pin_embeddings.path)), embeddings.path, version=version or None)
     table = read_table(path)
     embeddings.metadata["table"] = str(path)
     embeddings.metadata["model_version"] = table.model_version

@@ -8,26 +8,40 @@ from components.steps.images import step
 
 @step
 def embed_users(data: Input[Dataset], model: Input[Model], pin_embeddings: Input[Dataset], users: Output[Dataset],
-                stats: Output[Metrics], date: str = "", store_root: str = ""):
-    """``components.inference.users.embed_users(model, data, pin_embeddings, store, date)``.
+                stats: Output[Metrics], date: str = "", store_root: str = "", backfill_days: int = 0):
+    """``components.inference.users.embed_users(model, data, pin_embeddings, store_root, date)``.
 
-    ``store_root``: the persistent VersionedStore of user embeddings (on a cluster: a path on the data
-    PVC) that the daily runs merge into; "" = this run's artifact only. ``date`` "" = the last training
-    day (the day before ``meta.json``'s split). The published table is also placed in ``users``.
+    ``store_root``: the persistent embeddings root (on a cluster: a path on the data PVC) whose ``users``
+    store the daily runs merge into; "" = this run's artifact only. ``date`` "" = the last training day
+    (the day before ``meta.json``'s split). ``backfill_days`` > 0 first replays the daily job over the
+    event days before ``date`` that the store has not seen (at most that many), so a new store holds
+    every user active in that window, each as of their last active day.
     """
+    import os
+
+    from components.data.io import partitions
     from components.inference.tables import VersionedStore, read_table
+    from components.inference.users import USERS_STORE
     from components.inference.users import embed_users as run
-    from components.steps.common import default_date, log_metrics
+    from components.steps.common import default_date, log_metrics, table_path
 
     date = date or default_date(data.path)
     root = store_root or users.path
-    previous = VersionedStore(root).current()
-    path = run(model.path, data.path, pin_embeddings.path, root, date)
+    store = VersionedStore(os.path.join(root, USERS_STORE))
+    previous = store.current()
+    pins = str(table_path(pin_embeddings.path))
+    replay = [d for d in partitions(data.path, "events") if d < date and (previous is None or d > previous)]
+    replay = replay[-backfill_days:] if backfill_days > 0 else []
+    for day in replay:
+        run(model.path, data.path, pins, root, day)
+    path = run(model.path, data.path, pins, root, date)
     table = read_table(path)
-    if root != users.path:
-        VersionedStore(users.path).publish(table, date)
+    if root != users.path:  # this run's artifact holds the published table too
+        VersionedStore(os.path.join(users.path, USERS_STORE)).publish(table, date)
     users.metadata["date"] = date
     users.metadata["store_root"] = root
     users.metadata["previous_version"] = previous or ""
+    users.metadata["replayed_days"] = replay
     users.metadata["model_version"] = table.model_version
-    log_metrics(stats, {"users": len(table), "dim": table.dim, "merged": previous is not None})
+    log_metrics(stats, {"users": len(table), "dim": table.dim, "merged": previous is not None or bool(replay),
+                        "replayed_days": len(replay)})

@@ -15,12 +15,12 @@ def evaluate_ranker(data: Input[Dataset], model: Input[Model], metrics: Output[M
     stops before export) when the mean task AUC is below ``min_auc``.
     """
     from components.models.ranker import load_model
-    from components.steps.common import log_metrics
+    from components.steps.common import log_metrics, table_path
     from components.training.ranker import evaluate, prepare_data
 
     net, cfg, extra = load_model(model.path)
-    _, eval_data, _ = prepare_data(cfg, data.path, user_embeddings.path if user_embeddings is not None else None,
-                                   pin_embeddings.path if pin_embeddings is not None else None)
+    _, eval_data, _ = prepare_data(cfg, data.path, table_path(user_embeddings.path) if user_embeddings is not None else None,
+                                   table_path(pin_embeddings.path) if pin_embeddings is not None else None)
     result = evaluate(net, eval_data, cfg.tasks, cfg.task_weights)
     aucs = [v for k, v in result.items() if k.startswith("auc_") and v == v]
     result["auc_mean"] = sum(aucs) / len(aucs) if aucs else float("nan")

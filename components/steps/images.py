@@ -2,10 +2,10 @@
 
 Two flavours of one image:
 - CPU: ``python:3.11-slim`` plus the platform (data, graph sampling, Feast, Milvus, evaluation);
-- GPU: NVIDIA's TensorRT container (CUDA 12 + cuDNN + TensorRT, Python 3.12 in 25.x tags) plus the
-  platform, for training and the ONNX -> TensorRT export.
+- GPU: NVIDIA's CUDA runtime image (CUDA 12.8 + cuDNN) plus Python 3.11, torch's CUDA wheels and
+  TensorRT (``tensorrt-cu12``), for training and the ONNX -> TensorRT export.
 
-``docker/base.Dockerfile`` builds ``<BASE>`` = the flavour's upstream image + the homefeed dependencies
+``pipelines/base.Dockerfile`` builds the base = the flavour's upstream image + the homefeed dependencies
 (``ENV PYTHONPATH=/usr/local/src/kfp`` so that the step files, copied by KFP's generated Dockerfile to
 ``/usr/local/src/kfp/components``, import the ``components`` package). ``python -m components.steps.images``
 runs ``kfp component build components/ --no-build-image`` once per flavour and keeps the generated files:
@@ -34,9 +34,9 @@ VERSION = "0.1.0"
 
 # Upstream images each flavour is built on (the only place they are named).
 UPSTREAM_CPU_IMAGE = "python:3.11-slim"
-UPSTREAM_GPU_IMAGE = "nvcr.io/nvidia/tensorrt:25.01-py3"  # CUDA 12.8, TensorRT 10.8
+UPSTREAM_GPU_IMAGE = "nvcr.io/nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04"  # + tensorrt-cu12 from PyPI
 
-# docker/base.Dockerfile built on each upstream image (homefeed's dependencies installed).
+# pipelines/base.Dockerfile built on each upstream image (homefeed's dependencies installed).
 CPU_BASE_IMAGE = f"{REGISTRY}/homefeed-base:{VERSION}-cpu"
 GPU_BASE_IMAGE = f"{REGISTRY}/homefeed-base:{VERSION}-gpu"
 # The images `kfp component build` produces from components/ on top of the base images.
@@ -94,6 +94,18 @@ def generate_build_files(components_dir: Path = COMPONENTS_DIR) -> list[Path]:
     return [components_dir / name for name in GENERATED] + sorted((components_dir / "component_metadata").glob("*.yaml"))
 
 
+def build_commands() -> list[str]:
+    """The docker commands that build both flavours (a Docker engine is needed; none runs here)."""
+    base = "docker build -f pipelines/base.Dockerfile"
+    return [f"{base} --build-arg UPSTREAM={UPSTREAM_CPU_IMAGE} -t {CPU_BASE_IMAGE} .",
+            f"{base} --build-arg UPSTREAM={UPSTREAM_GPU_IMAGE} --build-arg FLAVOUR=gpu -t {GPU_BASE_IMAGE} .",
+            f"docker build -t {CPU_IMAGE} components/",
+            f"docker build -f components/Dockerfile.gpu -t {GPU_IMAGE} components/"]
+
+
 if __name__ == "__main__":
-    for p in generate_build_files():
-        print(p)
+    if sys.argv[1:] == ["commands"]:
+        print("\n".join(build_commands()))
+    else:
+        for p in generate_build_files():
+            print(p)

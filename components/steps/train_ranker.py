@@ -11,15 +11,15 @@ def train_ranker(experiment: str, data: Input[Dataset], model: Output[Model], me
                  overrides: list = None, num_nodes: int = 1, nproc_per_node: int = 1):
     """``components.training.ranker.train(cfg, data, model, user_embeddings, pin_embeddings)`` through the
     launcher; a missing embedding table falls back to the content baseline."""
-    from components.steps.common import load_config, log_metrics
+    from components.steps.common import load_config, log_metrics, table_path
     from components.training.launch import TrainCall, launch
 
     _, resolved = load_config(experiment, overrides, model="ranker")
     kwargs = {"data_dir": data.path, "out_dir": model.path}
     if user_embeddings is not None:
-        kwargs["user_embeddings"] = user_embeddings.path
+        kwargs["user_embeddings"] = str(table_path(user_embeddings.path))
     if pin_embeddings is not None:
-        kwargs["pin_embeddings"] = pin_embeddings.path
+        kwargs["pin_embeddings"] = str(table_path(pin_embeddings.path))
     call = TrainCall("components.training.ranker:train", experiment, list(overrides or []), kwargs,
                      path_kwargs=[k for k in kwargs if k != "out_dir"])
     result = launch(call, num_nodes=num_nodes, nproc_per_node=nproc_per_node)
