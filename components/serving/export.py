@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,8 @@ def export_ranker(model_dir: str | Path, out_dir: str | Path, data_dir: str | Pa
         wrapper = ServingRanker(model).eval()
         example = random_inputs(extra, 4)
         onnx_path = tmp / ONNX_FILE
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: no onnxscript needed
             torch.onnx.export(
                 wrapper, tuple(torch.from_numpy(example[n]) for n in MODEL_INPUTS), str(onnx_path),
                 input_names=list(MODEL_INPUTS), output_names=list(OUTPUTS),
