@@ -117,8 +117,10 @@ def train_and_embed(cfg: PinSageConfig, data_dir: str | Path, model_dir: str | P
     return embed_data(model_dir, data_dir)[1], metrics
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+def _fmt(col: str, v: Any) -> str:
+    if not isinstance(v, float):
+        return str(v)
+    return f"{v:.1f}" if col.endswith("_s") else f"{v:.4f}"
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -129,7 +131,7 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"{result['pairs']} held-out co-engagement pairs (events after the split); candidate pool: "
              f"{result['pool']}; experiment `{result['experiment']}`, seed {result['seed']}.", "",
              "| variant | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    lines += ["| " + r["variant"] + " | " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["| " + r["variant"] + " | " + " | ".join(_fmt(c, r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
