@@ -55,7 +55,7 @@ def compile_pipelines(out_dir: str | Path, names: list[str] | None = None) -> li
 
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:
-    """``["min_auc=0.6", "ranker_overrides=[epochs=2]"]`` -> typed values (YAML)."""
+    """``["min_auc=0.6", "ranker_overrides=[epochs=2]"]`` -> typed values (YAML; dates stay strings)."""
     import yaml
 
     out: dict[str, Any] = {}
@@ -63,7 +63,8 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ValueError(f"pipeline parameter '{item}' is not of the form name=value")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw) if raw else ""
+        value = yaml.safe_load(raw) if raw else ""
+        out[key.strip()] = raw if isinstance(value, dt.date) else value  # dates stay YYYY-MM-DD strings
     return out
 
 

@@ -1,0 +1,186 @@
+"""Every pipeline compiles; the compiled IR carries the steps, display names, typed parameters and the
+kfp-kubernetes cluster settings; the image build files are what `kfp component build` produces."""
+
+from __future__ import annotations
+
+import configparser
+import importlib
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.cli import main as cli_main
+from components.steps.images import CPU_BASE_IMAGE, CPU_IMAGE, GPU_BASE_IMAGE, GPU_IMAGE, generate_build_files
+from pipelines.cluster import GPU_STEPS, STEP_NAMES
+from pipelines.runner import compile_pipelines, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINING_ORDER = ["prepare-data", "sample-graph", "train-pinsage", "embed-pins", "train-pinnerformer", "train-ranker",
+                  "evaluate-ranker", "export-ranker", "register-features", "build-index"]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
+    out = tmp_path_factory.mktemp("pipelines")
+    paths = compile_pipelines(out)
+    result = {}
+    for p in paths:
+        docs = list(yaml.safe_load_all(p.read_text()))
+        assert len(docs) == 2, f"{p}: expected the pipeline spec and the platform spec"
+        result[p.stem] = (docs[0], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"])
+    return result
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _upstream(spec: dict, task: str) -> set[str]:
+    t = spec["root"]["dag"]["tasks"][task]
+    deps = set(t.get("dependentTasks", []))
+    for inp in t.get("inputs", {}).get("artifacts", {}).values():
+        if "taskOutputArtifact" in inp:
+            deps.add(inp["taskOutputArtifact"]["producerTask"])
+    return deps
+
+
+def _ancestors(spec: dict, task: str) -> set[str]:
+    seen, todo = set(), [task]
+    while todo:
+        for d in _upstream(spec, todo.pop()):
+            if d not in seen:
+                seen.add(d)
+                todo.append(d)
+    return seen
+
+
+def test_training_dag_order_and_display_names(compiled):
+    spec, _ = compiled["training"]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(TRAINING_ORDER) <= set(tasks)
+    for before, after in zip(TRAINING_ORDER, TRAINING_ORDER[1:]):
+        if (before, after) in {("export-ranker", "register-features"), ("register-features", "build-index")}:
+            continue  # the three publishing steps run side by side once the ranker is evaluated/embeddings exist
+        assert before in _ancestors(spec, after), f"{before} must run before {after}"
+    assert "evaluate-ranker" in _ancestors(spec, "export-ranker")  # the evaluation gates the export
+    for name, t in tasks.items():
+        assert t["taskInfo"]["name"] != name, f"task {name} has no display name"
+
+
+def test_daily_dag(compiled):
+    spec, _ = compiled["daily"]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert "embed-pins" in _ancestors(spec, "embed-users")
+    assert "embed-users" in _ancestors(spec, "register-features")
+    assert "embed-pin-tower" in _ancestors(spec, "build-index")
+    assert sum(1 for t in tasks if t.startswith("importer")) == 3
+    assert all(t["taskInfo"]["name"] != n for n, t in tasks.items())
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["date"]["parameterType"] == "STRING" and not params["date"].get("isOptional")
+
+
+def test_typed_parameters_with_defaults(compiled):
+    params = compiled["training"][0]["root"]["inputDefinitions"]["parameters"]
+    assert params["ranker_experiment"] == {"defaultValue": "ranker", "isOptional": True, "parameterType": "STRING"}
+    assert params["num_nodes"]["parameterType"] == "NUMBER_INTEGER" and params["num_nodes"]["defaultValue"] == 1
+    assert params["min_auc"]["parameterType"] == "NUMBER_DOUBLE"
+    assert params["ranker_overrides"]["parameterType"] == "LIST"
+    assert all("defaultValue" in p for p in params.values())
+
+
+def test_docstrings_list_every_step():
+    for module in ("pipelines.training", "pipelines.daily_embedding"):
+        doc = importlib.import_module(module).__doc__
+        assert "Steps" in doc
+    training_doc = importlib.import_module("pipelines.training").__doc__
+    for name in STEP_NAMES:
+        assert name in training_doc, f"pipelines/training.py docstring does not list {name}"
+
+
+def test_cluster_settings_in_ir(compiled):
+    for name, (spec, executors) in compiled.items():
+        containers = spec["deploymentSpec"]["executors"]
+        for exec_name, platform in executors.items():
+            assert platform["pvcMount"][0]["constant"] == "homefeed-data", (name, exec_name)
+            assert platform["pvcMount"][0]["mountPath"] == "/data"
+            step = exec_name.removeprefix("exec-").replace("-", "_")
+            container = containers[exec_name]["container"]
+            if step in GPU_STEPS:
+                assert platform["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+                assert platform["tolerations"][0] == {"key": "nvidia.com/gpu", "operator": "Exists",
+                                                      "effect": "NoSchedule"}
+                assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+                assert container["resources"]["accelerator"]["resourceCount"] == "1"
+                assert container["image"] == GPU_IMAGE
+                assert {"name": "HOMEFEED_JOB_API", "value": "trainjob"} in container["env"]
+            else:
+                assert "nodeSelector" not in platform and "tolerations" not in platform
+                assert container["image"] == CPU_IMAGE
+            assert container["command"][:3] == ["python3", "-m", "kfp.dsl.executor_main"]  # containerized
+            assert "resourceCpuLimit" in container["resources"]
+        gpu_execs = {e for e in executors if e.removeprefix("exec-").replace("-", "_") in GPU_STEPS}
+        if name == "training":
+            assert gpu_execs == {f"exec-{_kebab(s)}" for s in GPU_STEPS}
+    secrets = {e: [s["secretName"] for s in p.get("secretAsEnv", [])] for e, p in compiled["training"][1].items()}
+    assert secrets["exec-build-index"] == ["homefeed-milvus"]
+    assert "homefeed-feast-redis" in secrets["exec-register-features"]
+    assert "homefeed-object-store" in secrets["exec-export-ranker"]
+    env = compiled["training"][1]["exec-build-index"]["secretAsEnv"][0]["keyToEnv"]
+    assert env == [{"secretKey": "token", "envVar": "MILVUS_TOKEN"}]
+
+
+def test_local_variant_has_no_cluster_settings(tmp_path):
+    from kfp import compiler
+
+    from pipelines.training import build
+
+    path = tmp_path / "local.yaml"
+    compiler.Compiler().compile(build(local=True), str(path))
+    docs = list(yaml.safe_load_all(path.read_text()))
+    assert len(docs) == 1  # no platform spec
+    for ex in docs[0]["deploymentSpec"]["executors"].values():
+        assert "ephemeral_component.py" in " ".join(ex["container"]["command"])  # lightweight
+        assert "pip install" not in " ".join(ex["container"]["command"])  # nothing downloaded locally
+
+
+def test_cli_compile_writes_yaml(tmp_path):
+    assert cli_main(["pipeline", "compile", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["daily.yaml", "training.yaml"]
+    assert cli_main(["pipeline", "compile", "daily", "--out", str(tmp_path / "d")]) == 0
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["daily.yaml"]
+
+
+def test_parse_params():
+    assert parse_params(["min_auc=0.6", "ranker_overrides=[epochs=2, lr=0.01]", "date=2024-01-27"]) == {
+        "min_auc": 0.6, "ranker_overrides": ["epochs=2", "lr=0.01"], "date": "2024-01-27"}
+    with pytest.raises(ValueError, match="name=value"):
+        parse_params(["oops"])
+
+
+def test_unknown_parameter_is_named():
+    from pipelines.runner import _check_params, pipeline_func
+
+    with pytest.raises(ValueError, match="unknown parameter.*bogus"):
+        _check_params(pipeline_func("training"), {"bogus": 1}, "training")
+
+
+def test_kfp_component_build_files(tmp_path):
+    """`kfp component build components/ --no-build-image` on a copy: one CPU and one GPU Dockerfile, the
+    component specs and kfp_config.ini for all steps; the committed files are up to date."""
+    comp = tmp_path / "components"
+    shutil.copytree(REPO / "components" / "steps", comp / "steps", ignore=shutil.ignore_patterns("__pycache__"))
+    generate_build_files(comp)
+    assert (comp / "Dockerfile").read_text().count(f"FROM {CPU_BASE_IMAGE}") == 1
+    assert (comp / "Dockerfile.gpu").read_text().count(f"FROM {GPU_BASE_IMAGE}") == 1
+    ini = configparser.ConfigParser()
+    ini.read(comp / "kfp_config.ini")
+    assert dict(ini["Components"]) == {s: f"steps/{s}.py" for s in STEP_NAMES}
+    for s in STEP_NAMES:
+        generated = (comp / "component_metadata" / f"{s}.yaml").read_text()
+        assert CPU_IMAGE in generated
+        committed = REPO / "components" / "component_metadata" / f"{s}.yaml"
+        assert committed.read_text() == generated, f"{committed} is stale: run python -m components.steps.images"
+    for name in ("Dockerfile", "Dockerfile.gpu", "kfp_config.ini", ".dockerignore"):
+        assert (REPO / "components" / name).read_text() == (comp / name).read_text(), f"components/{name} is stale"
