@@ -312,7 +312,7 @@ def test_triton_gpu_deployment(rendered):
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 and c["resources"]["requests"]["nvidia.com/gpu"] == 1
     assert pod["nodeSelector"]["nvidia.com/gpu.present"] == "true"
     mount = next(m for m in c["volumeMounts"] if m["name"] == "model-repository")
-    assert mount == {"name": "model-repository", "mountPath": "/models", "subPath": "triton/tensorrt",
+    assert mount == {"name": "model-repository", "mountPath": "/models", "subPath": "triton/tensorrt_plan",
                      "readOnly": True}
     assert {"name": "model-repository", "persistentVolumeClaim": {"claimName": "homefeed-data", "readOnly": True}} \
         in pod["volumes"]
@@ -329,7 +329,7 @@ def test_triton_model_repository_from_object_storage(rendered):
     pod = one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
     assert init["image"].startswith("docker.io/rclone/rclone:")
-    assert init["args"] == ["copy", "--checksum", "remote:homefeed/triton/tensorrt", "/models"]
+    assert init["args"] == ["copy", "--checksum", "remote:homefeed/triton/tensorrt_plan", "/models"]
     env = {e["name"]: e for e in init["env"]}
     assert env["RCLONE_CONFIG_REMOTE_ENDPOINT"]["value"] == "http://minio.storage.svc:9000"
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "homefeed-s3",
@@ -386,15 +386,65 @@ def test_cronjob_submits_the_daily_pipeline(rendered):
     assert cron["spec"]["schedule"] == "30 2 * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert c["command"] == ["python", "-m", "components.cli"]
-    assert c["args"] == ["pipeline", "submit", "daily", "--host", "http://ml-pipeline.kubeflow.svc.cluster.local:8888"]
+    assert c["command"] == ["/bin/sh", "-c"]
+    script = c["args"][0]
+    assert ('exec python -m components.cli pipeline submit "daily" --host "$KFP_HOST" --experiment-name '
+            '"homefeed-daily" --param "date=$D" "$@"') in script
+    assert c["args"][1:] == ["submit"]  # $0; the chart's extraArgs follow as "$@"
     token = next(v for v in pod["volumes"] if v["name"] == "kfp-token")
     (src,) = token["projected"]["sources"]
     assert src["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
     mount = next(m for m in c["volumeMounts"] if m["name"] == "kfp-token")
     env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["KFP_HOST"] == "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+    assert env["HOMEFEED_DATE_OFFSET_DAYS"] == "1"
     assert env["KF_PIPELINES_SA_TOKEN_PATH"] == mount["mountPath"] + "/" + src["serviceAccountToken"]["path"]
     assert env["KFP_NAMESPACE"] == "kubeflow-user"
+
+
+def test_cronjob_command_runs_up_to_the_kfp_api(rendered, tmp_path):
+    """The CronJob's container command, run as rendered with the real CLI: the shell computes yesterday's date
+    (UTC), `pipeline submit daily` accepts the parameters and builds the pipeline, and kfp.Client then calls the
+    configured KFP host. No KFP API server can run here: a closed local port refuses that call, and the
+    error must name it."""
+    import datetime as dt
+
+    cron = one(rendered["defaults"][1], "CronJob", "embedding-cron")
+    (c,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    env.update(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", KFP_HOST="http://127.0.0.1:9",
+               KF_PIPELINES_SA_TOKEN_PATH=str(tmp_path / "no-token"), HOME=str(tmp_path), OMP_NUM_THREADS="1")
+    def yesterday() -> str:
+        return (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).strftime("%Y-%m-%d")
+
+    before = yesterday()
+    proc = subprocess.run(c["command"] + c["args"], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    dates = {before, yesterday()}  # a run across midnight UTC may see either
+    assert any(f"submitting pipeline daily for date={d} to http://127.0.0.1:9" in proc.stdout for d in dates), \
+        proc.stdout
+    assert proc.returncode != 0
+    assert "host='127.0.0.1', port=9" in proc.stderr and "/apis/v2beta1/healthz" in proc.stderr, proc.stderr[-2000:]
+    assert "unknown parameter" not in proc.stderr
+
+
+def test_chart_matches_the_serving_and_training_layers(rendered):
+    """Names the chart passes to other layers exist there: Triton targets and ensemble, training experiments."""
+    from components import config
+    from components.serving import model_repository
+
+    schema = yaml.safe_load((CHART / "values.schema.json").read_text())
+    backends = schema["properties"]["triton"]["properties"]["ranker"]["properties"]["backend"]["enum"]
+    assert set(backends) <= set(model_repository.TARGETS)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["triton"]["ranker"]["ensemble"] == model_repository.ENSEMBLE
+    for scenario in WITH_TRAINJOB:
+        (job,) = by_kind(rendered[scenario][1], "TrainJob")
+        module = job["spec"]["trainer"]["command"][-1]
+        model = module.rsplit(".", 1)[1]
+        args = job["spec"]["trainer"]["args"]
+        cfg = config.load(args[args.index("--experiment") + 1], model=model)
+        assert type(cfg).__name__.lower().startswith(model)
+        assert (REPO / (module.replace(".", "/") + ".py")).exists()
 
 
 def test_notes_render_offline():
@@ -629,7 +679,7 @@ def test_lint_strict_rejects_bad_values():
 def test_template_guards_fail_with_a_clear_message():
     """Without the schema, the templates still refuse inconsistent values, naming the value to fix."""
     proc = template("--skip-schema-validation", "--set", "gpu.enabled=false", check=False)
-    assert proc.returncode != 0 and "triton.ranker.backend=tensorrt needs gpu.enabled=true" in proc.stderr
+    assert proc.returncode != 0 and "triton.ranker.backend=tensorrt_plan needs gpu.enabled=true" in proc.stderr
     proc = template("--skip-schema-validation", "--set", "trainJob.enabled=true", "--set", "data.existingClaim=",
                     "--set", "triton.modelRepository.source=objectStorage", "--set",
                     "triton.modelRepository.uri=s3://b/r", check=False)
