@@ -214,9 +214,10 @@ def train(cfg: RankerConfig, data_dir: str | Path, out_dir: str | Path, user_emb
     step = 0
     if resume and (latest := common.latest_checkpoint(ckpt_dir)) is not None:
         step = int(common.load_checkpoint(latest, model, optimizer)["step"])
-    elif not resume and info.is_main and ckpt_dir.exists():
-        for old in ckpt_dir.glob("step-*.pt"):  # a fresh run must not resume from a stale checkpoint later
+    elif not resume and info.is_main:  # a fresh run: no stale checkpoint to resume from later, a new log
+        for old in ckpt_dir.glob("step-*.pt") if ckpt_dir.exists() else []:
             old.unlink()
+        (out_dir / "train_log.jsonl").unlink(missing_ok=True)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
 
     local_batch = max(1, cfg.batch_size // info.world_size)
