@@ -164,11 +164,15 @@ def test_kubernetes_validate_cli_strict(rendered, scenario):
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_every_builtin_resource_has_a_schema(rendered, scenario):
+    """Also against the oldest Kubernetes the chart supports (Chart.yaml kubeVersion >= 1.29)."""
     _, docs = rendered[scenario]
+    floor = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    assert floor == ">=1.29.0-0"
     for d in docs:
         if (d["apiVersion"], d["kind"]) in CUSTOM_KINDS:
             continue
-        kubernetes_validate.validate(d, KUBE_VERSION, strict=True)  # raises SchemaNotFoundError/ValidationError
+        for version in ("1.29.0", KUBE_VERSION):  # raises SchemaNotFoundError/ValidationError
+            kubernetes_validate.validate(d, version, strict=True)
 
 
 def test_kubernetes_validate_strict_rejects_unknown_field(rendered):
