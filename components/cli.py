@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in GROUPS.items():
         gp = top.add_parser(name, help=help_text, description=help_text)
         groups[name] = gp.add_subparsers(dest="command", required=True, metavar="COMMAND")
+        groups[name].group_parser = gp  # lets a group run without a command (`homefeed report --out X`)
     for mod in COMMAND_MODULES:
         try:
             module = importlib.import_module(f"components.commands.{mod}")

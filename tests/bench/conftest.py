@@ -8,7 +8,10 @@
     ``bench_ratio(slow, fast)``           ratio of two timings: ``{"median", "min", "max"}`` (min = the
                                           least favourable pairing, max = the most favourable).
 - At the end of the session every recorded result goes to ``out/bench.json`` and ``out/bench.md`` (a table
-  per benchmark: work size, medians, min/max, ratios, and the machine: CPU model, cores, Python/torch).
+  per benchmark: work size, medians, min/max, ratios, and the machine: CPU model, cores, Python/torch;
+  rendered by ``components.report.bench_markdown``, which ``homefeed report`` shares). A key whose name
+  contains ``speedup`` or ``ratio`` is a headline ratio; a list of >= 10 numbers under a ``latency`` key
+  becomes a histogram in the report.
   Results of benchmarks that did not run this time are kept from the previous file (each entry says when
   and on which machine it was measured), so running one file updates only its entries.
   ``HOMEFEED_BENCH_OUT`` changes the output folder.
@@ -131,115 +134,10 @@ def jsonable(value: Any, where: str = "result") -> Any:
     raise TypeError(f"bench_record: {where} is a {type(value).__name__}, which JSON cannot hold")
 
 
-# ---------------------------------------------------------------------------------------------
-# Rendering bench.md
-# ---------------------------------------------------------------------------------------------
-
-
-def is_stats(v: Any) -> bool:
-    return isinstance(v, dict) and {"median", "min", "max"} <= set(v)
-
-
-def fmt_number(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if v == 0:
-            return "0"
-        a = abs(v)
-        if a >= 1e5:
-            return f"{v:,.0f}"
-        if a >= 100:
-            return f"{v:,.1f}"
-        if a >= 0.01:
-            return f"{v:.3g}" if a < 10 else f"{v:.2f}"
-        return f"{v:.2e}"
-    return str(v)
-
-
-def fmt_value(v: Any) -> str:
-    if is_stats(v):
-        reps = f", {v['reps']} reps" if "reps" in v else ""
-        return f"**{fmt_number(v['median'])}** ({fmt_number(v['min'])} – {fmt_number(v['max'])}{reps})"
-    if isinstance(v, list) and all(not isinstance(x, dict | list) for x in v):
-        return "[" + ", ".join(fmt_number(x) for x in v) + "]"
-    if isinstance(v, str):
-        return v.replace("|", "\\|").replace("\n", " ")
-    return fmt_number(v)
-
-
-def flatten(result: dict[str, Any], prefix: str = "") -> tuple[list[tuple[str, Any]], list[tuple[str, list]]]:
-    """(scalar-ish rows, tables): nested dicts become dotted keys; lists of dicts become sub-tables."""
-    rows: list[tuple[str, Any]] = []
-    tables: list[tuple[str, list]] = []
-    for k, v in result.items():
-        key = f"{prefix}{k}"
-        if key.endswith(".times") or k == "times":
-            continue
-        if is_stats(v):
-            rows.append((key, v))
-        elif isinstance(v, dict):
-            r, t = flatten(v, key + ".")
-            rows += r
-            tables += t
-        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
-            tables.append((key, v))
-        else:
-            rows.append((key, v))
-    return rows, tables
-
-
-def is_ratio_key(key: str) -> bool:
-    last = key.split(".")[-1].lower()
-    return any(w in last for w in ("speedup", "ratio", "times_faster")) and not last.endswith("min_max")
-
-
-def headline(result: dict[str, Any]) -> list[tuple[str, Any]]:
-    rows, _ = flatten(result)
-    return [(k, v) for k, v in rows if is_ratio_key(k) and (isinstance(v, int | float) or is_stats(v))]
-
-
-def render_markdown(doc: dict[str, Any]) -> str:
-    m = doc.get("machine", {})
-    lines = ["# homefeed benchmarks", "",
-             f"Written by `{doc.get('command', 'make bench')}` at {doc.get('updated_at', '?')}. "
-             "Each benchmark compares two things in the same run; times are the median of several repetitions "
-             "with (min – max). The machine is shared, so look at ratios rather than absolute times.", "",
-             "## Machine", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {fmt_value(v)} |" for k, v in m.items()]
-    benches = doc.get("benchmarks", {})
-    lines += ["", "## Summary", "", "| benchmark | ratio | value | status |", "|---|---|---:|---|"]
-    for name, entry in benches.items():
-        heads = headline(entry.get("result", {})) or [("-", None)]
-        for k, v in heads:
-            lines.append(f"| {name} | {k} | {fmt_value(v) if v is not None else '-'} | {entry.get('status', '?')} |")
-    for name, entry in benches.items():
-        em = entry.get("machine", m)
-        same = all(em.get(k) == m.get(k) for k in ("cpu", "hostname", "usable_cores"))
-        where = "" if same else f" on {em.get('cpu', '?')} ({em.get('usable_cores', '?')} cores, {em.get('hostname')})"
-        lines += ["", f"## {name}", "", f"`{entry.get('test', '?')}` · {entry.get('status', '?')} · recorded "
-                  f"{entry.get('recorded_at', '?')}{where}", ""]
-        rows, tables = flatten(entry.get("result", {}))
-        lines += ["| quantity | value |", "|---|---:|"]
-        lines += [f"| {k} | {fmt_value(v)} |" for k, v in rows]
-        for key, items in tables:
-            cols: list[str] = []
-            for it in items:
-                for c in flatten(it)[0]:
-                    if c[0] not in cols:
-                        cols.append(c[0])
-            lines += ["", f"**{key}**", "", "| " + " | ".join(cols) + " |", "|" + "---:|" * len(cols)]
-            for it in items:
-                flat = dict(flatten(it)[0])
-                lines.append("| " + " | ".join(fmt_value(flat[c]) if c in flat else "" for c in cols) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def write_outputs(records: dict[str, dict[str, Any]], out_dir: Path, status: dict[str, str]) -> dict[str, Any]:
     """Merge ``records`` into ``out_dir/bench.json`` and rewrite ``bench.md`` (both atomically)."""
     from components.data.io import atomic_write_bytes
+    from components.report import bench_markdown
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "bench.json"
@@ -257,7 +155,7 @@ def write_outputs(records: dict[str, dict[str, Any]], out_dir: Path, status: dic
            "updated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
            "machine": machine(), "benchmarks": dict(sorted(benches.items()))}
     atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
-    atomic_write_bytes(out_dir / "bench.md", render_markdown(doc).encode())
+    atomic_write_bytes(out_dir / "bench.md", bench_markdown(doc).encode())
     return doc
 
 
