@@ -384,6 +384,63 @@ def test_feature_store_yaml_is_a_valid_feast_config(rendered, tmp_path, monkeypa
     assert cfg.registry.path == "/data/feature_repo/registry.db"
 
 
+def test_feature_server_command_starts_feast_and_passes_its_probe(tmp_path):
+    """The feature server container as rendered (command, args, feature_store.yaml from the ConfigMap, mounted
+    read-only) starts a real `feast serve` whose readiness probe path answers 200. Only the ConfigMap's mount
+    point (--chdir) and the port are moved to this machine; the Redis online store is only contacted on a
+    feature request, which no probe makes."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    registry = tmp_path / "registry.db"
+    text = template("--show-only", "templates/feature-server.yaml", "--set", f"featureServer.registry={registry}",
+                    "--set", "featureServer.workers=1", "--set", f"featureServer.service.port={port}").stdout
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    cm = one(docs, "ConfigMap", "feature-server")
+    dep = one(docs, "Deployment", "feature-server")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    repo = tmp_path / "feature_repo"
+    repo.mkdir()
+    for name, content in cm["data"].items():
+        (repo / name).write_text(content)
+        (repo / name).chmod(0o444)
+    repo.chmod(0o555)  # the ConfigMap volume is read-only
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "feature-repo")
+    args = [str(repo) if a == mount["mountPath"] else a for a in c["args"]]
+    assert args != c["args"], "the rendered args no longer --chdir into the ConfigMap mount"
+    exe = Path(sys.executable).parent / c["command"][0]
+    env = dict(os.environ, HOME=str(tmp_path), REDIS_PASSWORD="from-the-secret", OMP_NUM_THREADS="1")
+    probe = c["readinessProbe"]["httpGet"]
+    url = f"http://127.0.0.1:{port}{probe['path']}"
+    log = (tmp_path / "feast.log").open("w")
+    proc = subprocess.Popen([str(exe), *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+                            start_new_session=True)
+    try:
+        deadline, status = time.monotonic() + 180, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    status = r.status
+                    break
+            except OSError:
+                time.sleep(1)
+        assert status == 200, f"{url} never answered 200 (exit {proc.poll()}):\n{(tmp_path / 'feast.log').read_text()[-3000:]}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+        repo.chmod(0o755)
+
+
 def test_cronjob_submits_the_daily_pipeline(rendered):
     _, docs = rendered["gpu"]
     cron = one(docs, "CronJob", "embedding-cron")
