@@ -34,7 +34,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ml100k_data(tmp_path_factory) -> Path:
-    """ML-100k mapped into the event schema (about 20 s, once per session)."""
+    """ML-100k mapped into the event schema (a few seconds, once per session)."""
     out = tmp_path_factory.mktemp("data") / "ml100k"
     prepare(config.load("ml100k"), out)
     return out

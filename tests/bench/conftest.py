@@ -20,12 +20,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import json
 import math
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,14 +106,11 @@ def machine() -> dict[str, Any]:
         info["load_average_1m"] = round(os.getloadavg()[0], 2)
     except OSError:
         pass
-    for mod in ("torch", "numpy", "pyarrow", "onnxruntime"):
-        m = sys.modules.get(mod)
-        if m is None:
-            try:
-                m = __import__(mod)
-            except ImportError:
-                continue
-        info[mod] = getattr(m, "__version__", "?")
+    for dist in ("torch", "numpy", "pyarrow", "onnxruntime"):
+        try:
+            info[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
     return info
 
 
