@@ -158,3 +158,24 @@ def test_cli_train_embed_and_a_failed_embed_keeps_the_published_version(tiny_dat
     assert cli_main(["train", "pinsage", "--data", str(tiny_data), "--out", str(tmp_path / "x"),
                      "--set", "pooling=3"]) == 2
     assert "pooling" in capsys.readouterr().err
+
+
+def test_eval_command_writes_json_and_markdown_per_seed(tiny_data, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert cli_main(["eval", "pinsage", "--experiment", "pinsage_tiny", "--data", str(tiny_data), "--out", str(out),
+                     "--seeds", "0,1", "--set", "max_steps=3", "--set", "log_every=1000", "--set", "epochs=1",
+                     "--set", "walks_per_node=10"]) == 0
+    import json
+
+    result = json.loads((out / "pinsage_synthetic.json").read_text())
+    assert result["model"] == "pinsage" and result["seeds"] == [0, 1] and result["pairs"] > 100
+    names = [r["variant"] for r in result["rows"]]
+    assert names[1:] == list(pinsage_eval.VARIANTS)
+    for r in result["rows"][1:]:
+        assert 0.0 <= r["hit@10"] <= r["hit@50"] <= 1.0 and 0.0 < r["mrr"] <= 1.0 and "hit@10_std" in r
+        runs = result["runs"][r["variant"]]
+        assert [x["seed"] for x in runs] == [0, 1]
+        assert r["hit@10"] == pytest.approx(np.mean([x["hit@10"] for x in runs]))
+    md = (out / "pinsage_synthetic.md").read_text()
+    assert "| PinSage (full) |" in md and "topic@10" in md
+    assert "| PinSage (full) |" in capsys.readouterr().out

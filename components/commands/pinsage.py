@@ -42,7 +42,8 @@ def _eval(args: argparse.Namespace) -> int:
     cfg = config.load(args.experiment, args.overrides, model="pinsage")
     command = "homefeed " + shlex.join(sys.argv[1:]) if sys.argv and "homefeed" in sys.argv[0] else \
         f"homefeed eval pinsage --data {args.data} --out {args.out} --experiment {args.experiment}"
-    result = compare(cfg, args.data, args.out, command=command)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    result = compare(cfg, args.data, args.out, command=command, seeds=seeds)
     print(to_markdown(result))
     print(f"written: {Path(args.out) / ('pinsage_' + result['dataset'] + '.md')} and .json")
     return 0
@@ -68,4 +69,5 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     add_config_args(v, default_experiment="pinsage_eval")
     v.add_argument("--data", required=True, help="data directory")
     v.add_argument("--out", default="out/eval", help="output folder (default out/eval)")
+    v.add_argument("--seeds", default=None, help="comma-separated training seeds, e.g. 0,1,2 (default: the config's)")
     v.set_defaults(func=_eval)

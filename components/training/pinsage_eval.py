@@ -129,16 +129,32 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines = [f"# PinSage related-pin evaluation: {result['dataset']}", "",
              f"`{result['command']}`", "",
              f"{result['pairs']} held-out co-engagement pairs (events after the split); candidate pool: "
-             f"{result['pool']}; experiment `{result['experiment']}`, seed {result['seed']}.", "",
+             f"{result['pool']}; experiment `{result['experiment']}`, seeds {result['seeds']}"
+             + (" (mean over seeds; *_std across seeds)" if len(result["seeds"]) > 1 else "")
+             + "; train_s per seed.", "",
              "| variant | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     lines += ["| " + r["variant"] + " | " + " | ".join(_fmt(c, r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
+def _summarise(name: str, runs: list[dict[str, float]], train_s: float) -> dict[str, Any]:
+    """One table row: metrics of a single run, or their mean over seeds with the std across seeds."""
+    if len(runs) == 1:
+        return {"variant": name, **runs[0], "train_s": round(train_s, 1)}
+    keys = [k for k in runs[0] if not k.endswith("_se")]
+    row: dict[str, Any] = {"variant": name}
+    row.update({k: float(np.mean([r[k] for r in runs])) for k in keys})
+    row.update({f"{k}_std": float(np.std([r[k] for r in runs], ddof=1)) for k in ("hit@10", "mrr")})
+    row["train_s"] = round(train_s, 1)
+    return row
+
+
 def compare(cfg: PinSageConfig, data_dir: str | Path, out_dir: str | Path, command: str = "",
-            variants: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Train and evaluate every variant on the same split; write ``pinsage_<dataset>.json`` and ``.md``."""
+            variants: dict[str, dict[str, Any]] | None = None, seeds: list[int] | None = None) -> dict[str, Any]:
+    """Train and evaluate every variant on the same split (and held-out pairs, and candidate pool) for each
+    seed; write ``pinsage_<dataset>.json`` (with per-seed runs) and ``.md`` (mean, std across seeds)."""
     out_dir = Path(out_dir)
+    seeds = [cfg.seed] if not seeds else list(seeds)
     dataset = io.read_meta(data_dir).get("dataset", Path(data_dir).name)
     graph = build_graph(data_dir, cfg.use_engagement_edges)
     pairs = heldout_pairs(data_dir, graph.pin_ids, cfg)
@@ -147,21 +163,27 @@ def compare(cfg: PinSageConfig, data_dir: str | Path, out_dir: str | Path, comma
 
     feats = graph_features(graph, data_dir)
     raw = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-8)
-    rows = [{"variant": "content features, untrained (cosine)", **evaluate_embeddings(raw, pairs, cfg, topics),
-             "train_s": 0.0}]
+    raw_metrics = evaluate_embeddings(raw, pairs, cfg, topics)
+    rows = [_summarise("content features, untrained (cosine)", [raw_metrics] * (1 if len(seeds) == 1 else 2), 0.0)]
+    runs: dict[str, list[dict[str, Any]]] = {}
     for name, overrides in (variants or VARIANTS).items():
-        vcfg = copy.deepcopy(cfg)
-        for k, v in overrides.items():
-            setattr(vcfg, k, v)
         slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+        runs[name] = []
         t0 = time.perf_counter()
-        emb, metrics = train_and_embed(vcfg, data_dir, out_dir / "models" / f"pinsage_{dataset}" / slug)
-        rows.append({"variant": name, **evaluate_embeddings(emb, pairs, vcfg, topics),
-                     "train_s": round(time.perf_counter() - t0, 1)})
-        print(f"{name}: {rows[-1]}", flush=True)
+        for seed in seeds:
+            vcfg = copy.deepcopy(cfg)
+            for k, v in {**overrides, "seed": seed}.items():
+                setattr(vcfg, k, v)
+            model_dir = out_dir / "models" / f"pinsage_{dataset}" / slug / f"seed-{seed}"
+            emb, _ = train_and_embed(vcfg, data_dir, model_dir)
+            runs[name].append({"seed": seed, **evaluate_embeddings(emb, pairs, cfg, topics)})
+            print(f"{name} (seed {seed}): {runs[name][-1]}", flush=True)
+        per_seed = [{k: v for k, v in r.items() if k != "seed"} for r in runs[name]]
+        rows.append(_summarise(name, per_seed, (time.perf_counter() - t0) / len(seeds)))
     pool = "all other pins" if graph.num_pins - 1 <= cfg.eval_pool else f"{cfg.eval_pool} random pins"
     result = {"model": "pinsage", "dataset": dataset, "command": command, "experiment": getattr(cfg, "_experiment", None),
-              "seed": cfg.seed, "pairs": int(len(pairs)), "pool": pool, "num_pins": graph.num_pins, "rows": rows}
+              "seeds": seeds, "pairs": int(len(pairs)), "pool": pool, "num_pins": graph.num_pins, "rows": rows,
+              "runs": runs}
     io.atomic_write_json(result, out_dir / f"pinsage_{dataset}.json")
     io.atomic_write_bytes(out_dir / f"pinsage_{dataset}.md", to_markdown(result).encode())
     return result
