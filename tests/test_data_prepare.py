@@ -90,6 +90,18 @@ def test_ml100k_tie_break_strictly_increasing_and_deterministic(ml100k_data):
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_ml100k_mapping_is_deterministic():
+    a, b = movielens.load(eval_days=28, seed=0), movielens.load(eval_days=28, seed=0)
+    for name in ("pins", "boards", "pin_boards", "users", "events", "impressions"):
+        pd.testing.assert_frame_equal(a[name].drop(columns=["features"], errors="ignore"),
+                                      b[name].drop(columns=["features"], errors="ignore"))
+    assert np.array_equal(np.stack(a["pins"]["features"]), np.stack(b["pins"]["features"]))
+    assert a["meta"] == b["meta"]
+    c = movielens.load(eval_days=28, seed=1)  # the seed only moves durations and sampled negatives
+    assert c["events"]["timestamp"].equals(a["events"]["timestamp"])
+    assert not c["events"]["duration_s"].equals(a["events"]["duration_s"])
+
+
 def test_tie_break_small_case():
     user = np.array([1, 1, 1, 2, 2, 1])
     ts = np.array([100, 100, 100, 50, 50, 101])

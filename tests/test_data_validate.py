@@ -268,6 +268,14 @@ def test_missing_table_and_no_partitions(tmp_path):
     assert any(e.startswith("impressions: no day partitions") for e in errs), errs
 
 
+def test_unreadable_partition(tmp_path):
+    d = write(tmp_path, valid_tables())
+    part = first_partition(d)
+    part.write_bytes(b"not a parquet file")
+    errs = errors_of(d)
+    assert any(e.startswith(f"{part.relative_to(d)}: cannot be read as Parquet") for e in errs), errs
+
+
 def test_meta_problems(tmp_path):
     tables = valid_tables()
     tables["impressions"].loc[0, "s_hour"] = 30  # cardinality 24 in meta

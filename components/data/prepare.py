@@ -76,18 +76,30 @@ def write_dataset(out: str | Path, tables: dict[str, object], progress: bool | N
 
 def prepare(cfg: DataConfig, out: str | Path, progress: bool | None = None) -> ValidationReport:
     """Generate or map the dataset of ``cfg`` into ``out``, validate it and save the resolved config
-    (``out/config.yaml``). Returns the validation report (its summary is what the CLI prints)."""
-    if cfg.dataset == "ml-100k":
-        from components.data import movielens
-        tables = movielens.load(eval_days=cfg.eval_days, seed=cfg.seed)
-    elif cfg.dataset == "synthetic":
-        from components.data import synthetic
-        tables = synthetic.generate(cfg)
-    else:
+    (``out/config.yaml``). Returns the validation report (its summary is what the CLI prints).
+
+    ``progress``: tqdm bars for the stages (None = only when stderr is a terminal).
+    """
+    if cfg.dataset not in ("ml-100k", "synthetic"):
         raise config_mod.ConfigError(f"key 'dataset' expects one of ml-100k, synthetic; got {cfg.dataset!r}")
-    write_dataset(out, tables, progress=progress)
-    config_mod.save(cfg, Path(out) / "config.yaml")
-    return validate_dir(out)
+    disable = None if progress is None else not progress
+    with tqdm(total=3, desc=f"prepare {cfg.dataset}", unit="stage", disable=disable) as bar:
+        bar.set_postfix_str("map ML-100k" if cfg.dataset == "ml-100k" else "generate")
+        if cfg.dataset == "ml-100k":
+            from components.data import movielens
+            tables = movielens.load(eval_days=cfg.eval_days, seed=cfg.seed)
+        else:
+            from components.data import synthetic
+            tables = synthetic.generate(cfg)
+        bar.update(1)
+        bar.set_postfix_str("write")
+        write_dataset(out, tables, progress=progress)
+        config_mod.save(cfg, Path(out) / "config.yaml")
+        bar.update(1)
+        bar.set_postfix_str("validate")
+        report = validate_dir(out)
+        bar.update(1)
+    return report
 
 
 def format_summary(report: ValidationReport) -> str:
