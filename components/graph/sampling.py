@@ -181,7 +181,7 @@ def hard_negative_candidates(graph: PinBoardGraph, queries: np.ndarray, band: li
         q = queries[s:s + chunk]
         r = personalized_pagerank(graph, q, restart_prob)  # (q, P)
         r[torch.arange(len(q)), torch.from_numpy(q)] = float("inf")  # the query itself is rank 0
-        top = torch.topk(r, hi + 0, dim=1).indices.numpy()  # (q, hi), highest first
+        top = torch.topk(r, hi, dim=1).indices.numpy()  # (q, hi), highest first
         pick = rng.integers(lo, hi, size=(len(q), num))
         out[s:s + len(q)] = np.take_along_axis(top, pick, axis=1)
     return out

@@ -107,7 +107,7 @@ def train(cfg: PinSageConfig, data_dir: str | Path, out_dir: str | Path, resume:
             raise ValueError(f"{data_dir}: {len(pairs)} related pairs per rank is less than batch_size={cfg.batch_size}")
         total = cfg.epochs * per_epoch if cfg.max_steps <= 0 else min(cfg.max_steps, cfg.epochs * per_epoch)
         hard = None
-        if cfg.hard_negatives and cfg.epochs > 1:
+        if cfg.hard_negatives and total > per_epoch:  # the curriculum adds hard negatives from epoch 2
             queries = np.unique(inputs["pairs"][:, 0])
             hard = np.zeros((graph.num_pins, HARD_CANDIDATES), np.int64)
             hard[queries] = hard_negative_candidates(graph, queries, cfg.hard_negative_band, HARD_CANDIDATES,
