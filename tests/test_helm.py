@@ -764,6 +764,12 @@ def test_every_value_is_documented_and_in_the_schema():
     assert sorted(set(params) - set(leaves)) == [], "`## @param` lines naming no value"
     readme = (CHART / "README.md").read_text()
     assert [p for p in params if f"`{p}`" not in readme] == [], "README.md parameter table is out of date"
+    sys.path.insert(0, str(REPO / "helm"))
+    try:
+        from readme_params import parameters_section
+    finally:
+        sys.path.remove(str(REPO / "helm"))
+    assert readme.endswith(parameters_section(text)), "README.md is stale: run .venv/bin/python helm/readme_params.py"
     schema = yaml.safe_load((CHART / "values.schema.json").read_text())
     jsonschema.Draft7Validator(schema).validate(values)
 
