@@ -263,6 +263,19 @@ def test_trainjob_crd_schema_rejects_bad_objects(rendered, trainjob_validator):
             validate_trainjob(b, trainjob_validator)
 
 
+def test_launcher_trainjob_against_crd_schema(trainjob_validator):
+    """The TrainJob that components.training.launch creates from a pipeline step satisfies the same CRD schema."""
+    from components.training.launch import ClusterSettings, TrainCall, build_trainjob
+
+    call = TrainCall(entry="components.training.pinsage:train", experiment="pinsage",
+                     kwargs={"data_dir": "/data/prepared", "out_dir": "/data/models/pinsage"},
+                     path_kwargs=["data_dir"])
+    settings = ClusterSettings(namespace="homefeed", image="ghcr.io/homefeed/homefeed-steps:0.1.0-gpu",
+                               gpus_per_node=2, secret_env={"HOMEFEED_MILVUS_TOKEN": "milvus-auth/token"})
+    job = build_trainjob(call, num_nodes=3, nproc_per_node=2, settings=settings, name="hf-pinsage-crd")
+    validate_trainjob(job, trainjob_validator)
+
+
 def test_trainjob_runs_torchrun_on_the_data_pvc(rendered):
     (job,) = by_kind(rendered["gpu"][1], "TrainJob")
     spec = job["spec"]
