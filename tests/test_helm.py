@@ -307,8 +307,12 @@ def test_trainjob_runs_torchrun_on_the_data_pvc(rendered):
 def test_defaults_render_every_component(rendered):
     _, docs = rendered["defaults"]
     kinds = sorted({d["kind"] for d in docs})
-    assert kinds == ["ConfigMap", "CronJob", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "Role",
-                     "RoleBinding", "Service", "ServiceAccount"]
+    assert kinds == ["ConfigMap", "CronJob", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
+                     "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount"]
+    for component in ("triton", "feature-server"):
+        pdb = one(docs, "PodDisruptionBudget", component)
+        dep = one(docs, "Deployment", component)
+        assert pdb["spec"]["selector"] == dep["spec"]["selector"] and pdb["spec"]["maxUnavailable"] == 1
     assert {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in by_kind(docs, "Deployment")} == {
         "triton", "feature-server"}
     assert len(by_kind(docs, "NetworkPolicy")) == 4  # default deny + triton, feature server, CronJob
