@@ -166,7 +166,8 @@ def test_nan_or_infinite_values(tmp_path, bad):
     # rows 0 and 1 are the earliest events, so both sit in the first day's partition
     rel = str(first_partition(d).relative_to(d))
     n = pq.read_metadata(first_partition(d)).num_rows
-    assert any(e.startswith(f"{rel}: column 'duration_s': 2 of {n} rows are NaN or infinite") for e in errs), errs
+    assert any(e.startswith(f"{rel}: column 'duration_s': 2 of {n} rows are NaN or infinite")
+               and e.endswith("first at row 0") for e in errs), errs
 
 
 def test_nan_in_feature_vectors(tmp_path):
@@ -386,6 +387,8 @@ def _corruptions(spec, table: pa.Table) -> list[tuple[str, str]]:
         t = table.schema.field(col).type
         if col in spec.columns or any(col == c for c in spec.required_prefixed):
             out += [(col, "drop"), (col, "retype")]
+        if col in spec.columns or any(col.startswith(p) for p in spec.prefixed):
+            out.append((col, "null"))
         if pa.types.is_floating(t):
             out += [(col, "nan"), (col, "inf")]
         if pa.types.is_list(t) or pa.types.is_fixed_size_list(t):
@@ -410,6 +413,9 @@ def _corrupt(table: pa.Table, col: str, kind: str, row: int) -> pa.Table:
             pa.array(range(table.num_rows), pa.int64())
         return table.set_column(i, col, values)
     values = table[col].to_pylist()
+    if kind == "null":
+        values[row] = None
+        return table.set_column(i, col, pa.array(values, table.schema.field(col).type))
     if kind == "nan_in_vector":
         values[row] = [float("nan")] + list(values[row][1:])
         return table.set_column(i, col, pa.array(values, table.schema.field(col).type))
@@ -438,8 +444,8 @@ def test_any_single_corruption_is_caught_naming_the_column(table_name, col, kind
     errors, _ = check_table(spec, _corrupt(table, col, kind, row), "t.parquet")
     assert errors, f"{kind} of {table_name}.{col} at row {row} was not caught"
     assert any(e.startswith("t.parquet: ") and f"'{col}'" in e for e in errors), errors
-    if kind not in ("drop", "retype"):  # value errors say how many rows
-        assert any(f"1 of {table.num_rows} row" in e for e in errors), errors
+    if kind not in ("drop", "retype"):  # value errors say how many rows and which
+        assert any(f"1 of {table.num_rows} row" in e and e.endswith(f"first at row {row}") for e in errors), errors
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -82,60 +82,53 @@ def check_table(spec: TableSpec, table: pa.Table, source: str) -> tuple[list[str
     if errors:
         return errors, oov  # value checks below assume the types are right
 
+    def bad_rows(col: str, mask: np.ndarray, what: str) -> None:
+        k = int(mask.sum())
+        if k:
+            errors.append(f"{source}: column '{col}': {_rows(k, n)} {what}; first at row {int(np.argmax(mask))}")
+
     for col in table.column_names:
         arr = table.column(col)
         t = arr.type
         if pa.types.is_list(t) or pa.types.is_fixed_size_list(t):
-            lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
-            nulls = int(arr.null_count)
-            if nulls:
-                errors.append(f"{source}: column '{col}': {_rows(nulls, n)} are null (expected a vector)")
+            if arr.null_count:
+                bad_rows(col, arr.is_null().to_numpy(zero_copy_only=False), "are null (expected a vector)")
                 continue
+            lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
             if len(set(lengths.tolist())) > 1:
-                errors.append(f"{source}: column '{col}': vectors have lengths {sorted(set(lengths.tolist()))[:5]}"
-                              f" (expected one fixed length)")
-            if _is_float(t.value_type):
+                common = int(np.bincount(lengths).argmax())
+                bad_rows(col, lengths != common, f"have a vector length other than {common} (expected one "
+                         f"fixed length; lengths seen {sorted(set(lengths.tolist()))[:5]})")
+            elif _is_float(t.value_type):
                 flat = pc.list_flatten(arr).to_numpy(zero_copy_only=False)
                 bad = ~np.isfinite(flat.reshape(n, -1)).all(axis=1) if flat.size else np.zeros(n, bool)
-                if bad.any():
-                    errors.append(f"{source}: column '{col}': {_rows(int(bad.sum()), n)} hold NaN or infinite "
-                                  f"values (expected finite numbers)")
+                bad_rows(col, bad, "hold NaN or infinite values (expected finite numbers)")
             continue
-        if arr.null_count and col in spec.columns:
-            errors.append(f"{source}: column '{col}': {_rows(arr.null_count, n)} are null")
+        typed = col in spec.columns or any(col.startswith(prefix) for prefix in spec.prefixed)
+        if arr.null_count and typed:
+            bad_rows(col, arr.is_null().to_numpy(zero_copy_only=False), "are null")
             continue
+        vals = arr.to_numpy(zero_copy_only=False)
         if _is_float(t):
-            vals = arr.to_numpy(zero_copy_only=False)
-            bad = int((~np.isfinite(vals)).sum())
-            if bad:
-                errors.append(f"{source}: column '{col}': {_rows(bad, n)} are NaN or infinite "
-                              f"(expected finite numbers)")
+            bad = ~np.isfinite(vals.astype(np.float64))
+            if bad.any():
+                bad_rows(col, bad, "are NaN or infinite (expected finite numbers)")
                 continue
         if col in spec.non_negative:
-            neg = int(pc.sum(pc.less(arr, 0)).as_py() or 0)
-            if neg:
-                errors.append(f"{source}: column '{col}': {_rows(neg, n)} are negative (expected >= 0)")
+            bad_rows(col, vals < 0, "are negative (expected >= 0)")
         if col in spec.timestamps:
-            vals = arr.to_numpy(zero_copy_only=False)
-            bad = int(((vals < MIN_TIMESTAMP) | (vals >= MAX_TIMESTAMP)).sum())
-            if bad:
-                errors.append(f"{source}: column '{col}': {_rows(bad, n)} are out of range (expected unix "
-                              f"seconds in [{MIN_TIMESTAMP}, {MAX_TIMESTAMP}), 1990-01-01 to 2100-01-01)")
+            bad_rows(col, (vals < MIN_TIMESTAMP) | (vals >= MAX_TIMESTAMP),
+                     f"are out of range (expected unix seconds in [{MIN_TIMESTAMP}, {MAX_TIMESTAMP}), "
+                     f"1990-01-01 to 2100-01-01)")
         if col in spec.vocab:
             allowed = pa.array(spec.vocab[col])
             unknown = int(pc.sum(pc.invert(pc.is_in(arr, value_set=allowed))).as_py() or 0)
             if unknown:
                 oov[col] = unknown
         if col.startswith("label_"):
-            vals = arr.to_numpy(zero_copy_only=False)
-            bad = int(((vals != 0) & (vals != 1)).sum())
-            if bad:
-                errors.append(f"{source}: column '{col}': {_rows(bad, n)} are not 0 or 1 (expected binary labels)")
+            bad_rows(col, (vals != 0) & (vals != 1), "are not 0 or 1 (expected binary labels)")
         if col.startswith("s_") and col not in spec.columns:
-            neg = int(pc.sum(pc.less(arr, 0)).as_py() or 0)
-            if neg:
-                errors.append(f"{source}: column '{col}': {_rows(neg, n)} are negative "
-                              f"(expected sparse ids >= 0)")
+            bad_rows(col, vals < 0, "are negative (expected sparse ids >= 0)")
     return errors, oov
 
 
