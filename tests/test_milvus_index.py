@@ -41,6 +41,9 @@ def test_build_switch_and_drop_previous(tables):
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, _exact(tables["v1"], q, 10))])
     assert recall >= 0.9
     assert mi.build_index(uri, tables["p1"]) == c1  # same content: nothing rebuilt
+    index.client.release_collection(c1)  # as a fresh process finds it on Milvus Lite
+    reopened = mi.PinIndex(uri)
+    np.testing.assert_array_equal(reopened.search(q, 10)[0], ids)
     c2 = mi.build_index(uri, tables["p2"])
     assert c2 != c1 and "2024_02_02" in c2
     assert index.client.list_collections() == [c2]  # the previous collection dropped after the switch

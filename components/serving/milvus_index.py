@@ -151,8 +151,12 @@ class PinIndex:
     def __init__(self, uri: str | Path, alias: str = ALIAS, ef_search: int = 128):
         self.uri, self.alias, self.ef_search = str(uri), alias, ef_search
         self.client = connect(uri)
-        if served_collection(self.client, alias) is None:
+        collection = served_collection(self.client, alias)
+        if collection is None:
             raise MilvusIndexError(f"{uri}: no collection behind alias '{alias}'; run `homefeed index build` first")
+        # Milvus Lite does not keep a collection loaded across processes; loading a loaded one is a no-op
+        if "Loaded" not in str(self.client.get_load_state(collection).get("state")):
+            self.client.load_collection(collection)
 
     def dim(self) -> int:
         info = self.client.describe_collection(self.alias)
