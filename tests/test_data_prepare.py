@@ -364,9 +364,11 @@ t = pa.table({"user_id": pa.array(np.arange(n), pa.int64()), "pin_id": pa.array(
               "action_type": pa.array(np.full(n, "repin")), "surface": pa.array(np.full(n, "homefeed")),
               "timestamp": pa.array(np.full(n, 1704067200 + 5), pa.int64()),
               "duration_s": pa.array(np.full(n, 2.0, np.float32))})
+io.write_partitioned(sys.argv[1], "events", t)
+path = io.partition_path(sys.argv[1], "events", "2024-01-01")
 print("writing", flush=True)
-while True:
-    io.write_partitioned(sys.argv[1], "events", t)
+while True:  # what write_partitioned does for each day, back to back
+    io.atomic_write_parquet(t, path)
 """
 
 
@@ -378,7 +380,7 @@ def test_killed_writer_never_leaves_a_half_written_partition(tmp_path):
     for delay in (0.05, 0.3, 0.7):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), "400000"], stdout=subprocess.PIPE,
                                 env=env, cwd=REPO)
-        assert proc.stdout.readline().strip() == b"writing"
+        assert proc.stdout.readline().strip() == b"writing", "the writer did not start"
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
