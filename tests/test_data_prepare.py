@@ -318,6 +318,7 @@ def test_failed_write_leaves_the_old_partition(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["part-0.parquet"]  # temp file cleaned up
     assert pq.read_table(path).num_rows == 50
+    assert path.stat().st_mode & 0o044 == 0o044 & io.FILE_MODE  # published files are not owner-only
 
 
 def test_interrupted_prepare_keeps_the_published_directory(tmp_path, monkeypatch):

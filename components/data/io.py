@@ -23,6 +23,17 @@ from components.data.schemas import TABLES, TableSpec
 PART_FILE = "part-0.parquet"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; published files get the usual permissions so
+# that other users (a serving container, a pipeline step running as another uid) can read them.
+FILE_MODE = 0o666 & ~_umask()
+
+
 def day_of(ts: np.ndarray | int) -> np.ndarray:
     """Unix seconds -> day strings ``YYYY-MM-DD`` (UTC)."""
     return np.datetime_as_string(np.asarray(ts, dtype="int64").astype("datetime64[s]"), unit="D")
@@ -47,6 +58,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -62,6 +74,7 @@ def atomic_write_parquet(table: pa.Table, path: str | Path, **kwargs: Any) -> Pa
     os.close(fd)
     try:
         pq.write_table(table, tmp, **kwargs)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
