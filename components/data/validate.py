@@ -1,6 +1,12 @@
 """Validation of a data directory and the loaders that use it.
 
-Every rejection names the file, the column, how many rows are affected and what was expected.
+Every rejection names the file, the column, how many rows are affected (and the first bad row, or
+example ids) and what was expected. Rejected: missing tables, columns or label columns, wrong types,
+nulls, NaN/inf, negative durations or sparse ids, timestamps out of range or outside their day
+partition, duplicate primary keys, ids pointing at unknown pins/boards/users, empty tables and
+partitions, unreadable files, and a ``meta.json`` that is missing keys or disagrees with the tables
+(feature_dim, listed features, sparse cardinalities). All problems are reported at once.
+
 Out-of-vocabulary action types and surfaces are not fatal: the PinnerFormer paper drops those rows,
 so the loaders drop and count them and the validator reports the counts.
 """
