@@ -1,0 +1,62 @@
+"""Day partitions and atomic files (components/data/io.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from components.data import io
+
+DAY = 1_704_067_200  # 2024-01-01 00:00:00 UTC
+
+
+def _events(ts: list[int]) -> pa.Table:
+    n = len(ts)
+    return pa.table({"user_id": pa.array(np.arange(n), pa.int64()), "pin_id": pa.array(np.arange(n), pa.int64()),
+                     "action_type": ["repin"] * n, "surface": ["homefeed"] * n,
+                     "timestamp": pa.array(ts, pa.int64()), "duration_s": pa.array(np.ones(n, np.float32))})
+
+
+def test_day_helpers():
+    assert io.day_of(DAY) == "2024-01-01" and io.day_of(DAY - 1) == "2023-12-31"
+    assert list(io.day_of(np.array([DAY, DAY + 86_399, DAY + 86_400]))) == ["2024-01-01", "2024-01-01", "2024-01-02"]
+    assert io.day_bounds("2024-01-01") == (DAY, DAY + 86_400)
+    with pytest.raises(ValueError, match="date '2024/01/01' is not of the form YYYY-MM-DD"):
+        io.day_bounds("2024/01/01")
+
+
+def test_write_partitioned_splits_on_utc_days_and_keeps_order(tmp_path):
+    ts = [DAY + 86_400 + 5, DAY + 10, DAY + 86_399, DAY - 1, DAY + 86_400 + 1]  # unsorted on purpose
+    paths = io.write_partitioned(tmp_path, "events", _events(ts))
+    assert [p.parent.name for p in paths] == ["dt=2023-12-31", "dt=2024-01-01", "dt=2024-01-02"]
+    assert io.partitions(tmp_path, "events") == ["2023-12-31", "2024-01-01", "2024-01-02"]
+    day1 = pq.read_table(io.partition_path(tmp_path, "events", "2024-01-01"))
+    assert day1["timestamp"].to_pylist() == [DAY + 10, DAY + 86_399]  # stable: input order within a day
+    both = io.read_partitions(tmp_path, "events", days=["2024-01-02", "2023-12-31"])
+    assert both["timestamp"].to_pylist() == [DAY - 1, DAY + 86_400 + 5, DAY + 86_400 + 1]
+    # rewriting one day replaces that day only
+    io.write_partitioned(tmp_path, "events", _events([DAY + 7]))
+    assert pq.read_table(io.partition_path(tmp_path, "events", "2024-01-01"))["timestamp"].to_pylist() == [DAY + 7]
+    assert io.partitions(tmp_path, "events") == ["2023-12-31", "2024-01-01", "2024-01-02"]
+
+
+def test_missing_partitions_and_tables_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="events: no day partitions"):
+        io.read_partitions(tmp_path, "events")
+    io.write_partitioned(tmp_path, "events", _events([DAY]))
+    with pytest.raises(FileNotFoundError, match=r"no day partitions for \['2030-01-01'\]"):
+        io.read_partitions(tmp_path, "events", days=["2030-01-01"])
+    with pytest.raises(FileNotFoundError, match="pins.parquet: table 'pins' is missing"):
+        io.read_table(tmp_path, "pins")
+    with pytest.raises(FileNotFoundError, match="meta.json: missing"):
+        io.read_meta(tmp_path)
+
+
+def test_atomic_json_and_bytes(tmp_path):
+    path = io.write_meta(tmp_path / "d", {"b": 1, "a": [1, 2]})
+    assert io.read_meta(tmp_path / "d") == {"a": [1, 2], "b": 1}
+    io.atomic_write_bytes(path, b"{}")
+    assert io.read_meta(tmp_path / "d") == {}
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["meta.json"]  # no temp files left
