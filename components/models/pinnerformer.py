@@ -54,7 +54,12 @@ class PinnerFormer(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
         self.final_norm = nn.LayerNorm(h)
         self.user_head = MLP(h, [h, cfg.embed_dim])
-        self.pin_tower = MLP(cfg.pin_dim, [h, h, cfg.embed_dim])
+        # LayerNorm on the (L2-normalised, hence small) PinSage input: without it the freshly initialised
+        # towers map every pin to nearly the same direction and weak training signals cannot escape
+        self.pin_norm = nn.LayerNorm(cfg.pin_dim)
+        self.pin_in = nn.LayerNorm(cfg.pin_dim)
+        self.pin_tower = MLP(cfg.pin_dim, [h, h, cfg.embed_dim], layer_norm=True)
+        self.pin_skip = nn.Linear(cfg.pin_dim, cfg.embed_dim, bias=False)  # a linear path keeps the PinSage geometry
         self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
         self.register_buffer("causal", torch.triu(torch.ones(cfg.max_seq_len, cfg.max_seq_len, dtype=torch.bool), 1),
                              persistent=False)
@@ -71,7 +76,7 @@ class PinnerFormer(nn.Module):
         latest = ts.gather(1, (lengths - 1)[:, None])  # (B, 1)
         gap = torch.cat([torch.zeros_like(ts[:, :1]), ts[:, 1:] - ts[:, :-1]], dim=1)  # (B, M)
         x = torch.cat([
-            pin_emb,  # (B, M, E)
+            self.pin_norm(pin_emb),  # (B, M, E)
             self.action_emb(action),  # (B, M, 8)
             self.surface_emb(surface),  # (B, M, 8)
             torch.log1p(duration.clamp(min=0)).unsqueeze(-1).float(),  # (B, M, 1)
@@ -94,7 +99,8 @@ class PinnerFormer(nn.Module):
 
     def embed_pins(self, pin_emb: torch.Tensor) -> torch.Tensor:
         """Pin tower: (N, E) PinSage embeddings -> (N, D), L2-normalised."""
-        return F.normalize(self.pin_tower(pin_emb), dim=-1)  # (N, D)
+        x = self.pin_in(pin_emb)  # (N, E)
+        return F.normalize(self.pin_tower(x) + self.pin_skip(x), dim=-1)  # (N, D)
 
     @staticmethod
     def last_valid(out: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
