@@ -20,6 +20,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     action = groups["report"]
     parser = action.group_parser
     action.required = False  # `homefeed report` itself builds the report
+    action.help = argparse.SUPPRESS  # no subcommands: keep COMMAND out of the usage line
     parser.add_argument("--eval", default="out/eval", help="folder of evaluation JSON files (default out/eval)")
     parser.add_argument("--bench", default="out/bench.json", help="benchmark results (default out/bench.json)")
     parser.add_argument("--out", default="out/report.html", help="the HTML page to write (default out/report.html)")
