@@ -184,3 +184,18 @@ def test_kfp_component_build_files(tmp_path):
         assert committed.read_text() == generated, f"{committed} is stale: run python -m components.steps.images"
     for name in ("Dockerfile", "Dockerfile.gpu", "kfp_config.ini", ".dockerignore"):
         assert (REPO / "components" / name).read_text() == (comp / name).read_text(), f"components/{name} is stale"
+
+
+def test_submit_validates_parameters_before_connecting():
+    from pipelines.runner import submit
+
+    with pytest.raises(ValueError, match="unknown parameter.*dat"):
+        submit("daily", "http://127.0.0.1:9", {"dat": "2024-01-01"})
+
+
+def test_submit_without_a_kfp_server_fails_with_a_connection_error():
+    """No KFP API server can run here: the real kfp.Client must fail to connect (port 9 on loopback)."""
+    from pipelines.runner import submit
+
+    with pytest.raises(Exception, match="(?i)connect|refused|Max retries"):
+        submit("daily", "http://127.0.0.1:9", {"date": "2024-01-01"})
