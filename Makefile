@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/tools/bin:$(PATH)
 export HOMEFEED_TRITON_VENV := $(CURDIR)/$(VENV_TRITON)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: all venv venv-triton helm test lint demo bench report clean
+.PHONY: all venv venv-triton helm test lint demo bench report images clean
 
 all: test
 
@@ -53,6 +53,12 @@ bench: venv venv-triton
 
 report: venv
 	$(VENV)/bin/homefeed report
+
+# Regenerate the Kubeflow step image build files (kfp component build --no-build-image, CPU and GPU) and
+# print the docker commands that build the images (a Docker engine is needed for those).
+images: venv
+	$(PY) -m components.steps.images
+	$(PY) -m components.steps.images commands
 
 clean:
 	rm -rf out .pytest_cache
