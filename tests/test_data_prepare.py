@@ -356,6 +356,17 @@ def test_interrupted_prepare_keeps_the_published_directory(tmp_path, monkeypatch
     assert config.read_saved(d).seed == 3
 
 
+def test_reprepare_with_another_dataset_drops_stale_ground_truth(tmp_path):
+    d = tmp_path / "d"
+    prepare(config.load("synthetic_tiny", {"users": 40, "pins": 100, "boards": 10, "days": 20, "eval_days": 5}), d,
+            progress=False)
+    assert (d / "ground_truth" / "pin_topics.parquet").exists()
+    report = prepare(config.load("ml100k"), d, progress=False)
+    assert report.rows["pins"] == 1682 and io.read_meta(d)["dataset"] == "ml-100k"
+    assert not list((d / "ground_truth").glob("*.parquet"))
+    assert io.partitions(d, "events")[0] == "1997-09-20"  # the synthetic days are gone
+
+
 WRITER = """
 import sys, time
 import numpy as np, pyarrow as pa

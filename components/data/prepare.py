@@ -64,11 +64,14 @@ def write_dataset(out: str | Path, tables: dict[str, object], progress: bool | N
             else:
                 io.write_table(out, name, table)
             bar.update(1)
-        gt = tables.get("ground_truth")
-        if gt:
-            for name, df in gt.items():
-                io.atomic_write_parquet(pa.Table.from_pandas(df, preserve_index=False),
-                                        out / "ground_truth" / f"{name}.parquet")
+        gt = tables.get("ground_truth") or {}
+        for name, df in gt.items():
+            io.atomic_write_parquet(pa.Table.from_pandas(df, preserve_index=False),
+                                    out / "ground_truth" / f"{name}.parquet")
+        # ground truth of an earlier dataset in the same folder would be taken for this one's
+        for stale in sorted((out / "ground_truth").glob("*.parquet")):
+            if stale.stem not in gt:
+                stale.unlink()
         io.write_meta(out, tables["meta"])
         bar.update(1)
     return out
