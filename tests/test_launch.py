@@ -198,3 +198,16 @@ def test_submit_and_wait_without_a_cluster_fails_clearly(tmp_path, monkeypatch):
     job = build_trainjob(CALL, 2, 1, SETTINGS, name="hf-nowhere")
     with pytest.raises(Exception, match="(?i)connect|refused|Max retries"):
         submit_and_wait(job, ClusterSettings(timeout_s=5, poll_s=0.1))
+
+
+@pytest.mark.slow
+def test_launch_real_ranker_training_two_ranks(tmp_path, tiny_data):
+    """The launcher runs a real library entry point (the ranker's DDP loop) under torchrun with 2 ranks."""
+    from components.training.launch import launch
+
+    out = tmp_path / "ranker"
+    call = TrainCall("components.training.ranker:train", "ranker_tiny", ["max_steps=4"],
+                     {"data_dir": str(tiny_data), "out_dir": str(out)}, path_kwargs=["data_dir"])
+    res = launch(call, num_nodes=1, nproc_per_node=2, timeout_s=300)
+    assert res["world_size"] == 2 and res["steps"] == 4
+    assert (out / "model.pt").exists() and (out / "metrics.json").exists()
