@@ -166,13 +166,14 @@ class PinIndex:
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         vectors = np.atleast_2d(np.asarray(vectors, np.float32))
         res = self.client.search(self.alias, data=vectors.tolist(), limit=k, anns_field=VECTOR_FIELD,
+                                 output_fields=[ID_FIELD],  # not the vectors (Milvus Lite returns them by default)
                                  search_params={"metric_type": "COSINE", "params": {"ef": max(self.ef_search, k)}})
         ids = np.full((len(vectors), k), -1, np.int64)
         sims = np.full((len(vectors), k), np.nan, np.float32)
         for q, hits in enumerate(res):
             for j, h in enumerate(hits[:k]):
-                ids[q, j] = h[ID_FIELD]
-                sims[q, j] = h["distance"]
+                ids[q, j] = h.id  # the primary key (pin_id), on Milvus Lite and server alike
+                sims[q, j] = h.distance
         return ids, sims
 
     def close(self) -> None:
