@@ -318,6 +318,29 @@ def test_loaders_reject_bad_data(tmp_path):
         pin_features(d)
 
 
+def test_loaders_reject_duplicates_unknown_ids_and_empty_tables(tmp_path):
+    tables = valid_tables()
+    tables["pin_boards"].loc[0, "pin_id"] = 999
+    tables["users"] = pd.concat([tables["users"], tables["users"].iloc[[0]]], ignore_index=True)
+    tables["events"].loc[0, "pin_id"] = 555
+    d = write(tmp_path, tables)
+    with pytest.raises(DataValidationError, match="pin_boards.parquet: column 'pin_id': 1 of 6 rows point at "
+                                                  "unknown pins .*e.g. 999"):
+        load_table(d, "pin_boards")
+    with pytest.raises(DataValidationError, match="users.parquet: column 'user_id': 1 of 4 rows duplicate"):
+        load_table(d, "users")
+    with pytest.raises(DataValidationError, match="events/dt=.*column 'pin_id': 1 of .* unknown pins .*555"):
+        load_events(d)
+    tables = valid_tables()
+    tables["boards"] = tables["boards"].iloc[:0]
+    write(d, tables)
+    with pytest.raises(DataValidationError, match="boards.parquet: table 'boards' is empty: 0 rows"):
+        load_table(d, "boards")
+    with pytest.raises(DataValidationError, match="pin_boards.parquet: column 'board_id': 6 of 6 rows point at "
+                                                  "unknown boards"):
+        load_table(d, "pin_boards")
+
+
 # ---------------------------------------------------------------------------------------------
 # Out-of-vocabulary action types and surfaces: dropped and counted, not fatal
 # ---------------------------------------------------------------------------------------------

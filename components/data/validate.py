@@ -365,47 +365,73 @@ def drop_out_of_vocab(df: pd.DataFrame, spec: TableSpec, counts: dict[str, int] 
     return df[keep].reset_index(drop=True)
 
 
-def load_events(data_dir: str | Path, days: list[str] | None = None,
-                counts: dict[str, int] | None = None) -> pd.DataFrame:
-    """Events (all days or the listed ones) sorted by (user_id, timestamp), OOV rows dropped."""
-    spec = TABLES["events"]
-    parts = io.partitions(data_dir, "events") if days is None else days
+def read_checked(data_dir: str | Path, name: str, days: list[str] | None = None) -> pa.Table:
+    """Table ``name`` (all days or the listed ones of a partitioned table) after the same checks as
+    :func:`validate_dir` makes of it: per-file schema and values, duplicate primary keys and ids that
+    point at unknown rows of the referenced tables (when those tables exist). Raises
+    :class:`DataValidationError` naming the file, column and rows."""
+    data_dir = Path(data_dir)
+    spec = TABLES[name]
+    if spec.partitioned:
+        wanted = io.partitions(data_dir, name) if days is None else list(days)
+        paths = [io.partition_path(data_dir, name, d) for d in wanted]
+        for path, day in zip(paths, wanted):
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: no {name} partition for day {day}")
+        if not paths:
+            raise DataValidationError([f"{data_dir / spec.filename}: no day partitions to load"])
+    else:
+        paths = [data_dir / spec.filename]
+        if not paths[0].exists():
+            raise FileNotFoundError(f"{paths[0]}: table '{name}' is missing")
     errors: list[str] = []
-    frames = []
-    for day in parts:
-        path = io.partition_path(data_dir, "events", day)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no events partition for day {day}")
+    frames, parts = [], []
+    for path in paths:
         t = pq.read_table(path)
-        errs, _ = check_table(spec, t, str(path))
+        source = str(path.relative_to(data_dir))
+        errs, _ = check_table(spec, t, source)
         errors += errs
         frames.append(t)
+        parts.append((source, t.num_rows))
     if errors:
         raise DataValidationError(errors)
-    if not frames:
-        raise DataValidationError([f"{Path(data_dir) / 'events'}: no day partitions to load"])
-    df = pa.concat_tables(frames).to_pandas()
-    df = drop_out_of_vocab(df, spec, counts)
+    table = pa.concat_tables(frames, promote_options="default") if len(frames) > 1 else frames[0]
+    dup, example = _duplicates(table, spec.primary_key)
+    if dup:
+        errors.append(f"{spec.filename}: column{'s' if len(spec.primary_key) > 1 else ''} "
+                      f"{', '.join(repr(c) for c in spec.primary_key)}: {_rows(dup, table.num_rows)} "
+                      f"duplicate the primary key (expected unique; e.g. {example})")
+    refs: dict[str, pa.Table] = {}
+    for target in spec.references.values():
+        ref_table, ref_col = target.split(".")
+        ref_path = data_dir / TABLES[ref_table].filename
+        if not TABLES[ref_table].partitioned and ref_path.exists():
+            refs[ref_table] = pq.read_table(ref_path, columns=[ref_col])
+    errors += _check_references(data_dir, name, table, parts, refs)
+    if errors:
+        raise DataValidationError(errors)
+    return table
+
+
+def load_events(data_dir: str | Path, days: list[str] | None = None,
+                counts: dict[str, int] | None = None) -> pd.DataFrame:
+    """Events (all days or the listed ones) sorted by (user_id, timestamp), checked (:func:`read_checked`),
+    out-of-vocabulary rows dropped and counted in ``counts``."""
+    df = read_checked(data_dir, "events", days).to_pandas()
+    df = drop_out_of_vocab(df, TABLES["events"], counts)
     return df.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
 
 
 def load_table(data_dir: str | Path, name: str, counts: dict[str, int] | None = None) -> pd.DataFrame:
     """A checked table as pandas (impressions: all days, OOV surfaces dropped and added to ``counts``)."""
     spec = TABLES[name]
-    table = io.read_table(data_dir, name)
-    errs, _ = check_table(spec, table, str(Path(data_dir) / spec.filename))
-    if errs:
-        raise DataValidationError(errs)
-    df = table.to_pandas()
+    df = read_checked(data_dir, name).to_pandas()
     return drop_out_of_vocab(df, spec, counts) if spec.vocab else df
 
 
 def pin_features(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(pin_ids (N,), features (N, F) float32) from pins.parquet."""
-    t = io.read_table(data_dir, "pins")
-    errs, _ = check_table(TABLES["pins"], t, str(Path(data_dir) / "pins.parquet"))
-    if errs:
-        raise DataValidationError(errs)
+    """(pin_ids (N,), features (N, F) float32) from pins.parquet, checked."""
+    t = read_checked(data_dir, "pins")
     ids = t.column("pin_id").to_numpy()
     feats = np.stack(t.column("features").to_numpy(zero_copy_only=False)).astype(np.float32)
     return ids, feats
