@@ -92,6 +92,8 @@ def test_synthetic_flags_and_bad_data_exit_nonzero(tmp_path):
     (["data", "prepare", "--experiment", "ranker_tiny", "--out", "{tmp}/x"],
      "experiment 'ranker_tiny' is a ranker experiment, expected a data one"),
     (["data", "validate", "{tmp}/does-not-exist"], "does-not-exist: not a directory"),
+    (["data", "prepare", "--dataset", "ml-100k", "--users", "5", "--out", "{tmp}/x"],
+     "--users: only for --dataset synthetic"),
 ])
 def test_cli_errors_are_clear(tmp_path, args, message):
     proc = homefeed(*[a.format(tmp=tmp_path) for a in args], check=False)

@@ -19,6 +19,10 @@ def _prepare(args: argparse.Namespace) -> int:
         if value is not None:
             overrides[key] = value
     cfg = config.load(experiment, overrides, model="data")
+    given = [f"--{k}" for k in ("users", "pins", "boards", "topics", "days") if getattr(args, k) is not None]
+    if cfg.dataset == "ml-100k" and given:
+        raise config.ConfigError(f"{', '.join(given)}: only for --dataset synthetic (ML-100k has fixed users, "
+                                 "pins and days)")
     print(f"preparing {cfg.dataset} into {args.out} ...", flush=True)
     report = prepare(cfg, args.out)
     print(format_summary(report))
