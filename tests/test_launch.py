@@ -32,7 +32,7 @@ ENTRY_SOURCE = textwrap.dedent('''
     def train(cfg, out_dir, fail_rank=-1):
         info = init_distributed("gloo")
         if info.rank == fail_rank:
-            raise SystemExit(3)
+            raise ValueError(f"boom on rank {info.rank}")
         t = torch.tensor([float(info.rank + 1)])
         if info.enabled:
             dist.all_reduce(t)
@@ -69,7 +69,7 @@ def test_run_local_two_nodes_rendezvous(tmp_path, entry_module):
 
 @pytest.mark.slow
 def test_run_local_failure_names_the_entry(tmp_path, entry_module):
-    with pytest.raises(LaunchError, match=r"hf_launch_entry:train.*exited with code"):
+    with pytest.raises(LaunchError, match=r"hf_launch_entry:train.*exited with code 1: ValueError: boom on rank 0"):
         run_local(_call(tmp_path / "out", fail_rank=0), nproc_per_node=1, env=entry_module, timeout_s=240)
 
 

@@ -221,8 +221,17 @@ def torchrun_command(call: TrainCall, nproc_per_node: int, num_nodes: int = 1, n
 def _pump(stream, prefix: str, tail: list[str]) -> None:
     for line in iter(stream.readline, ""):
         tail.append(line)
-        del tail[:-40]
+        del tail[:-300]
         print(f"{prefix}{line}", end="", flush=True)
+
+
+def _first_exception(lines: list[str]) -> str:
+    """The first ``SomethingError: message`` line of a rank's traceback (torchrun's own summary follows it)."""
+    for line in lines:
+        m = re.match(r"\s*(?:\[[^\]]*\]:?\s*)?([A-Za-z_.]*(?:Error|Exception|Interrupt)\b.*)", line)
+        if m and "ChildFailedError" not in m.group(1):
+            return m.group(1).strip()
+    return "no exception line in the output"
 
 
 def run_local(call: TrainCall, nproc_per_node: int = 1, num_nodes: int = 1, timeout_s: float | None = None,
@@ -263,8 +272,8 @@ def run_local(call: TrainCall, nproc_per_node: int = 1, num_nodes: int = 1, time
         failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
         if failed:
             node, rc = failed[0]
-            raise LaunchError(f"{call.entry} ({call.experiment}): torchrun node {node} exited with code {rc}; "
-                              f"last output:\n{''.join(tails[node][-20:])}")
+            raise LaunchError(f"{call.entry} ({call.experiment}): torchrun node {node} exited with code {rc}: "
+                              f"{_first_exception(tails[node])}; last output:\n{''.join(tails[node][-15:])}")
         if not result_path.exists():
             raise LaunchError(f"{call.entry}: rank 0 finished but wrote no result ({result_path})")
         return json.loads(result_path.read_text())
