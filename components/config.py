@@ -129,6 +129,7 @@ class PinnerFormerConfig:
     log_every: int = 20
     eval_pool: int = 1000  # random pins each positive is ranked against (Recall@10)
     eval_user_fraction: float = 0.1  # users held out of training, for evaluation
+    eval_at: str = "split"  # embedding time of a held-out user: split | user (70% through their own history)
     num_workers: int = 0
 
 
