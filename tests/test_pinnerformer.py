@@ -171,3 +171,20 @@ def test_ddp_two_processes_identical_params(tiny_data, pin_table, tmp_path):
     init = PinnerFormer(model_cfg := config.read_saved(out))
     assert model_cfg.pin_dim == 64
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), init.parameters()))  # it trained
+
+
+def test_cli_train_and_bad_inputs(tiny_data, pin_table, tmp_path, capsys):
+    from components.cli import main as cli_main
+
+    out = tmp_path / "cli"
+    rc = cli_main(["train", "pinnerformer", "--experiment", "pinnerformer_tiny", "--data", str(tiny_data),
+                   "--pin-embeddings", str(pin_table), "--out", str(out), "--set", "max_steps=3", "--set", "epochs=1"])
+    assert rc == 0 and (out / "model.pt").exists()
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 3
+    # a missing pin table and an unknown config key are clear errors (exit 2) naming what is wrong
+    rc = cli_main(["train", "pinnerformer", "--experiment", "pinnerformer_tiny", "--data", str(tiny_data),
+                   "--pin-embeddings", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "x")])
+    assert rc == 2 and "nope.parquet" in capsys.readouterr().err
+    rc = cli_main(["train", "pinnerformer", "--experiment", "pinnerformer_tiny", "--data", str(tiny_data),
+                   "--pin-embeddings", str(pin_table), "--out", str(tmp_path / "x"), "--set", "d_modle=8"])
+    assert rc == 2 and "unknown key 'd_modle'" in capsys.readouterr().err
