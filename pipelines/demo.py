@@ -33,7 +33,7 @@ DEMO_TRAINING = {
     "pinsage_overrides": ["epochs=2"],
     "pinnerformer_overrides": ["epochs=2"],
     "ranker_overrides": ["epochs=2"],
-    "user_backfill_days": 28,
+    "user_backfill_days": 90,  # a new user store replays the last 90 event days (users as of their last activity)
     "min_auc": 0.5,
 }
 DEMO_USERS = 3

@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 def runs(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("local-pipelines")
     assert cli_main(["pipeline", "run", "training", "--local", "--out", str(out),
-                     "--param", "user_backfill_days=3"]) == 0
+                     "--param", "user_backfill_days=3", "--param", "pinsage_overrides=[epochs=1]",
+                     "--param", "pinnerformer_overrides=[epochs=1]"]) == 0
     training = json.loads((out / "training-run.json").read_text())
     users = VersionedStore(Path(training["parameters"]["embeddings_root"]) / "users")
     before = {"version": users.current(), "table": users.read()}
@@ -42,7 +43,8 @@ def test_training_run_produces_every_artifact(runs):
         assert a.get(task), f"task {task} produced no output artifacts"
     # resolved configs travel in the artifact metadata
     assert _meta(runs["training"], "train-ranker", "model")["config"]["experiment"] == "ranker_tiny"
-    assert _meta(runs["training"], "train-pinsage", "model")["config"]["model"] == "pinsage"
+    pinsage_cfg = _meta(runs["training"], "train-pinsage", "model")["config"]
+    assert pinsage_cfg["model"] == "pinsage" and pinsage_cfg["epochs"] == 1  # the override parameter arrived
     # metrics are logged on outputs, and they are real numbers
     m = _meta(runs["training"], "evaluate-ranker", "metrics")
     assert 0.0 <= m["auc_save"] <= 1.0 and m["rows_eval"] > 0
