@@ -77,3 +77,13 @@ def test_bad_tables_are_refused_with_the_file_name(tables, tmp_path):
         mi.build_index(str(tmp_path / "c.db"), path)
     with pytest.raises(mi.MilvusIndexError, match="no collection behind alias"):
         mi.PinIndex(str(tmp_path / "d.db"))
+
+
+def test_index_build_cli_reports_errors_plainly(tables, tmp_path, capsys):
+    from components import cli
+
+    uri = str(tmp_path / "e.db")
+    assert cli.main(["index", "build", "--uri", uri, "--embeddings", str(tmp_path / "missing.parquet")]) == 2
+    assert "missing.parquet: embedding table not found" in capsys.readouterr().err
+    assert cli.main(["index", "build", "--uri", uri, "--embeddings", str(tables["p1"])]) == 0
+    assert "alias 'pins' -> pins_2024_02_01_" in capsys.readouterr().out

@@ -4,18 +4,42 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_ROOT = Path("out/serving")
+Command = Callable[[argparse.Namespace], int]
 DEFAULT_FEATURE_REPO = DEFAULT_ROOT / "feature_repo"
 DEFAULT_MILVUS = str(DEFAULT_ROOT / "milvus.db")
 DEFAULT_REPOSITORY = DEFAULT_ROOT / "triton_repository"
 
 
+def _clean_errors(fn: Command) -> Command:
+    """The serving layer's own errors end the command with ``error: <message>`` and exit code 2."""
+
+    @functools.wraps(fn)
+    def run(args: argparse.Namespace) -> int:
+        from components.serving.feast_store import FeatureStoreError
+        from components.serving.milvus_index import MilvusIndexError
+        from components.serving.model_repository import ModelRepositoryError
+        from components.serving.recommend import RecommendError
+        from components.serving.triton import TritonError
+
+        try:
+            return fn(args)
+        except (FeatureStoreError, MilvusIndexError, ModelRepositoryError, RecommendError, TritonError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+@_clean_errors
 def _features_apply(args: argparse.Namespace) -> int:
     from components.serving import feast_store
 
@@ -30,6 +54,7 @@ def _features_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+@_clean_errors
 def _features_materialize(args: argparse.Namespace) -> int:
     from components.serving import feast_store
 
@@ -38,6 +63,7 @@ def _features_materialize(args: argparse.Namespace) -> int:
     return 0
 
 
+@_clean_errors
 def _index_build(args: argparse.Namespace) -> int:
     from components.serving import milvus_index
 
@@ -51,6 +77,11 @@ def _index_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@_clean_errors
 def _serve_triton(args: argparse.Namespace) -> int:
     from components.serving import model_repository
     from components.serving.triton import TritonServer
@@ -73,7 +104,7 @@ def _serve_triton(args: argparse.Namespace) -> int:
     if args.ready_file:
         Path(args.ready_file).write_text(json.dumps({"http": server.url, "grpc": server.grpc_url,
                                                         "pid": server.process.pid}) + "\n")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server as Ctrl-C does
     try:
         while server.process.poll() is None:
             time.sleep(0.5)
@@ -85,6 +116,7 @@ def _serve_triton(args: argparse.Namespace) -> int:
         server.stop()
 
 
+@_clean_errors
 def _recommend(args: argparse.Namespace) -> int:
     from components.serving.recommend import RecommendConfig, format_table, recommend
 

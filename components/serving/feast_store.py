@@ -152,7 +152,8 @@ def popular_pins(data_dir: str | Path, end: int, days: int = 14, top: int = 1000
     return pa.table({"pin_id": pa.array(score.index.to_numpy(np.int64)), "score": pa.array(score.to_numpy(np.float64))})
 
 
-def _store(repo_dir: str | Path):
+def open_store(repo_dir: str | Path):
+    """The FeatureStore of a repo instance."""
     from feast import FeatureStore
 
     repo_dir = Path(repo_dir).resolve()
@@ -192,7 +193,7 @@ def apply(repo_dir: str | Path) -> dict[str, list[str]]:
     for name in SOURCE_NAMES:
         if not (repo_dir / "sources" / f"{name}.parquet").exists():
             raise FeatureStoreError(f"{repo_dir}/sources/{name}.parquet: missing; run write_sources first")
-    store = _store(repo_dir)
+    store = open_store(repo_dir)
     objects = _definitions(repo_dir)
     names = {type(o).__name__: [] for o in objects}
     for o in objects:
@@ -209,7 +210,7 @@ def materialize(repo_dir: str | Path, date: str) -> dict[str, str]:
     """Load every feature view into the online store up to the end of ``date`` (UTC), starting where the
     last materialization of that view ended. Idempotent: returns per view the interval loaded, or
     'up to date'."""
-    store = _store(repo_dir)
+    store = open_store(repo_dir)
     end = _day_start(date) + dt.timedelta(days=1)
     views = store.list_feature_views()
     if not views:
@@ -231,7 +232,7 @@ def materialize(repo_dir: str | Path, date: str) -> dict[str, str]:
 def online_user_embeddings(repo_dir: str | Path, user_ids: list[int] | np.ndarray,
                            store: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings (U, D) float32, found (U,) bool) from the ``retrieval_v1`` service."""
-    store = store or _store(repo_dir)
+    store = store or open_store(repo_dir)
     rows = [{"user_id": int(u)} for u in user_ids]
     out = store.get_online_features(features=store.get_feature_service("retrieval_v1"),
                                     entity_rows=rows).to_dict()
@@ -249,7 +250,7 @@ def online_ranker_features(repo_dir: str | Path, user_id: int, pin_ids: list[int
                            store: Any = None) -> dict[str, list[Any]]:
     """The ``ranker_v1`` service for one user and candidate pins: feature name -> values per pin
     (None where the store has no value). Embeddings come as ``user_embedding`` / ``pin_embedding``."""
-    store = store or _store(repo_dir)
+    store = store or open_store(repo_dir)
     rows = [{"user_id": int(user_id), "pin_id": int(p)} for p in pin_ids]
     out = store.get_online_features(features=store.get_feature_service("ranker_v1"), entity_rows=rows,
                                     full_feature_names=True).to_dict()

@@ -77,7 +77,7 @@ class Recommender:
     def __init__(self, cfg: RecommendConfig):
         self.cfg = cfg
         self.pre = json.loads(find_preprocess(cfg.preprocess).read_text())
-        self.store = feast_store._store(cfg.feature_repo)
+        self.store = feast_store.open_store(cfg.feature_repo)
         self.index = PinIndex(cfg.milvus_uri, cfg.alias, cfg.ef_search)
         self.client = RankerClient(cfg.triton_url, cfg.protocol)
         self.tasks = list(self.pre["tasks"])

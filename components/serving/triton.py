@@ -166,17 +166,13 @@ class TritonServer:
         """End the server's whole process group (python backend stubs included)."""
         p = self.process
         if p is not None:
+            pgid = p.pid  # started with start_new_session: the server leads its own process group
+            _signal_group(pgid, signal.SIGTERM)
             try:
-                pgid = os.getpgid(p.pid)
-            except ProcessLookupError:
-                pgid = None
-            if pgid is not None:
-                _signal_group(pgid, signal.SIGTERM)
-                try:
-                    p.wait(timeout=grace_s)
-                except subprocess.TimeoutExpired:
-                    pass
-                _signal_group(pgid, signal.SIGKILL)  # stubs may outlive the server by a moment
+                p.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(pgid, signal.SIGKILL)  # stubs may outlive the server by a moment
             p.wait(timeout=grace_s)
             self.process = None
         if self._work is not None:  # the log stays (outside the work dir) for post-mortems
