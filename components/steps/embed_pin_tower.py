@@ -17,4 +17,5 @@ def embed_pin_tower(model: Input[Model], pin_embeddings: Input[Dataset], embeddi
     table = read_table(path)
     embeddings.metadata["table"] = str(path)
     embeddings.metadata["model_version"] = table.model_version
+    embeddings.metadata["config"] = model.metadata.get("config", {})
     log_metrics(stats, {"pins": len(table), "dim": table.dim})

@@ -43,5 +43,6 @@ def embed_users(data: Input[Dataset], model: Input[Model], pin_embeddings: Input
     users.metadata["previous_version"] = previous or ""
     users.metadata["replayed_days"] = replay
     users.metadata["model_version"] = table.model_version
+    users.metadata["config"] = model.metadata.get("config", {})
     log_metrics(stats, {"users": len(table), "dim": table.dim, "merged": previous is not None or bool(replay),
                         "replayed_days": len(replay)})
