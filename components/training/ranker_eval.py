@@ -216,7 +216,7 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
 
     rows = result["rows"]
     names = [r["experiment"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(rows) + 4), 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(11, max(3.5, 0.35 * len(rows) + 1.5)))
     y = np.arange(len(rows))
     axes[0].barh(y, [r["hit3_save_mean"] for r in rows], xerr=[r["hit3_save_std"] for r in rows], color="#c8102e")
     axes[0].set_title(f"HIT@3/save ({result['seeds']} seeds)")
@@ -227,6 +227,7 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     axes[1].set_xlim(max(0.0, lo - 0.05), 1.0)
     for ax in axes:
         ax.set_yticks(y, names if ax is axes[0] else [""] * len(rows))
+        ax.invert_yaxis()  # the first experiment on top, as in the Markdown table
     fig.suptitle(f"homefeed ranker on {result['dataset']}")
     fig.tight_layout()
     buf = _io.BytesIO()
