@@ -90,6 +90,23 @@ def test_masknet_dcnv2_full_size_is_the_papers_final_model():
     assert model.towers.gates[0].out.out_features == 4 * 1536  # PPNet gates the tower input of each task
 
 
+@pytest.mark.parametrize("arch", ["mlp", "masknet_dcnv2"])
+def test_in_the_model_ppnet_sends_no_gradient_to_the_epnet_output(arch):
+    model = Ranker(config.load(f"ranker_{arch}_pepnet_tiny"), _spec())
+    cap: dict = {}
+    model.epnet.register_forward_hook(lambda m, i, o: cap.__setitem__("ep", o))
+    model.towers.register_forward_pre_hook(lambda m, args: cap.__setitem__("towers", args))
+    model(*_inputs())
+    h, personal, ep = cap["towers"]
+    assert ep is cap["ep"]
+    gates = model.towers.gate_values(personal, ep)
+    through_gates = torch.autograd.grad(sum(g.sum() for g in gates), cap["ep"], allow_unused=True,
+                                        retain_graph=True)[0]
+    assert through_gates is None or torch.count_nonzero(through_gates) == 0
+    through_towers_input = torch.autograd.grad(h.sum(), cap["ep"])[0]  # the interaction path does train EPNet
+    assert torch.count_nonzero(through_towers_input) > 0
+
+
 def test_bad_arch_and_mismatched_weights_are_clear_errors():
     with pytest.raises(ValueError, match="arch 'nope' unknown"):
         Ranker(config.load("ranker_tiny", {"arch": "nope"}), _spec())

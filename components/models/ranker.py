@@ -148,10 +148,12 @@ class Ranker(nn.Module):
     def forward(self, x_dense: torch.Tensor, x_sparse: torch.Tensor, x_surface: torch.Tensor,
                 x_user_embedding: torch.Tensor, x_pin_embedding: torch.Tensor) -> torch.Tensor:
         x0 = self.embed(x_dense, x_sparse, x_surface, x_user_embedding, x_pin_embedding)  # (B, F)
+        # user/pin-side features (PPNet's personal priors, FinalMLP's contexts) come from the embedding layer
+        # itself, so PPNet's only view of the EPNet output is the stop-gradient one
+        user_side, pin_side = x0[:, self.user_idx], x0[:, self.pin_idx]  # (B, |user|), (B, |pin|)
         if self.pepnet:
             domain = self.domain_table(_surface_ids(x_surface))  # (B, E)
             x0 = self.epnet(x0, domain)  # (B, F)
-        user_side, pin_side = x0[:, self.user_idx], x0[:, self.pin_idx]  # (B, |user|), (B, |pin|)
 
         if self.arch == "mlp":
             h = x0
