@@ -119,3 +119,12 @@ def test_recommend_cli_prints_ranked_pins(stack, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["user_id"] == uid and not out["cold_start"] and len(out["items"]) == 5
     assert [it["rank"] for it in out["items"]] == [1, 2, 3, 4, 5]
+
+
+def test_recommend_cli_names_an_unreachable_triton(stack, capsys):
+    from components.serving.triton import free_port
+
+    url = f"127.0.0.1:{free_port()}"
+    rc = cli.main(["recommend", "user", "--user", "1", "--feature-repo", str(stack["repo"]), "--milvus", stack["milvus"],
+                   "--triton", url, "--protocol", "http", "--repository", str(stack["root"] / "triton_repository")])
+    assert rc == 2 and f"Triton at {url} (http) is not reachable" in capsys.readouterr().err

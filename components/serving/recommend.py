@@ -80,6 +80,12 @@ class Recommender:
         self.store = feast_store.open_store(cfg.feature_repo)
         self.index = PinIndex(cfg.milvus_uri, cfg.alias, cfg.ef_search)
         self.client = RankerClient(cfg.triton_url, cfg.protocol)
+        try:
+            ready = self.client.client.is_model_ready(self.client.model)
+        except Exception as e:  # noqa: BLE001 - connection refused, timeouts, wrong protocol
+            raise RecommendError(f"Triton at {cfg.triton_url} ({cfg.protocol}) is not reachable: {e}") from e
+        if not ready:
+            raise RecommendError(f"Triton at {cfg.triton_url}: model '{self.client.model}' is not ready")
         self.tasks = list(self.pre["tasks"])
         if cfg.surface not in self.pre["surfaces"]:
             raise RecommendError(f"surface '{cfg.surface}' unknown to the ranker; expected one of {self.pre['surfaces']}")
