@@ -112,7 +112,7 @@ def test_unknown_user_gets_popular_pins_and_is_told(stack):
 
 def test_recommend_cli_prints_ranked_pins(stack, capsys):
     uid = int(stack["users"].ids[3])
-    rc = cli.main(["recommend", "user", "--user", str(uid), "--k", "5", "--feature-repo", str(stack["repo"]),
+    rc = cli.main(["recommend", "--user", str(uid), "--k", "5", "--feature-repo", str(stack["repo"]),
                    "--milvus", stack["milvus"], "--triton", stack["endpoints"]["http"], "--protocol", "http",
                    "--repository", str(stack["root"] / "triton_repository"), "--json"])
     assert rc == 0
@@ -125,6 +125,6 @@ def test_recommend_cli_names_an_unreachable_triton(stack, capsys):
     from components.serving.triton import free_port
 
     url = f"127.0.0.1:{free_port()}"
-    rc = cli.main(["recommend", "user", "--user", "1", "--feature-repo", str(stack["repo"]), "--milvus", stack["milvus"],
+    rc = cli.main(["recommend", "--user", "1", "--feature-repo", str(stack["repo"]), "--milvus", stack["milvus"],
                    "--triton", url, "--protocol", "http", "--repository", str(stack["root"] / "triton_repository")])
     assert rc == 2 and f"Triton at {url} (http) is not reachable" in capsys.readouterr().err

@@ -162,8 +162,11 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     st.add_argument("--ready-file", help="write the endpoints as JSON here once ready")
     st.set_defaults(func=_serve_triton)
 
-    # components/cli.py gives every group a required sub-command, hence `homefeed recommend user --user U`.
-    rp = groups["recommend"].add_parser("user", help="recommend pins for a user: Feast -> Milvus -> Feast -> Triton")
+    # `homefeed recommend --user U`: the group itself is the command (no sub-command).
+    action = groups["recommend"]
+    action.required = False
+    action.help = argparse.SUPPRESS
+    rp = action.group_parser
     rp.add_argument("--user", type=int, required=True)
     rp.add_argument("--k", type=int, default=20)
     rp.add_argument("--candidates", type=int, default=500, help="N candidates from Milvus")
