@@ -149,13 +149,20 @@ def daily_defaults(out: Path, date: str | None = None) -> dict[str, Any]:
 
 def submit(name: str, host: str, params: dict[str, Any] | None = None, experiment: str = "homefeed",
            run_name: str | None = None) -> str:
-    """Submit the cluster pipeline ``name`` to the KFP API at ``host`` with ``kfp.Client``; return the run id."""
+    """Submit the cluster pipeline ``name`` to the KFP API at ``host`` with ``kfp.Client``; return the run id.
+
+    Multi-user KFP needs the profile namespace: ``$KFP_NAMESPACE`` (set by the Helm chart's CronJob).
+    """
+    import os
+
     import kfp
 
     func = pipeline_func(name)
     params = dict(params or {})
     _check_params(func, params, name)
-    client = kfp.Client(host=host)
+    namespace = os.environ.get("KFP_NAMESPACE") or None
+    client = kfp.Client(host=host, namespace=namespace) if namespace else kfp.Client(host=host)
     result = client.create_run_from_pipeline_func(func, arguments=params, experiment_name=experiment,
+                                                  namespace=namespace,
                                                   run_name=run_name or f"{PIPELINES[name]}-{int(time.time())}")
     return result.run_id
