@@ -49,7 +49,7 @@ demo: venv venv-triton helm
 	$(PY) -m pipelines.demo
 
 bench: venv venv-triton
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests/bench -o addopts="" -s
+	$(VENV)/bin/homefeed bench run
 
 report: venv
 	$(VENV)/bin/homefeed report

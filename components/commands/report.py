@@ -26,3 +26,25 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     parser.add_argument("--out", default="out/report.html", help="the HTML page to write (default out/report.html)")
     parser.add_argument("--markdown", default=None, help="also write a Markdown summary here (for the README)")
     parser.set_defaults(func=_report)
+    register_bench(groups)
+
+
+def _bench_run(args: argparse.Namespace) -> int:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench_dir = Path(__file__).resolve().parents[2] / "tests" / "bench"
+    if not bench_dir.is_dir():
+        raise FileNotFoundError(f"{bench_dir}: the benchmarks live in a source checkout (tests/bench)")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(bench_dir), "-o", "addopts=", "-s"]
+    if args.k:
+        cmd += ["-k", args.k]
+    print("running: " + " ".join(cmd), flush=True)
+    return subprocess.call(cmd, cwd=bench_dir.parents[1])
+
+
+def register_bench(groups: dict[str, argparse._SubParsersAction]) -> None:
+    p = groups["bench"].add_parser("run", help="run the benchmarks (what `make bench` runs); writes out/bench.json and out/bench.md")
+    p.add_argument("-k", default=None, help="only benchmarks matching this pytest -k expression")
+    p.set_defaults(func=_bench_run)
