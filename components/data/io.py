@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -157,3 +158,17 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
 
 def write_meta(data_dir: str | Path, meta: dict[str, Any]) -> Path:
     return atomic_write_json(meta, Path(data_dir) / "meta.json")
+
+
+def replace_dir(src: str | Path, dst: str | Path) -> None:
+    """Put the complete folder ``src`` at ``dst``; a previous ``dst`` is moved aside only once ``src`` is whole,
+    then removed (two renames: readers see the old folder or the new one)."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        dst.rename(old)
+        src.rename(dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        src.rename(dst)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from components import config as config_mod
+from components.data.io import replace_dir
 from components.data.schemas import SURFACES
 from components.serving import ranker_io
 from components.serving.ranker_io import MODEL_INPUTS, ONNX_FILE, OUTPUTS, PREPROCESS_FILE, RankerShapes
@@ -158,23 +159,11 @@ def export_ranker(model_dir: str | Path, out_dir: str | Path, data_dir: str | Pa
                 batches["real_256"] = real_inputs(extra, data_dir, 256)
             parity = check_parity(model, onnx_path, batches)
         (tmp / "parity.json").write_text(json.dumps({"tolerance": PARITY_TOL, "max_abs_diff": parity}, indent=2) + "\n")
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished ``src`` to ``dst``; an existing ``dst`` is swapped out only after ``src`` is complete."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        dst.rename(old)
-        src.rename(dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        src.rename(dst)
 
 
 # ---- TensorRT (GPU nodes) -------------------------------------------------------------------------------------

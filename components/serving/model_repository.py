@@ -28,6 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.data.io import replace_dir
 from components.serving import ranker_io
 from components.serving.ranker_io import DTYPES, MODEL_INPUTS, MODEL_PREFIX, ONNX_FILE, OUTPUTS, PREPROCESS_FILE
 
@@ -174,20 +175,8 @@ def materialize(export_dir: str | Path, repo_dir: str | Path, target: str = "pyt
         (tmp / ENSEMBLE / "config.pbtxt").write_text(ensemble_config(shapes, opt))
         (tmp / "export.json").write_text(json.dumps({"export_dir": str(export_dir.resolve()), "target": target},
                                                     indent=2) + "\n")
-        _swap(tmp, repo_dir)
+        replace_dir(tmp, repo_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return repo_dir
-
-
-def _swap(src: Path, dst: Path) -> None:
-    """Put the complete ``src`` at ``dst``; the previous ``dst`` is moved aside only once ``src`` is whole."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        dst.rename(old)
-        src.rename(dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        src.rename(dst)
