@@ -38,6 +38,27 @@ def _days(data_dir: Path) -> list[str]:
     return io.partitions(data_dir, "events")
 
 
+
+def test_since_embeds_every_user_active_in_the_range_in_one_pass(tiny_data, trained, tmp_path):
+    model_dir, pins = trained
+    days = _days(tiny_data)
+    d0, d1, d2 = days[18], days[20], days[21]
+    out = tmp_path / "emb"
+    embed_users(model_dir, tiny_data, pins, out, d2, since=d0)
+    table = VersionedStore(out / "users").read(d2)
+    active = np.unique(np.concatenate([pq.read_table(io.partition_path(tiny_data, "events", d)).column("user_id")
+                                       .to_numpy() for d in days if d0 <= d <= d2]))
+    np.testing.assert_array_equal(table.ids, active)
+    # each user is embedded from their history up to the end of d2: the same as a daily run of d2 for them
+    daily = tmp_path / "daily"
+    embed_users(model_dir, tiny_data, pins, daily, d2)
+    t2 = VersionedStore(daily / "users").read(d2)
+    e_since, _ = table.lookup(t2.ids)
+    np.testing.assert_allclose(e_since, t2.embeddings, atol=1e-6)
+    with pytest.raises(ValueError, match="after --date"):
+        embed_users(model_dir, tiny_data, pins, tmp_path / "bad", d1, since=d2)
+
+
 def test_daily_incremental_merge_and_idempotence(tiny_data, trained, tmp_path):
     model_dir, pins = trained
     d1, d2 = _days(tiny_data)[20:22]

@@ -33,7 +33,7 @@ def _train(args: argparse.Namespace) -> int:
 def _embed_users(args: argparse.Namespace) -> int:
     from components.inference.users import embed_users
 
-    path = embed_users(args.model, args.data, args.pin_embeddings, args.out, args.date)
+    path = embed_users(args.model, args.data, args.pin_embeddings, args.out, args.date, since=args.since)
     print(f"published {path}")
     return 0
 
@@ -71,6 +71,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     u.add_argument("--data", required=True, help="data directory")
     u.add_argument("--pin-embeddings", required=True, help="pin embedding table (PinSage output) or store root")
     u.add_argument("--out", required=True, help="root; publishes ROOT/users/v=<date>")
+    u.add_argument("--since", default=None, help="YYYY-MM-DD: also embed users active since this day (first run, backfill)")
     u.set_defaults(func=_embed_users)
 
     p = groups["embed"].add_parser("pin-tower", help="PinnerFormer pin-tower embeddings of every pin")

@@ -74,9 +74,11 @@ def _events_of(data_dir: str | Path, users: np.ndarray, days: list[str]):
 @torch.no_grad()
 def embed_users(model_dir: str | Path, data_dir: str | Path, pin_embeddings: str | Path, out_root: str | Path,
                 date: str, batch_size: int = 512,
-                before_publish: Callable[[EmbeddingTable], None] | None = None) -> Path:
+                before_publish: Callable[[EmbeddingTable], None] | None = None, since: str | None = None) -> Path:
     """Embed the users active on ``date`` and publish the merged table as version ``date``; returns its path.
 
+    ``since`` (a first run, or a backfill): embed every user active on any day from ``since`` to ``date``
+    instead, each from their latest M actions up to the end of ``date``, in one pass.
     ``before_publish`` (tests, hooks) is called with the merged table right before publishing.
     """
     from components.training.pinnerformer_eval import embed_windows
@@ -90,8 +92,14 @@ def embed_users(model_dir: str | Path, data_dir: str | Path, pin_embeddings: str
     table = _load_pin_table(pin_embeddings)
     if table.dim != cfg.pin_dim:
         raise ValueError(f"{pin_embeddings}: pin embeddings have {table.dim} dims, the model expects {cfg.pin_dim}")
-    day_path = io.partition_path(data_dir, "events", date)
-    active = np.unique(pq.read_table(day_path, columns=["user_id"]).column("user_id").to_numpy())
+    if since is not None:
+        io.day_bounds(since)  # a clear error for a malformed date
+        if since > date:
+            raise ValueError(f"--since {since} is after --date {date}")
+    active_days = [d for d in days if since <= d <= date] if since is not None else [date]
+    active = np.unique(np.concatenate([
+        pq.read_table(io.partition_path(data_dir, "events", d), columns=["user_id"]).column("user_id").to_numpy()
+        for d in active_days]))
     # latest M actions up to the end of D: read only the active users' rows, up to and including D
     events = _events_of(data_dir, active, [d for d in days if d <= date])
     ids = np.zeros(0, np.int64)
