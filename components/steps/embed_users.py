@@ -13,9 +13,9 @@ def embed_users(data: Input[Dataset], model: Input[Model], pin_embeddings: Input
 
     ``store_root``: the persistent embeddings root (on a cluster: a path on the data PVC) whose ``users``
     store the daily runs merge into; "" = this run's artifact only. ``date`` "" = the last training day
-    (the day before ``meta.json``'s split). ``backfill_days`` > 0 first replays the daily job over the
-    event days before ``date`` that the store has not seen (at most that many), so a new store holds
-    every user active in that window, each as of their last active day.
+    (the day before ``meta.json``'s split). ``backfill_days`` > 0 also embeds, in the same pass, every user
+    active on the event days before ``date`` that the store has not seen (at most that many), so a new
+    store holds every user active in that window, each from their latest actions up to ``date``.
     """
     import os
 
@@ -32,9 +32,7 @@ def embed_users(data: Input[Dataset], model: Input[Model], pin_embeddings: Input
     pins = str(table_path(pin_embeddings.path))
     replay = [d for d in partitions(data.path, "events") if d < date and (previous is None or d > previous)]
     replay = replay[-backfill_days:] if backfill_days > 0 else []
-    for day in replay:
-        run(model.path, data.path, pins, root, day)
-    path = run(model.path, data.path, pins, root, date)
+    path = run(model.path, data.path, pins, root, date, since=replay[0] if replay else None)
     table = read_table(path)
     if root != users.path:  # this run's artifact holds the published table too
         VersionedStore(os.path.join(users.path, USERS_STORE)).publish(table, date)
