@@ -501,7 +501,9 @@ def test_cronjob_command_runs_up_to_the_kfp_api(rendered, tmp_path):
     assert any(f"submitting pipeline daily for date={d} to http://127.0.0.1:9" in proc.stdout for d in dates), \
         proc.stdout
     assert proc.returncode != 0
-    assert "host='127.0.0.1', port=9" in proc.stderr and "/apis/v2beta1/healthz" in proc.stderr, proc.stderr[-2000:]
+    # the client reached for the KFP API in the chart's profile namespace (multi-user KFP), nothing earlier failed
+    assert "host='127.0.0.1', port=9" in proc.stderr and "/apis/v2beta1/" in proc.stderr, proc.stderr[-2000:]
+    assert env.get("KFP_NAMESPACE") and f"namespace={env['KFP_NAMESPACE']}" in proc.stderr, proc.stderr[-2000:]
     assert "unknown parameter" not in proc.stderr
 
 
