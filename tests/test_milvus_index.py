@@ -87,3 +87,25 @@ def test_index_build_cli_reports_errors_plainly(tables, tmp_path, capsys):
     assert "missing.parquet: embedding table not found" in capsys.readouterr().err
     assert cli.main(["index", "build", "--uri", uri, "--embeddings", str(tables["p1"])]) == 0
     assert "alias 'pins' -> pins_2024_02_01_" in capsys.readouterr().out
+
+
+def test_closing_releases_the_milvus_lite_file_for_another_process(tables):
+    """Milvus Lite is single-process: a closed index must let the next pipeline step (a new process) in."""
+    import subprocess
+    import sys
+
+    uri = str(tables["root"] / "handoff.db")
+    mi.build_index(uri, tables["p1"])
+    index = mi.PinIndex(uri)
+    ids, _ = index.search(tables["v1"].embeddings[:2], 3)
+    index.close()
+    code = ("import sys; from components.serving import milvus_index as mi; "
+            "print(mi.build_index(sys.argv[1], sys.argv[2]))")
+    proc = subprocess.run([sys.executable, "-c", code, uri, str(tables["p2"])], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    index = mi.PinIndex(uri)  # and this process can open it again afterwards
+    try:
+        assert mi.served_collection(index.client) == proc.stdout.strip().splitlines()[-1]
+    finally:
+        index.close()

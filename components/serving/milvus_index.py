@@ -14,7 +14,9 @@ force until then; ``wait_for_index`` waits for it.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,14 +43,51 @@ class HnswParams:
     insert_batch: int = 10_000
 
 
+def _lite_path(uri: str | Path) -> str | None:
+    uri = str(uri)
+    return None if "://" in uri else os.path.abspath(uri)
+
+
+_LITE_OPEN: dict[str, int] = {}  # Milvus Lite file -> clients open on it in this process
+_LITE_LOCK = threading.Lock()
+
+
 def connect(uri: str | Path):
-    """A MilvusClient for ``uri`` (a local file path -> Milvus Lite)."""
+    """A MilvusClient for ``uri`` (a local file path -> Milvus Lite). Close it with :func:`disconnect`."""
     from pymilvus import MilvusClient
 
-    uri = str(uri)
-    if "://" not in uri:
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-    return MilvusClient(uri=uri)
+    path = _lite_path(uri)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    client = MilvusClient(uri=str(uri))
+    if path is not None:
+        with _LITE_LOCK:
+            _LITE_OPEN[path] = _LITE_OPEN.get(path, 0) + 1
+    return client
+
+
+def disconnect(client, uri: str | Path) -> None:
+    """Close a client made by :func:`connect`; the last one on a Milvus Lite file also stops this process's
+    embedded server for it.
+
+    Milvus Lite is single-process: its file lock is held until the embedded server stops, not when a
+    client closes, so without this a later pipeline step (another process) could not open the file.
+    """
+    try:
+        client.close()
+    finally:
+        path = _lite_path(uri)
+        if path is not None:
+            with _LITE_LOCK:
+                left = _LITE_OPEN.get(path, 1) - 1
+                if left > 0:
+                    _LITE_OPEN[path] = left
+                else:
+                    _LITE_OPEN.pop(path, None)
+            if left <= 0:
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(path)
 
 
 def collection_name(table: EmbeddingTable, prefix: str = ALIAS) -> str:
@@ -85,6 +124,7 @@ def build_index(uri: str | Path, embeddings_path: str | Path, alias: str = ALIAS
     name = collection_name(table, alias)
     old = served_collection(client, alias)
     if old == name:
+        disconnect(client, uri)
         return name
     if client.has_collection(name):
         client.drop_collection(name)  # left over from a failed build: never served
@@ -122,11 +162,11 @@ def build_index(uri: str | Path, embeddings_path: str | Path, alias: str = ALIAS
             if served_collection(client, alias) != name and client.has_collection(name):
                 client.drop_collection(name)
         finally:
-            client.close()
+            disconnect(client, uri)
         raise
     if old is not None and old != name:
         client.drop_collection(old)
-    client.close()
+    disconnect(client, uri)
     return name
 
 
@@ -177,4 +217,4 @@ class PinIndex:
         return ids, sims
 
     def close(self) -> None:
-        self.client.close()
+        disconnect(self.client, self.uri)
