@@ -11,7 +11,6 @@ import json
 import os
 import random
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,20 +157,6 @@ class TrainLog:
                 f.write(line + "\n")
         if self.echo:
             print(line, flush=True)
-
-
-@contextmanager
-def peak_memory():
-    """Peak resident memory (bytes) of this process during the block: ``with peak_memory() as m: ...; m['peak']``."""
-    import resource
-
-    out: dict[str, int] = {}
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    try:
-        yield out
-    finally:
-        out["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        out["before"] = before * 1024
 
 
 def params_equal_across_ranks(model: torch.nn.Module) -> bool:
