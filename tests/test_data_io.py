@@ -60,3 +60,37 @@ def test_atomic_json_and_bytes(tmp_path):
     io.atomic_write_bytes(path, b"{}")
     assert io.read_meta(tmp_path / "d") == {}
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["meta.json"]  # no temp files left
+
+
+def test_month_partitions_write_and_read_by_month_or_day(tmp_path):
+    feb = 1_706_745_600  # 2024-02-01
+    ts = [DAY + 5, DAY + 86_400 * 20, feb + 3, DAY + 86_400 * 2]
+    paths = io.write_partitioned(tmp_path, "events", _events(ts), granularity="month")
+    assert [p.parent.name for p in paths] == ["dt=2024-01", "dt=2024-02"]
+    assert io.partitions(tmp_path, "events") == ["2024-01", "2024-02"]
+    assert io.partition_bounds("2024-01") == (DAY, feb)
+    assert io.partition_bounds("2024-12")[1] == 1_735_689_600  # 2025-01-01
+    assert io.read_partitions(tmp_path, "events")["timestamp"].to_pylist() == [DAY + 5, DAY + 86_400 * 20,
+                                                                                DAY + 86_400 * 2, feb + 3]
+    # a day inside a month partition: that month's file, filtered to the day
+    one_day = io.read_partition(tmp_path, "events", "2024-01-03", columns=["user_id"])
+    assert one_day.column_names == ["user_id"] and one_day.num_rows == 1
+    with pytest.raises(ValueError, match="granularity 'year'"):
+        io.write_partitioned(tmp_path, "events", _events(ts), granularity="year")
+
+
+def test_every_parquet_file_of_a_partition_is_read_and_bad_folder_names_are_errors(tmp_path):
+    io.write_partitioned(tmp_path, "events", _events([DAY + 1]))
+    io.atomic_write_parquet(_events([DAY + 2]), tmp_path / "events" / "dt=2024-01-01" / "part-1.parquet")
+    (tmp_path / "events" / "dt=2024-01-01" / ".part-2.parquet.tmp").write_bytes(b"half")  # a writer's temp file
+    assert [p.name for p in io.partition_files(tmp_path, "events", "2024-01-01")] == ["part-0.parquet",
+                                                                                       "part-1.parquet"]
+    assert io.read_partitions(tmp_path, "events")["timestamp"].to_pylist() == [DAY + 1, DAY + 2]
+    (tmp_path / "events" / "dt=garbage").mkdir()
+    with pytest.raises(io.DataValidationError, match=r"events/dt=garbage: partition 'dt=garbage' is not of the "
+                                                     r"form dt=YYYY-MM-DD or dt=YYYY-MM"):
+        io.partitions(tmp_path, "events")
+    (tmp_path / "events" / "dt=garbage").rmdir()
+    (tmp_path / "events" / "dt=2024-02").mkdir()
+    with pytest.raises(io.DataValidationError, match="mixes day and month partitions"):
+        io.partitions(tmp_path, "events")

@@ -38,6 +38,16 @@ SPARSE_PREFIX = "s_"
 LABEL_PREFIX = "label_"
 
 
+class DataValidationError(ValueError):
+    """Bad input data; ``errors`` holds one message per problem (each names the file, column, rows).
+
+    Defined here, at the bottom layer, so that ``io`` can raise it too; ``validate`` re-exports it."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = list(errors)
+        super().__init__("invalid data:\n  " + "\n  ".join(self.errors))
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """What a table must hold: required columns with their Arrow types, the primary key,

@@ -24,15 +24,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from components.data import io
-from components.data.schemas import MAX_TIMESTAMP, META_KEYS, MIN_TIMESTAMP, TABLES, TableSpec
-
-
-class DataValidationError(ValueError):
-    """Bad input data; ``errors`` holds one message per problem."""
-
-    def __init__(self, errors: list[str]):
-        self.errors = list(errors)
-        super().__init__("invalid data:\n  " + "\n  ".join(self.errors))
+from components.data.schemas import (  # noqa: F401 - DataValidationError is re-exported
+    MAX_TIMESTAMP,
+    META_KEYS,
+    MIN_TIMESTAMP,
+    TABLES,
+    DataValidationError,
+    TableSpec,
+)
 
 
 @dataclass
@@ -156,10 +155,11 @@ def _duplicates(table: pa.Table, key: tuple[str, ...]) -> tuple[int, str]:
 
 
 def _check_partition_days(table: pa.Table, day: str, source: str) -> list[str]:
-    lo, hi = io.day_bounds(day)
+    lo, hi = io.partition_bounds(day)
     ts = table.column("timestamp").to_numpy(zero_copy_only=False)
     bad = int(((ts < lo) | (ts >= hi)).sum())
-    return [f"{source}: column 'timestamp': {_rows(bad, len(ts))} fall outside the partition's day {day}"] if bad else []
+    return [f"{source}: column 'timestamp': {_rows(bad, len(ts))} fall outside the partition's "
+            f"{io.partition_granularity(day)} {day}"] if bad else []
 
 
 def check_meta(meta: object, tables: dict[str, pa.Table], source: str = "meta.json") -> list[str]:
@@ -255,31 +255,34 @@ def validate_dir(data_dir: str | Path, raise_on_error: bool = True) -> Validatio
     sources: dict[str, list[tuple[str, int]]] = {}  # table -> [(file, rows)] in concatenation order
     for name, spec in TABLES.items():
         if spec.partitioned:
-            days = io.partitions(data_dir, name)
+            name_errors = io.check_partition_names(data_dir, name)
+            report.errors += name_errors
+            days = [] if name_errors else io.partitions(data_dir, name)
             if not days:
-                report.errors.append(f"{spec.filename}: no day partitions (expected {spec.filename}/dt=YYYY-MM-DD/"
-                                     f"{io.PART_FILE}); table '{name}' has 0 rows")
+                if not name_errors:
+                    report.errors.append(f"{spec.filename}: no day partitions (expected {spec.filename}/dt=YYYY-MM-DD/"
+                                         f"*.parquet or dt=YYYY-MM/*.parquet); table '{name}' has 0 rows")
                 continue
             parts = []
             ok = True
             for day in days:
-                path = io.partition_path(data_dir, name, day)
-                source = str(path.relative_to(data_dir))
-                try:
-                    t = pq.read_table(path)
-                except Exception as e:  # noqa: BLE001 - report any unreadable file by name
-                    report.errors.append(f"{source}: cannot be read as Parquet: {e}")
-                    ok = False
-                    continue
-                errs, oov = check_table(spec, t, source)
-                if not errs and "timestamp" in t.column_names:
-                    errs = _check_partition_days(t, day, source)
-                report.errors += errs
-                ok &= not errs
-                for col, k in oov.items():
-                    report.dropped[f"{name}.{col}"] = report.dropped.get(f"{name}.{col}", 0) + k
-                parts.append(t)
-                sources.setdefault(name, []).append((source, t.num_rows))
+                for path in io.partition_files(data_dir, name, day):
+                    source = str(path.relative_to(data_dir))
+                    try:
+                        t = pq.read_table(path)
+                    except Exception as e:  # noqa: BLE001 - report any unreadable file by name
+                        report.errors.append(f"{source}: cannot be read as Parquet: {e}")
+                        ok = False
+                        continue
+                    errs, oov = check_table(spec, t, source)
+                    if not errs and "timestamp" in t.column_names:
+                        errs = _check_partition_days(t, day, source)
+                    report.errors += errs
+                    ok &= not errs
+                    for col, k in oov.items():
+                        report.dropped[f"{name}.{col}"] = report.dropped.get(f"{name}.{col}", 0) + k
+                    parts.append(t)
+                    sources.setdefault(name, []).append((source, t.num_rows))
             if ok and parts:
                 tables[name] = pa.concat_tables(parts, promote_options="default")
         else:
@@ -374,21 +377,30 @@ def read_checked(data_dir: str | Path, name: str, days: list[str] | None = None)
     spec = TABLES[name]
     if spec.partitioned:
         wanted = io.partitions(data_dir, name) if days is None else list(days)
-        paths = [io.partition_path(data_dir, name, d) for d in wanted]
-        for path, day in zip(paths, wanted):
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: no {name} partition for day {day}")
+        paths = []
+        for day in wanted:
+            found = io.locate(data_dir, name, day)
+            if found is None:
+                raise FileNotFoundError(f"{io.partition_path(data_dir, name, day).parent}: no {name} partition "
+                                        f"for day {day}")
+            paths += [(p, found[1]) for p in io.partition_files(data_dir, name, found[0])]
         if not paths:
             raise DataValidationError([f"{data_dir / spec.filename}: no day partitions to load"])
     else:
-        paths = [data_dir / spec.filename]
-        if not paths[0].exists():
-            raise FileNotFoundError(f"{paths[0]}: table '{name}' is missing")
+        paths = [(data_dir / spec.filename, None)]
+        if not paths[0][0].exists():
+            raise FileNotFoundError(f"{paths[0][0]}: table '{name}' is missing")
     errors: list[str] = []
     frames, parts = [], []
-    for path in paths:
-        t = pq.read_table(path)
+    for path, bounds in paths:
         source = str(path.relative_to(data_dir))
+        try:
+            t = pq.read_table(path)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is reported by name
+            raise DataValidationError([f"{source}: cannot be read as Parquet: {e}"]) from e
+        if bounds is not None and "timestamp" in t.column_names:  # one day of a month partition
+            ts = t.column("timestamp")
+            t = t.filter(pc.and_(pc.greater_equal(ts, bounds[0]), pc.less(ts, bounds[1])))
         errs, _ = check_table(spec, t, source)
         errors += errs
         frames.append(t)
