@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
@@ -28,147 +28,241 @@ class ConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
+# Field types: ``Literal`` choices and ``Annotated[..., Range(...)]`` bounds, checked when a config
+# is built (load, read_saved, dataclasses.replace and direct construction alike).
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric field: ``lo <= x`` (``lo < x`` when ``lo_open``), likewise ``hi``."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def describe(self) -> str:
+        parts = []
+        if self.lo is not None:
+            parts.append(f"{'>' if self.lo_open else '>='} {self.lo:g}")
+        if self.hi is not None:
+            parts.append(f"{'<' if self.hi_open else '<='} {self.hi:g}")
+        return " and ".join(parts)
+
+    def holds(self, x: float) -> bool:
+        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
+            return False
+        return not (self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi))
+
+
+PositiveInt = Annotated[int, Range(lo=1)]
+NonNegInt = Annotated[int, Range(lo=0)]  # 0 usually means "off" / "all"
+PositiveFloat = Annotated[float, Range(lo=0, lo_open=True)]
+NonNegFloat = Annotated[float, Range(lo=0)]
+Fraction = Annotated[float, Range(lo=0, hi=1)]
+Dropout = Annotated[float, Range(lo=0, hi=1, hi_open=True)]
+
+Dataset = Literal["ml-100k", "synthetic"]
+Pooling = Literal["importance", "mean"]
+Objective = Literal["next_action", "all_action", "dense_all_action"]
+Negatives = Literal["in_batch", "random", "mixed"]
+EvalAt = Literal["split", "user"]
+# the ranker's interaction architectures: the keys of components.models.ranker.ARCHS (a test keeps them equal)
+RankerArch = Literal["mlp", "dcnv2_baseline", "dcnv2_lowrank", "gdcn", "masknet_dcnv2", "transformer", "finalmlp",
+                     "dhen"]
+
+
+class Checked:
+    """Mixin: ``__post_init__`` checks every field against its annotation, then ``check()`` (cross-field).
+
+    So a config is valid however it was made: :func:`load`, :func:`read_saved`, ``dataclasses.replace``.
+    """
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self), include_extras=True)
+        where = type(self).__name__
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            object.__setattr__(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name], where))
+        self.check()
+
+    def check(self) -> None:
+        """Rules that involve several fields; raise ConfigError naming them."""
+
+
+# ----------------------------------------------------------------------------------------------
 # Model configs: flat dataclasses. Only the top-level model / job reads these; layers take plain
-# typed arguments.
+# typed arguments. ``experiment`` is the name :func:`load` resolved (recorded in config.yaml).
 # ----------------------------------------------------------------------------------------------
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
     """Data preparation (``homefeed data prepare``)."""
 
-    dataset: str = "ml-100k"  # ml-100k | synthetic
-    seed: int = 0
+    experiment: str = ""
+    dataset: Dataset = "ml-100k"
+    seed: NonNegInt = 0
     # synthetic generator knobs
-    users: int = 2_000
-    pins: int = 5_000
-    boards: int = 500
-    topics: int = 20
-    days: int = 60
-    events_per_user: float = 40.0  # mean; per-user activity is log-normal around it
-    interests_per_user: int = 3
-    drift_prob: float = 0.5  # chance that one interest of a user is replaced mid-way
-    feature_dim: int = 64
-    feature_noise: float = 2.0  # higher -> content features say less about the topic
-    board_purity: float = 0.85  # fraction of a board's pins from its own topic
-    impressions_per_request: int = 12
-    requests_per_user_day: float = 0.3
-    eval_days: int = 14  # the last days are held out for evaluation
+    users: PositiveInt = 2_000
+    pins: PositiveInt = 5_000
+    boards: PositiveInt = 500
+    topics: PositiveInt = 20
+    days: PositiveInt = 60
+    events_per_user: PositiveFloat = 40.0  # mean; per-user activity is log-normal around it
+    interests_per_user: PositiveInt = 3
+    drift_prob: Fraction = 0.5  # chance that one interest of a user is replaced mid-way
+    feature_dim: PositiveInt = 64
+    feature_noise: NonNegFloat = 2.0  # higher -> content features say less about the topic
+    board_purity: Fraction = 0.85  # fraction of a board's pins from its own topic
+    impressions_per_request: PositiveInt = 12
+    requests_per_user_day: PositiveFloat = 0.3
+    eval_days: PositiveInt = 14  # the last days are held out for evaluation
 
 
 @dataclass
-class PinSageConfig:
+class PinSageConfig(Checked):
     """PinSage (arXiv 1806.01973): graph sampling, model and training knobs."""
 
+    experiment: str = ""
     # graph sampling
-    walks_per_node: int = 200
-    walk_length: int = 2  # pin->board->pin hops per walk (each hop is two half-steps)
-    restart_prob: float = 0.5
-    num_neighbors: int = 10  # T: top-T visited pins are the neighbourhood
+    walks_per_node: PositiveInt = 200
+    walk_length: PositiveInt = 2  # pin->board->pin hops per walk (each hop is two half-steps)
+    restart_prob: Fraction = 0.5
+    num_neighbors: PositiveInt = 10  # T: top-T visited pins are the neighbourhood
     use_engagement_edges: bool = False
     # model
-    feature_dim: int = 64  # input content features (set from data)
-    hidden_dim: int = 128
-    embed_dim: int = 64
-    num_layers: int = 2  # K
-    pooling: str = "importance"  # importance | mean
+    feature_dim: PositiveInt = 64  # input content features (set from data)
+    hidden_dim: PositiveInt = 128
+    embed_dim: PositiveInt = 64
+    num_layers: PositiveInt = 2  # K
+    pooling: Pooling = "importance"
     # training
-    seed: int = 0
-    epochs: int = 3
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    margin: float = 0.1
-    num_negatives: int = 500  # shared by the whole minibatch
+    seed: NonNegInt = 0
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 256
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegFloat = 0.0
+    margin: NonNegFloat = 0.1
+    num_negatives: PositiveInt = 500  # shared by the whole minibatch
     hard_negatives: bool = True
-    hard_negative_band: list[float] = field(default_factory=lambda: [0.02, 0.05])  # PPR rank band
-    max_steps: int = 0  # 0 = all epochs
-    num_workers: int = 2
-    prefetch_factor: int = 2
-    checkpoint_every: int = 100
-    log_every: int = 20
-    pair_window_s: int = 86_400  # co-engagement window for related pairs
+    hard_negative_band: list[Fraction] = field(default_factory=lambda: [0.02, 0.05])  # PPR rank band
+    max_steps: NonNegInt = 0  # 0 = all epochs
+    num_workers: NonNegInt = 2
+    prefetch_factor: PositiveInt = 2
+    checkpoint_every: NonNegInt = 100  # 0 = no checkpoints (only model.pt)
+    keep_checkpoints: NonNegInt = 2  # the last N step-*.pt are kept; 0 = keep all
+    log_every: PositiveInt = 20
+    pair_window_s: PositiveInt = 86_400  # co-engagement window for related pairs
     board_pairs: bool = True  # also pair pins saved to the same board
-    inference_chunk: int = 4096
-    eval_pool: int = 5000  # candidate pins per held-out query (all pins when the corpus is smaller)
-    eval_max_queries: int = 2000
+    inference_chunk: PositiveInt = 4096
+    eval_pool: PositiveInt = 5000  # candidate pins per held-out query (all pins when the corpus is smaller)
+    eval_max_queries: PositiveInt = 2000
+
+    def check(self) -> None:
+        band = self.hard_negative_band
+        if len(band) != 2 or not band[0] < band[1]:
+            raise ConfigError(f"PinSageConfig: key 'hard_negative_band' expects [lo, hi] with 0 <= lo < hi <= 1, "
+                              f"got {band}")
 
 
 @dataclass
-class PinnerFormerConfig:
+class PinnerFormerConfig(Checked):
     """PinnerFormer (arXiv 2205.04507): sequence model, objectives and sampling knobs."""
 
-    pin_dim: int = 64  # PinSage embedding size (set from data)
-    d_model: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    dropout: float = 0.1
-    embed_dim: int = 64
-    time_periods: int = 8  # P: 2P+1 values per time feature
-    max_seq_len: int = 64  # M
-    objective: str = "dense_all_action"  # next_action | all_action | dense_all_action
-    negatives: str = "mixed"  # in_batch | random | mixed
+    experiment: str = ""
+    pin_dim: PositiveInt = 64  # PinSage embedding size (set from data)
+    d_model: PositiveInt = 64
+    num_layers: PositiveInt = 2
+    num_heads: PositiveInt = 4
+    dropout: Dropout = 0.1
+    embed_dim: PositiveInt = 64
+    time_periods: PositiveInt = 8  # P: 2P+1 values per time feature
+    max_seq_len: PositiveInt = 64  # M
+    objective: Objective = "dense_all_action"
+    negatives: Negatives = "mixed"
     logq: bool = True
-    num_random_negatives: int = 256
-    future_window_days: int = 14  # K
-    max_positives_all_action: int = 32
-    seq_sample_fraction: float = 0.5
-    max_seqs_per_user: int = 4
-    max_positives_per_seq: int = 32
-    init_temperature: float = 0.07
-    min_temperature: float = 0.01
-    sketch_width: int = 2048
-    sketch_depth: int = 4
-    seed: int = 0
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    max_steps: int = 0
-    checkpoint_every: int = 100
-    log_every: int = 20
-    eval_pool: int = 1000  # random pins each positive is ranked against (Recall@10)
-    eval_user_fraction: float = 0.1  # users held out of training, for evaluation
-    eval_at: str = "split"  # embedding time of a held-out user: split | user (70% through their own history)
-    num_workers: int = 0
+    num_random_negatives: PositiveInt = 256
+    future_window_days: PositiveInt = 14  # K
+    max_positives_all_action: PositiveInt = 32
+    seq_sample_fraction: Annotated[float, Range(lo=0, hi=1, lo_open=True)] = 0.5
+    max_seqs_per_user: PositiveInt = 4
+    max_positives_per_seq: PositiveInt = 32
+    init_temperature: PositiveFloat = 0.07
+    min_temperature: PositiveFloat = 0.01
+    sketch_width: PositiveInt = 2048
+    sketch_depth: PositiveInt = 4
+    seed: NonNegInt = 0
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegFloat = 0.0
+    max_steps: NonNegInt = 0
+    checkpoint_every: NonNegInt = 100  # 0 = no checkpoints (only model.pt)
+    keep_checkpoints: NonNegInt = 2  # the last N step-*.pt are kept; 0 = keep all
+    log_every: PositiveInt = 20
+    eval_pool: PositiveInt = 1000  # random pins each positive is ranked against (Recall@10)
+    eval_user_fraction: Annotated[float, Range(lo=0, hi=1, hi_open=True)] = 0.1  # users held out of training
+    eval_at: EvalAt = "split"  # embedding time of a held-out user: split | user (70% through their own history)
+    num_workers: NonNegInt = 0
+
+    def check(self) -> None:
+        if self.d_model % self.num_heads:
+            raise ConfigError(f"PinnerFormerConfig: key 'd_model' ({self.d_model}) must be divisible by "
+                              f"'num_heads' ({self.num_heads})")
+        if self.min_temperature > self.init_temperature:
+            raise ConfigError(f"PinnerFormerConfig: key 'init_temperature' ({self.init_temperature}) must be >= "
+                              f"'min_temperature' ({self.min_temperature})")
 
 
 @dataclass
-class RankerConfig:
+class RankerConfig(Checked):
     """Homefeed ranker (arXiv 2412.01985) with PEPNet (arXiv 2302.01115)."""
 
-    arch: str = "masknet_dcnv2"  # dcnv2_baseline | masknet_dcnv2 | dcnv2_lowrank | transformer | finalmlp | gdcn | dhen | mlp
+    experiment: str = ""
+    arch: RankerArch = "masknet_dcnv2"
     pepnet: bool = True
     tasks: list[str] = field(default_factory=lambda: ["save", "closeup", "click", "hide"])
-    task_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
-    sparse_dim: int = 16
-    embedding_proj_dim: int = 32
-    num_cross_layers: int = 4
-    low_rank: int = 32
-    num_masknet_blocks: int = 3
-    masknet_ratio: float = 2.0
-    masknet_out: int = 512
-    mlp_dims: list[int] = field(default_factory=lambda: [256, 128])  # shared MLP, or each PPNet task tower
+    task_weights: list[NonNegFloat] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    sparse_dim: PositiveInt = 16
+    embedding_proj_dim: PositiveInt = 32
+    num_cross_layers: PositiveInt = 4
+    low_rank: PositiveInt = 32
+    num_masknet_blocks: PositiveInt = 3
+    masknet_ratio: PositiveFloat = 2.0
+    masknet_out: PositiveInt = 512
+    mlp_dims: list[PositiveInt] = field(default_factory=lambda: [256, 128])  # shared MLP, or each PPNet task tower
     score_weights: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.3, -1.0])  # serving score
-    gate_hidden: int = 64  # width of the ReLU layer of every PEPNet Gate NU
-    transformer_layers: int = 2
-    transformer_heads: int = 4
-    dense_groups: int = 2  # C
-    user_seq_tokens: int = 2  # U
-    finalmlp_dims: list[int] = field(default_factory=lambda: [256, 128])
-    finalmlp_heads: int = 4
-    dhen_layers: int = 2
-    dropout: float = 0.0
-    seed: int = 0
-    epochs: int = 3
-    batch_size: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    max_steps: int = 0
-    max_train_rows: int = 0  # 0 = all training impressions (a cap keeps comparisons quick)
-    eval_batch_size: int = 4096
-    checkpoint_every: int = 200
-    log_every: int = 50
+    gate_hidden: PositiveInt = 64  # width of the ReLU layer of every PEPNet Gate NU
+    transformer_layers: PositiveInt = 2
+    transformer_heads: PositiveInt = 4
+    dense_groups: PositiveInt = 2  # C
+    user_seq_tokens: PositiveInt = 2  # U
+    finalmlp_dims: list[PositiveInt] = field(default_factory=lambda: [256, 128])
+    finalmlp_heads: PositiveInt = 4
+    dhen_layers: PositiveInt = 2
+    dropout: Dropout = 0.0
+    seed: NonNegInt = 0
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 512
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegFloat = 0.0
+    max_steps: NonNegInt = 0
+    max_train_rows: NonNegInt = 0  # 0 = all training impressions (a cap keeps comparisons quick)
+    eval_batch_size: PositiveInt = 4096
+    checkpoint_every: NonNegInt = 200  # 0 = no checkpoints (only model.pt)
+    keep_checkpoints: NonNegInt = 2  # the last N step-*.pt are kept; 0 = keep all
+    log_every: PositiveInt = 50
+
+    def check(self) -> None:
+        if not self.tasks:
+            raise ConfigError("RankerConfig: key 'tasks' expects at least one task")
+        if len(self.task_weights) != len(self.tasks) or len(self.score_weights) != len(self.tasks):
+            raise ConfigError(f"RankerConfig: keys 'task_weights' ({len(self.task_weights)}) and 'score_weights' "
+                              f"({len(self.score_weights)}) must have one value per task ({len(self.tasks)}: "
+                              f"{self.tasks})")
+        if not self.mlp_dims or not self.finalmlp_dims:
+            raise ConfigError("RankerConfig: keys 'mlp_dims' and 'finalmlp_dims' expect at least one width")
 
 
 MODEL_CONFIGS: dict[str, type] = {
@@ -212,12 +306,31 @@ def experiments() -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Annotated:
+        base, *meta = typing.get_args(tp)
+        return " ".join([_type_name(base), *(m.describe() for m in meta if isinstance(m, Range))])
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def coerce(key: str, value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against annotation ``tp``; return it (ints widen to float)."""
+    """Check ``value`` against annotation ``tp``; return it (ints widen to float).
+
+    Handles Optional/unions, ``list[...]``, ``Literal[...]`` choices and ``Annotated[T, Range]`` bounds;
+    every failure is a ConfigError naming ``where``, the key, what was expected and the value.
+    """
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *meta = typing.get_args(tp)
+        value = coerce(key, value, base, where)
+        for m in meta:
+            if isinstance(m, Range) and not m.holds(value):
+                raise ConfigError(f"{where}: key '{key}' expects {_type_name(base)} {m.describe()}, got {value!r}")
+        return value
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if isinstance(value, str | int | bool) and value in choices:
+            return value
+        raise ConfigError(f"{where}: key '{key}' expects one of {', '.join(map(str, choices))}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         errors = []
         for arg in typing.get_args(tp):
@@ -228,8 +341,8 @@ def coerce(key: str, value: Any, tp: Any, where: str) -> Any:
             try:
                 return coerce(key, value, arg, where)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{where}: key '{key}' expects {_type_name(tp)}, got {value!r}")
+                errors.append(str(e).removeprefix(f"{where}: "))
+        raise ConfigError(f"{where}: key '{key}' expects {_type_name(tp)}, got {value!r} ({'; '.join(errors)})")
     if origin is list:
         (item_tp,) = typing.get_args(tp) or (Any,)
         if not isinstance(value, list | tuple):
@@ -262,7 +375,7 @@ def coerce(key: str, value: Any, tp: Any, where: str) -> Any:
 
 def build(cls: type, values: dict[str, Any], where: str) -> Any:
     """Build dataclass ``cls`` from ``values``; unknown keys and wrong types raise ConfigError."""
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
@@ -271,7 +384,10 @@ def build(cls: type, values: dict[str, Any], where: str) -> Any:
                 f"{where}: unknown key '{key}' for {cls.__name__}; known keys: {', '.join(sorted(names))}"
             )
         kwargs[key] = coerce(key, value, hints[key], where)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # a cross-field rule (Checked.check): say which experiment/file broke it
+        raise ConfigError(f"{where}: {e}") from e
 
 
 def _resolve(name: str, table: dict[str, tuple[str, dict[str, Any]]], seen: tuple[str, ...] = ()) -> dict:
@@ -329,16 +445,12 @@ def load(experiment: str, overrides: list[str] | dict[str, Any] | None = None, m
         raise ConfigError(f"experiment '{experiment}' is a {exp_model} experiment, expected a {model} one")
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     cls = MODEL_CONFIGS[exp_model]
-    cfg = build(cls, {**values, **extra}, where=f"experiment '{experiment}'")
-    object.__setattr__(cfg, "_experiment", experiment)
-    return cfg
+    return build(cls, {**values, **extra, "experiment": experiment}, where=f"experiment '{experiment}'")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    out = dataclasses.asdict(cfg)
-    out = {"model": next(k for k, v in MODEL_CONFIGS.items() if isinstance(cfg, v)),
-           "experiment": getattr(cfg, "_experiment", None), **out}
-    return out
+    """The config as plain values, with the model it belongs to: what config.yaml and checkpoints record."""
+    return {"model": next(k for k, v in MODEL_CONFIGS.items() if isinstance(cfg, v)), **dataclasses.asdict(cfg)}
 
 
 def save(cfg: Any, path: str | Path) -> Path:
@@ -359,8 +471,9 @@ def read_saved(path: str | Path):
     if path.is_dir():
         path = path / "config.yaml"
     raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict) or raw.get("model") not in MODEL_CONFIGS:
+        raise ConfigError(f"{path}: expected a saved config with 'model' one of {', '.join(MODEL_CONFIGS)}")
     model = raw.pop("model")
-    experiment = raw.pop("experiment", None)
-    cfg = build(MODEL_CONFIGS[model], raw, where=str(path))
-    object.__setattr__(cfg, "_experiment", experiment)
-    return cfg
+    if raw.get("experiment") is None:  # files written before the experiment name was a field say null
+        raw["experiment"] = ""
+    return build(MODEL_CONFIGS[model], raw, where=str(path))

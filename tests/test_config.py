@@ -78,7 +78,7 @@ def test_unknown_model_file_and_bad_yaml(configs, tmp_path):
 
 def test_overrides_parse_and_apply():
     cfg = config.load("ranker_tiny", ["lr=0.5", "ranker.epochs=2", "tasks=[save, click]", "pepnet=false",
-                                      "task_weights=[1, 2]", "arch=dcnv2_baseline"])
+                                      "task_weights=[1, 2]", "score_weights=[1, -1]", "arch=dcnv2_baseline"])
     assert isinstance(cfg, RankerConfig)
     assert cfg.lr == 0.5 and cfg.epochs == 2 and cfg.pepnet is False and cfg.arch == "dcnv2_baseline"
     assert cfg.tasks == ["save", "click"]
@@ -96,7 +96,14 @@ def test_overrides_parse_and_apply():
     ("lr=fast", "key 'lr' expects a float, got 'fast'"),
     ("tasks=save", "key 'tasks' expects a list of str, got 'save'"),
     ("tasks=[save, 3]", "key 'tasks\\[1\\]' expects a string, got 3"),
-    ("arch=[1]", "key 'arch' expects a string"),
+    ("arch=[1]", "key 'arch' expects one of mlp, dcnv2_baseline, .*, got \\[1\\]"),
+    ("arch=dcn", "key 'arch' expects one of mlp, .*dhen, got 'dcn'"),
+    ("lr=-1", "key 'lr' expects float > 0, got -1.0"),
+    ("epochs=-3", "key 'epochs' expects int >= 1, got -3"),
+    ("batch_size=0", "key 'batch_size' expects int >= 1, got 0"),
+    ("dropout=5.0", "key 'dropout' expects float >= 0 and < 1, got 5.0"),
+    ("checkpoint_every=-1", "key 'checkpoint_every' expects int >= 0, got -1"),
+    ("task_weights=[1, 2]", "keys 'task_weights' \\(2\\) and 'score_weights' \\(4\\) must have one value per task"),
     ("lr", "override 'lr' is not of the form key=value"),
     ("lr=[unclosed", "override 'lr=\\[unclosed': value is not valid YAML"),
 ])
@@ -121,7 +128,7 @@ def test_experiment_of_another_model():
 
 
 def test_saved_config_round_trip(tmp_path):
-    for name, overrides in [("ranker_tiny", ["tasks=[save, hide]", "lr=0.25"]), ("pinsage_tiny", ["epochs=9"]),
+    for name, overrides in [("ranker_tiny", ["tasks=[save, hide]", "task_weights=[1, 1]", "score_weights=[1, -1]", "lr=0.25"]), ("pinsage_tiny", ["epochs=9"]),
                             ("synthetic_tiny", ["seed=4"]), ("pinnerformer_tiny", [])]:
         cfg = config.load(name, overrides)
         out = tmp_path / name
@@ -132,7 +139,7 @@ def test_saved_config_round_trip(tmp_path):
         assert saved["model"] == config.model_of(name) and saved["experiment"] == name
         back = config.read_saved(out)
         assert type(back) is type(cfg) and dataclasses.asdict(back) == dataclasses.asdict(cfg)
-        assert back._experiment == name
+        assert back.experiment == name
 
 
 def test_read_saved_rejects_tampered_files(tmp_path):
@@ -149,3 +156,43 @@ def test_defaults_are_flat_dataclasses():
         for f in dataclasses.fields(cls):
             assert not dataclasses.is_dataclass(f.type), f"{cls.__name__}.{f.name} nests a dataclass"
     assert DataConfig().dataset == "ml-100k"
+
+
+def test_choices_and_ranges_are_checked_however_a_config_is_made():
+    for experiment, override, message in [
+        ("pinnerformer_tiny", "objective=next", "key 'objective' expects one of next_action, all_action, "
+                                                "dense_all_action, got 'next'"),
+        ("pinnerformer_tiny", "eval_at=later", "key 'eval_at' expects one of split, user"),
+        ("pinnerformer_tiny", "num_heads=3", "PinnerFormerConfig: key 'd_model' \\(32\\) must be divisible by 'num_heads' \\(3\\)"),
+        ("pinsage_tiny", "pooling=max", "key 'pooling' expects one of importance, mean, got 'max'"),
+        ("pinsage_tiny", "hard_negative_band=[0.5, 0.1]", "PinSageConfig: key 'hard_negative_band' expects \\[lo, hi\\]"),
+        ("synthetic_tiny", "dataset=imdb", "key 'dataset' expects one of ml-100k, synthetic, got 'imdb'"),
+        ("synthetic_tiny", "board_purity=1.5", "key 'board_purity' expects float >= 0 and <= 1, got 1.5"),
+    ]:
+        with pytest.raises(ConfigError, match=f"experiment '{experiment}': {message}"):
+            config.load(experiment, [override])
+    cfg = config.load("pinsage_tiny")
+    with pytest.raises(ConfigError, match="PinSageConfig: key 'lr' expects float > 0, got -2.0"):
+        dataclasses.replace(cfg, lr=-2)
+    with pytest.raises(ConfigError, match="RankerConfig: key 'arch' expects one of"):
+        RankerConfig(arch="nope")
+
+
+def test_the_experiment_name_is_a_field_that_replace_keeps(tmp_path):
+    cfg = dataclasses.replace(config.load("pinnerformer_tiny"), pin_dim=12)
+    assert cfg.experiment == "pinnerformer_tiny"
+    assert yaml.safe_load(config.save(cfg, tmp_path).read_text())["experiment"] == "pinnerformer_tiny"
+    assert config.read_saved(tmp_path).experiment == "pinnerformer_tiny"
+
+
+def test_union_errors_say_why_each_alternative_failed():
+    with pytest.raises(ConfigError, match="key 'x' expects .*got 'a' \\(key 'x' expects an int, got 'a'"):
+        config.coerce("x", "a", int | None, "here")
+
+
+def test_ranker_arch_choices_are_the_registry():
+    import typing
+
+    from components.models.ranker import ARCHS
+
+    assert set(typing.get_args(config.RankerArch)) == set(ARCHS)

@@ -20,9 +20,9 @@ import torch
 from components import config
 from components.data.prepare import prepare
 from components.data.validate import DataValidationError
+from components.evaluation.metrics import auc, hit_at_k
 from components.models.ranker import ARCHS, FeatureSpec, Ranker, load_model
 from components.training import ranker as ranker_training
-from components.training.metrics import auc, hit_at_k
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,7 +108,7 @@ def test_in_the_model_ppnet_sends_no_gradient_to_the_epnet_output(arch):
 
 
 def test_bad_arch_and_mismatched_weights_are_clear_errors():
-    with pytest.raises(ValueError, match="arch 'nope' unknown"):
+    with pytest.raises(ValueError, match="key 'arch' expects one of mlp, .*, got 'nope'"):
         Ranker(config.load("ranker_tiny", {"arch": "nope"}), _spec())
     with pytest.raises(ValueError, match="one value per task"):
         Ranker(config.load("ranker_tiny", {"task_weights": [1.0]}), _spec())

@@ -29,6 +29,7 @@ from components.config import PinnerFormerConfig
 from components.data.schemas import ACTION_TYPES, SURFACES
 from components.layers.mlp import MLP
 from components.layers.time_encoding import TimeEncoding
+from components.models.checkpoint import load_saved_config, read_checkpoint
 
 HOUR, DAY, WEEK = 3600.0, 86_400.0, 604_800.0
 
@@ -111,14 +112,10 @@ class PinnerFormer(nn.Module):
 
 def load_model(model_dir: str | Path) -> tuple[PinnerFormer, PinnerFormerConfig, dict]:
     """(model in eval mode, config, extra) from a training output directory (its ``model.pt``)."""
-    from components import config as config_mod
-    from components.training.common import load_checkpoint
-
     model_dir = Path(model_dir)
-    cfg = config_mod.read_saved(model_dir / "config.yaml")
-    if not isinstance(cfg, PinnerFormerConfig):
-        raise ValueError(f"{model_dir}/config.yaml: expected a pinnerformer config, got {type(cfg).__name__}")
+    state = read_checkpoint(model_dir / "model.pt")
+    cfg = load_saved_config(model_dir, state, PinnerFormerConfig)
     model = PinnerFormer(cfg)
-    state = load_checkpoint(model_dir / "model.pt", model, restore_rng=False)
+    model.load_state_dict(state["model"])
     model.eval()
     return model, cfg, state.get("extra", {})

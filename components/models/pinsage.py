@@ -24,10 +24,9 @@ import torch
 import torch.nn.functional as F_
 from torch import nn
 
-from components import config as config_mod
 from components.config import PinSageConfig
 from components.layers.mlp import MLP
-from components.training.common import load_checkpoint
+from components.models.checkpoint import load_saved_config, read_checkpoint
 
 
 class Convolve(nn.Module):
@@ -68,8 +67,6 @@ class PinSage(nn.Module):
 
     def __init__(self, cfg: PinSageConfig):
         super().__init__()
-        if cfg.pooling not in ("importance", "mean"):
-            raise config_mod.ConfigError(f"key 'pooling' expects importance or mean, got {cfg.pooling!r}")
         self.pooling = cfg.pooling
         self.num_layers = cfg.num_layers
         dims = [cfg.feature_dim] + [cfg.hidden_dim] * cfg.num_layers
@@ -109,8 +106,9 @@ def load_model(model_dir: str | Path) -> tuple[PinSage, PinSageConfig, dict[str,
     model_dir = Path(model_dir)
     if not (model_dir / "model.pt").exists():
         raise FileNotFoundError(f"{model_dir / 'model.pt'}: no trained PinSage model (run `homefeed train pinsage`)")
-    cfg = config_mod.read_saved(model_dir)
+    state = read_checkpoint(model_dir / "model.pt")
+    cfg = load_saved_config(model_dir, state, PinSageConfig)
     model = build_model(cfg)
-    state = load_checkpoint(model_dir / "model.pt", model, restore_rng=False)
+    model.load_state_dict(state["model"])
     model.eval()
     return model, cfg, state.get("extra", {})

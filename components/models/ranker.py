@@ -39,6 +39,7 @@ from components.layers.gates import EPNet, PPNet
 from components.layers.interactions import DHENLayer, FeatureTokenizer, FinalMLP, TransformerInteraction
 from components.layers.masknet import ParallelMaskNet
 from components.layers.mlp import MLP
+from components.models.checkpoint import CheckpointError, load_saved_config, read_checkpoint
 
 ARCHS = ("mlp", "dcnv2_baseline", "dcnv2_lowrank", "gdcn", "masknet_dcnv2", "transformer", "finalmlp", "dhen")
 
@@ -186,22 +187,17 @@ def build(cfg: RankerConfig, spec: FeatureSpec) -> Ranker:
 
 def load_model(model_dir: str | Path) -> tuple[Ranker, RankerConfig, dict[str, Any]]:
     """(Ranker in eval mode, its config, extra) from a model directory written by training.ranker."""
-    from components import config
-    from components.training.common import load_checkpoint
-
     model_dir = Path(model_dir)
     path = model_dir / "model.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no ranker model (train one with `homefeed train ranker`)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = config.read_saved(model_dir) if (model_dir / "config.yaml").exists() else \
-        config.build(RankerConfig, {k: v for k, v in state["config"].items() if k not in ("model", "experiment")},
-                     where=str(path))
+    state = read_checkpoint(path)
+    cfg = load_saved_config(model_dir, state, RankerConfig)
     extra = state.get("extra") or {}
     if "spec" not in extra:
-        raise ValueError(f"{path}: checkpoint has no feature spec in 'extra' (not a ranker model?)")
+        raise CheckpointError(f"{path}: checkpoint has no feature spec in 'extra' (not a ranker model?)")
     model = Ranker(cfg, FeatureSpec.from_dict(extra["spec"]))
-    load_checkpoint(path, model, restore_rng=False)
+    model.load_state_dict(state["model"])
     model.eval()
     return model, cfg, extra
 

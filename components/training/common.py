@@ -6,7 +6,6 @@ The loops themselves live in ``training/<model>.py``, outside nn.Module.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -19,8 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from components import config as config_mod
-from components.data.io import atomic_write_bytes
+from components.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: F401  (re-exported for the loops)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -67,42 +65,6 @@ def shard(n: int, info: DistInfo) -> slice:
     """This rank's contiguous share of ``n`` items (every rank gets the same count; extras dropped)."""
     per = n // info.world_size
     return slice(info.rank * per, (info.rank + 1) * per)
-
-
-def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    step: int, cfg: Any, extra: dict[str, Any] | None = None) -> Path:
-    """Atomically write model/optimizer/RNG state, the step and the resolved config."""
-    module = model.module if hasattr(model, "module") else model
-    state = {
-        "model": module.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "step": step,
-        "config": config_mod.to_dict(cfg),
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-        "extra": extra or {},
-    }
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
-                    optimizer: torch.optim.Optimizer | None = None, restore_rng: bool = True) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` into ``model``/``optimizer``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if model is not None:
-        module = model.module if hasattr(model, "module") else model
-        module.load_state_dict(state["model"])
-    if optimizer is not None and state.get("optimizer") is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    if restore_rng and "rng" in state:
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-    return state
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:

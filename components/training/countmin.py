@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 _PRIME = (1 << 31) - 1  # Mersenne prime 2^31 - 1; products of two values < 2^31 fit in uint64
 
@@ -78,10 +79,13 @@ class CountMinSketch:
         return self.estimate(keys) / max(self.total, 1)
 
     def state_dict(self) -> dict:
-        return {"width": self.width, "depth": self.depth, "a": self.a.copy(), "b": self.b.copy(),
-                "table": self.table.copy(), "total": self.total}
+        """Plain ints and int64 tensors (hash parameters are < 2^31), so checkpoints load with weights_only."""
+        return {"width": self.width, "depth": self.depth, "a": torch.from_numpy(self.a.astype(np.int64)),
+                "b": torch.from_numpy(self.b.astype(np.int64)), "table": torch.from_numpy(self.table.copy()),
+                "total": int(self.total)}
 
     def load_state_dict(self, state: dict) -> None:
         self.width, self.depth = int(state["width"]), int(state["depth"])
-        self.a, self.b = np.asarray(state["a"], np.uint64), np.asarray(state["b"], np.uint64)
-        self.table, self.total = np.asarray(state["table"], np.int64).copy(), int(state["total"])
+        a, b, table = (torch.as_tensor(state[k]).numpy() for k in ("a", "b", "table"))
+        self.a, self.b = a.astype(np.uint64), b.astype(np.uint64)
+        self.table, self.total = table.astype(np.int64, copy=True), int(state["total"])
