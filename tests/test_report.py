@@ -1,130 +1,213 @@
 """`homefeed report` and the benchmark infrastructure behind `make bench`.
 
-The report is built from small evaluation/benchmark JSON files of the documented shapes; the benchmark
-conftest runs for real in a pytest subprocess on a scratch copy of tests/bench.
+The report is built from inputs of the documented shapes, written by their real writers (EvalResult files
+through ``write_result``, embedding tables through ``write_table``, ``train_log.jsonl`` lines as TrainLog writes
+them); the page is then opened in headless Chromium where it is installed (every image rendered, no console
+error, a screenshot under out/), else parsed and every embedded image decoded. The benchmark conftest runs for
+real in a pytest subprocess on a scratch copy of tests/bench.
 """
 
 from __future__ import annotations
 
-import base64
+import datetime as dt
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from components.report import PAPER, build_report, quality_metrics
+from components.evaluation.result import EvalResult, PaperNumber, write_result
+from components.inference.tables import EmbeddingTable, write_table
+from components.report import build_report
+from components.report.browser import check_in_browser, chromium, decode_images
 
 REPO = Path(__file__).resolve().parents[1]
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+KS = (1, 2, 5, 10, 20, 50, 100)
 
 
-def _images(page: str) -> list[bytes]:
-    return [base64.b64decode(b) for b in re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)]
+def _pinnerformer(rng) -> EvalResult:
+    r = EvalResult("pinnerformer", "synthetic", "homefeed eval pinnerformer --data S --seeds 0,1,2",
+                   protocol={"pool": "1000 random pins", "users": "94 held-out users", "seeds": [0, 1, 2]},
+                   metrics={**{f"recall@{k}": "higher" for k in KS}, "train_seconds": "lower"})
+    for v, base in (("dense_all_action / mixed", 0.30), ("next_action / in-batch", 0.22)):
+        for seed in range(3):
+            r.add(v, seed, train_seconds=30 + seed,
+                  **{f"recall@{k}": min(1.0, base * np.log1p(k) / np.log1p(10) + 0.01 * rng.standard_normal())
+                     for k in KS})
+    r.papers.append(PaperNumber("PinnerFormer (arXiv 2205.04507)", "dense_all_action / mixed", "recall@10", 0.229,
+                                "Pinterest users, 1M random candidate pins", protocol_matches=False))
+    return r
+
+
+def _pinsage(rng) -> EvalResult:
+    r = EvalResult("pinsage", "ml-100k", "homefeed eval pinsage --data D --seeds 0,1,2",
+                   protocol={"pairs": 2000, "seeds": [0, 1, 2]},
+                   metrics={"hit@10": "higher", "hit@50": "higher", "mrr": "higher", "pairs_per_rank": "higher"})
+    for v, base in (("content-only MLP", 0.05), ("PinSage (full)", 0.07), ("PinSage, no hard negatives", 0.06)):
+        for seed in range(3):
+            r.add(v, seed, pairs_per_rank=1000, **{"hit@10": base + 0.004 * rng.standard_normal(),
+                                                   "hit@50": 3 * base, "mrr": base / 2})
+    r.papers.append(PaperNumber("toy paper", "PinSage (full)", "mrr", 0.0351, "same pairs, same pool",
+                                protocol_matches=True))
+    return r
+
+
+def _ranker(rng) -> EvalResult:
+    r = EvalResult("ranker", "synthetic", "homefeed eval ranker --seeds 0,1",
+                   protocol={"split": "last day", "seeds": [0, 1]},
+                   metrics={"hit3_save": "higher", "auc_save": "higher", "auc_click": "higher",
+                            "peak_memory_mb": "lower"})
+    for arch in ("dcnv2", "masknet_dcnv2"):
+        for pep in (False, True):
+            for seed in range(2):
+                r.add(f"{arch}{' + PEPNet' if pep else ''}", seed, details={"pepnet": pep}, peak_memory_mb=300.0,
+                      hit3_save=0.4 + 0.05 * pep + 0.01 * rng.standard_normal(), auc_save=0.6, auc_click=None)
+    return r
+
+
+def _bench() -> dict:
+    return {"command": "make bench", "updated_at": "2026-01-01T00:00:00+00:00",
+            "machine": {"cpu": "Test CPU 9000", "usable_cores": 2, "python": "3.11.7", "torch": "2.13.0"},
+            "benchmarks": {
+                "ranker.onnx_vs_eager": {"status": "passed", "test": "tests/bench/bench_ranker.py::test_x",
+                                         "result": {"batch": 512, "speedup_onnx": {"median": 4.0, "min": 3.2, "max": 7.5},
+                                                    "latency_ms_samples": [1.0 + 0.1 * i for i in range(40)]}},
+                "graph.neighbourhood_scaling": {
+                    "status": "passed", "test": "tests/bench/bench_graph.py::test_y",
+                    "result": {"us_per_pin_ratio_largest_vs_smallest": 1.3,
+                               "rows": [{"pins": n, "seconds": {"median": n / 1e4, "min": n / 1.1e4, "max": n / 9e3},
+                                         "us_per_pin": 100.0 + n / 1e5} for n in (10_000, 100_000, 1_000_000)]}},
+                "serving_recommend_stages": {
+                    "status": "passed", "test": "tests/bench/bench_serving.py::test_z",
+                    "result": {"what": "recommend path per stage", "feast_user": {"p50": 0.002, "p99": 0.004},
+                               "milvus": {"p50": 0.008, "p99": 0.012}}}}}
 
 
 @pytest.fixture
-def inputs(tmp_path) -> tuple[Path, Path]:
+def inputs(tmp_path) -> tuple[Path, Path, Path]:
+    """An eval folder (3 EvalResults + a stray JSON), a bench.json and a demo-like runs folder."""
+    rng = np.random.default_rng(0)
     ev = tmp_path / "eval"
-    ev.mkdir()
-    (ev / "pinsage_ml-100k.json").write_text(json.dumps({
-        "model": "pinsage", "dataset": "ml-100k", "command": "homefeed eval pinsage --data D", "pairs": 2000,
-        "rows": [{"variant": "content-only (MLP on features)", "hit@10": 0.0545, "hit@50": 0.21, "mrr": 0.0267,
-                  "hit@10_se": 0.005},
-                 {"variant": "PinSage (full)", "hit@10": 0.0675, "hit@50": 0.2285, "mrr": 0.0341, "hit@10_se": 0.0056}],
-    }))
-    (ev / "pinnerformer_synthetic.json").write_text(json.dumps({
-        "model": "pinnerformer", "dataset": "synthetic", "command": "homefeed eval pinnerformer --data S",
-        "rows": [{"objective": "dense_all_action", "negatives": "mixed", "logq": True, "recall@10": 0.1234},
-                 {"objective": "next_action", "negatives": "mixed", "logq": False, "recall@10": 0.0987}],
-    }))
-    (ev / "ranker_synthetic.json").write_text(json.dumps({
-        "model": "ranker", "dataset": "synthetic", "command": "homefeed eval ranker --experiments a,b --seeds 3",
-        "rows": [{"experiment": "ranker_mlp", "arch": "mlp", "pepnet": False, "hit3_save_mean": 0.41,
-                  "hit3_save_std": 0.02, "auc_save": 0.61},
-                 {"experiment": "ranker_final", "arch": "masknet_dcnv2", "pepnet": True, "hit3_save_mean": 0.47,
-                  "hit3_save_std": 0.01, "auc_save": 0.66}],
-    }))
-    (ev / "broken.json").write_text("{not json")
+    for r in (_pinnerformer(rng), _pinsage(rng), _ranker(rng)):
+        write_result(r, ev)
+    (ev / "old_format.json").write_text(json.dumps({"model": "x", "rows": []}))
     bench = tmp_path / "bench.json"
-    bench.write_text(json.dumps({
-        "command": "make bench", "updated_at": "2026-01-01T00:00:00+00:00",
-        "machine": {"cpu": "Test CPU 9000", "usable_cores": 2, "python": "3.11.7", "torch": "2.13.0"},
-        "benchmarks": {
-            "ranker.onnx_vs_eager": {"status": "passed", "test": "tests/bench/bench_ranker.py::test_x",
-                                     "recorded_at": "2026-01-01T00:00:00+00:00",
-                                     "result": {"batch": 512,
-                                                "eager_s": {"median": 0.02, "min": 0.019, "max": 0.03, "reps": 5},
-                                                "onnx_s": {"median": 0.005, "min": 0.004, "max": 0.006, "reps": 5},
-                                                "speedup_onnx": {"median": 4.0, "min": 3.2, "max": 7.5},
-                                                "latency_ms_samples": [1.0 + 0.1 * i for i in range(40)]}},
-            "graph.scaling": {"status": "failed", "test": "tests/bench/bench_graph.py::test_y",
-                              "result": {"ratio_largest_vs_smallest": 1.3,
-                                         "scaling": [{"pins": 1000, "s": 0.1}, {"pins": 10000, "s": 1.1}]}},
-        },
-    }))
-    return ev, bench
+    bench.write_text(json.dumps(_bench()))
+
+    runs = tmp_path / "runs"
+    data = runs / "data"
+    (data / "ground_truth").mkdir(parents=True)
+    n, topics = 400, 5
+    topic = rng.integers(0, topics, n)
+    centres = rng.standard_normal((topics, 16)) * 3
+    pd.DataFrame({"pin_id": np.arange(n), "topic": topic}).to_parquet(data / "ground_truth" / "pin_topics.parquet")
+    emb = (centres[topic] + rng.standard_normal((n, 16))).astype(np.float32)
+    table = write_table(EmbeddingTable(np.arange(n, dtype=np.int64), emb, "v1", dt.datetime.now(dt.UTC)),
+                        runs / "pins.parquet")
+    for model, scale in (("train-pinsage", 1.0), ("train-ranker", 0.7)):
+        log = runs / "kfp" / "homefeed-training-2026-01-01-00-00-00-000000" / model / "model" / "train_log.jsonl"
+        log.parent.mkdir(parents=True)
+        lines = [{"event": "start", "step": 0, "world_size": 1}]
+        lines += [{"event": "step", "step": s, "loss": scale * (1 + 2 / (s + 1))} for s in range(1, 60)]
+        lines += [{"event": "done", "compute_s": 12.5, "data_wait_fraction": 0.05, "hit@10": 0.07}]
+        log.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    lat = runs / "recommend_latency.json"
+    lat.write_text(json.dumps({"stages": {"feast_user": list(rng.uniform(1, 3, 30)),
+                                          "milvus": list(rng.uniform(5, 12, 30)),
+                                          "triton": list(rng.uniform(4, 9, 30))}}))
+    (runs / "demo.json").write_text(json.dumps({"data_dir": str(data), "pin_embeddings": str(table),
+                                                "recommend_latency": str(lat)}))
+    return ev, bench, runs
 
 
-def test_report_has_tables_plots_and_paper_numbers(inputs, tmp_path):
-    ev, bench = inputs
+def _section(page: str, anchor: str) -> str:
+    start = page.index(f"<h2 id='{anchor}'>")
+    nxt = page.find("<h2 id=", start + 1)
+    return page[start:nxt if nxt > 0 else len(page)]
+
+
+def test_report_sections_plots_and_papers(inputs, tmp_path):
+    ev, bench, runs = inputs
     out, md = tmp_path / "r" / "report.html", tmp_path / "r" / "report.md"
-    info = build_report(ev, bench, out, md)
-    assert info["evaluations"] == 3 and info["benchmarks"] == 2
+    info = build_report(ev, bench, out, md, runs_dir=runs)
+    assert info["evaluations"] == 3 and info["benchmarks"] == 3 and info["curves"] == 2
+    assert info["projection"] and info["latency_stages"] == 3
     page = out.read_text()
-    # a table per evaluation, with its values and command
-    for text in ("PinSage (full)", "0.0675", "dense_all_action", "0.1234", "masknet_dcnv2", "0.47",
-                 "homefeed eval ranker --experiments a,b --seeds 3", "Test CPU 9000", "speedup_onnx",
-                 "ratio_largest_vs_smallest", "failed"):
-        assert text in page, text
-    assert page.count("<table>") >= 8
-    # plots: a quality chart per evaluation, the pinsage hit@K curve, the ratio chart, the latency histogram
-    images = _images(page)
-    assert len(images) == 3 + 1 + 1 + 1
-    assert all(img.startswith(PNG_MAGIC) and len(img) > 2000 for img in images)
-    # the papers' numbers beside ours
-    assert "0.229" in page and "0.67" in page and "arXiv 2412.01985" in page
-    # what is missing is named
-    assert "broken.json: not readable JSON" in page
-    assert "no evaluation for pinsage on synthetic, pinnerformer on ml-100k, ranker on ml-100k" in page
+    quality = _section(page, "quality")
+    # quality: variants with mean ± std [CI]; the curve's K=10 in the table; operational metrics elsewhere
+    for text in ("dense_all_action / mixed", "PinSage (full)", "masknet_dcnv2 + PEPNet", "recall@10 ↑", "hit3_save ↑",
+                 "undefined"):
+        assert text in quality, text
+    assert " ± " in quality and "recall@50 ↑" not in quality  # K=10 in the table, the rest in the curve
+    for op in ("train_seconds", "pairs_per_rank", "peak_memory_mb", "compute_s"):
+        assert op not in quality, op
+        assert op in _section(page, "operations"), op
+    # a paper number with another protocol is never beside ours, only in the papers' setting
+    assert "0.229" not in quality
+    papers = _section(page, "papers")
+    assert "0.229" in papers and "1M random candidate pins" in papers and "1000 random pins" in papers
+    assert "0.0351" in quality and "toy paper" in quality  # same protocol: beside ours
+    # figures: recall@K curve, pinsage bars, ranker bars, loss curves, projection, demo latency, bench
+    # percentiles, latency histogram, growth curves, ratios (one ratio per benchmark: two ratios -> chart)
+    images = decode_images(page)
+    assert len(images) == info["images"] == 10
+    assert all(w >= 300 and h >= 150 for w, h in images)
+    assert "old_format.json: skipped, not an EvalResult file" in page
     assert "<script" not in page and "http://" not in page.replace("http://www.w3", "")  # self-contained
     summary = md.read_text()
-    assert "| variant | hit@10 | hit@50 | mrr | hit@10_se |" in summary
+    assert "### pinsage on ml-100k" in summary and "| PinSage (full) |" in summary
     assert "| ranker.onnx_vs_eager | speedup_onnx | 4 (3.2 – 7.5) |" in summary
-    assert "Recall@10, dense all-action, mixed negatives + logQ 0.229" in summary
 
 
-def test_error_bars_come_from_std_and_se_columns(inputs):
-    ev, _ = inputs
-    ranker = json.loads((ev / "ranker_synthetic.json").read_text())
-    assert ("hit3_save_mean", "hit3_save_std") in quality_metrics(ranker["rows"])
-    pinsage = json.loads((ev / "pinsage_ml-100k.json").read_text())
-    assert quality_metrics(pinsage["rows"]) == [("hit@10", "hit@10_se"), ("hit@50", None), ("mrr", None)]
-    assert PAPER["pinnerformer"]["lines"]["recall@10"] == 0.229
+def test_one_variant_gets_a_table_not_a_one_bar_chart(tmp_path):
+    r = EvalResult("ranker", "ml-100k", "python -m pipelines.demo", protocol={}, metrics={"auc_save": "higher"})
+    r.add("pipeline (ranker_tiny)", 0, auc_save=0.61)
+    write_result(r, tmp_path / "eval")
+    info = build_report(tmp_path / "eval", tmp_path / "none.json", tmp_path / "r.html", runs_dir=None)
+    page = (tmp_path / "r.html").read_text()
+    assert info["images"] == 0 and "0.61" in page and "no chart of single bars" in page
 
 
 def test_report_tolerates_missing_inputs(tmp_path):
     out = tmp_path / "report.html"
-    info = build_report(tmp_path / "no-eval", tmp_path / "no-bench.json", out)
+    info = build_report(tmp_path / "no-eval", tmp_path / "no-bench.json", out, runs_dir=tmp_path / "no-runs")
     page = out.read_text()
-    assert info["evaluations"] == 0 and info["benchmarks"] == 0
-    assert "no-eval: no such folder" in page and "no-bench.json: missing" in page
+    assert info["evaluations"] == 0 and info["benchmarks"] == 0 and info["images"] == 0
+    assert "no-eval: no such folder" in page and "no-bench.json: missing" in page and "no-runs: no such folder" in page
     assert "No model evaluations were found" in page and "No benchmark results were found" in page
-    assert "0.229" in page  # the paper numbers are still listed
+
+
+def test_report_renders_in_a_browser(inputs, tmp_path):
+    """Headless Chromium where installed: every image decoded and laid out, no console error, a screenshot;
+    without Chromium: the page parsed and every embedded PNG decoded."""
+    ev, bench, runs = inputs
+    out = tmp_path / "report.html"
+    info = build_report(ev, bench, out, runs_dir=runs)
+    if chromium() is None:
+        assert len(decode_images(out.read_text())) == info["images"]
+        return
+    shot = REPO / "out" / "report_test_screenshot.png"
+    result = check_in_browser(out, shot)
+    assert result["errors"] == [], result["errors"]
+    assert len(result["images"]) == info["images"]
+    assert all(i["w"] > 0 and i["h"] > 0 and i["complete"] for i in result["images"]), result["images"]
+    assert shot.exists() and shot.stat().st_size > 20_000
 
 
 def test_homefeed_report_command(inputs, tmp_path):
-    ev, bench = inputs
+    ev, bench, runs = inputs
     out = tmp_path / "cli" / "report.html"
     proc = subprocess.run([str(Path(sys.executable).parent / "homefeed"), "report", "--eval", str(ev), "--bench",
-                           str(bench), "--out", str(out)], capture_output=True, text=True, timeout=120)
+                           str(bench), "--runs", str(runs), "--out", str(out)], capture_output=True, text=True,
+                          timeout=180)
     assert proc.returncode == 0, proc.stderr
-    assert f"wrote {out}: 3 evaluations, 2 benchmarks" in proc.stdout and "missing:" in proc.stdout
-    assert len(_images(out.read_text())) == 6
+    assert f"wrote {out}: 3 evaluations, 3 benchmarks, 2 training curves, 10 figures" in proc.stdout
+    assert "missing: " in proc.stdout and "old_format.json" in proc.stdout
 
 
 BENCH_FILE = '''

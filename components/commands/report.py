@@ -1,4 +1,5 @@
-"""``homefeed report [--eval out/eval] [--bench out/bench.json] [--out out/report.html] [--markdown FILE]``."""
+"""``homefeed report [--eval out/eval] [--bench out/bench.json] [--runs out/demo] [--out out/report.html]
+[--markdown FILE]``."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import argparse
 def _report(args: argparse.Namespace) -> int:
     from components.report import build_report
 
-    info = build_report(args.eval, args.bench, args.out, args.markdown)
-    print(f"wrote {info['html']}: {info['evaluations']} evaluations, {info['benchmarks']} benchmarks"
+    info = build_report(args.eval, args.bench, args.out, args.markdown, runs_dir=args.runs or None)
+    print(f"wrote {info['html']}: {info['evaluations']} evaluations, {info['benchmarks']} benchmarks, "
+          f"{info['curves']} training curves, {info['images']} figures"
           + (f"; Markdown summary {info['markdown']}" if info["markdown"] else ""))
     for note in info["notes"]:
         print(f"  missing: {note}")
@@ -23,6 +25,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     action.help = argparse.SUPPRESS  # no subcommands: keep COMMAND out of the usage line
     parser.add_argument("--eval", default="out/eval", help="folder of evaluation JSON files (default out/eval)")
     parser.add_argument("--bench", default="out/bench.json", help="benchmark results (default out/bench.json)")
+    parser.add_argument("--runs", default="out/demo", help="folder of training runs / a demo folder: loss curves, "
+                        "pin projection, recommend latency (default out/demo; '' for none)")
     parser.add_argument("--out", default="out/report.html", help="the HTML page to write (default out/report.html)")
     parser.add_argument("--markdown", default=None, help="also write a Markdown summary here (for the README)")
     parser.set_defaults(func=_report)
