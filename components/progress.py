@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
 from tqdm import tqdm
 
@@ -24,24 +24,27 @@ QUIET_ENV = "HOMEFEED_QUIET"
 FORCE_ENV = "HOMEFEED_PROGRESS"
 
 
-def enabled() -> bool:
-    """True when a bar should be drawn: not quiet, and stderr is a terminal (or bars are forced)."""
+def enabled(file: TextIO | None = None) -> bool:
+    """True when a bar should be drawn: not quiet, and `file` (default stderr) is a terminal (or bars are
+    forced)."""
     if os.environ.get(QUIET_ENV, "") not in ("", "0"):
         return False
     if os.environ.get(FORCE_ENV, "") not in ("", "0"):
         return True
     try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):  # a closed or replaced stderr
+        return (file or sys.stderr).isatty()
+    except (AttributeError, ValueError):  # a closed or replaced stream
         return False
 
 
-def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
-    """Yield the items of `iterable` while drawing a bar (when enabled); `total` defaults to len()."""
-    if not enabled():
+def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it",
+             file: TextIO | None = None) -> Iterator[T]:
+    """Yield the items of `iterable` while drawing a bar on `file` (default stderr) when enabled; `total`
+    defaults to len()."""
+    if not enabled(file):
         yield from iterable
         return
-    bar = tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, file=sys.stderr)
+    bar = tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, file=file or sys.stderr)
     try:
         yield from bar
     finally:
@@ -55,17 +58,33 @@ class Progress:
     disabled `update` only counts, so `n` is always the amount of work done.
     """
 
-    def __init__(self, total: int | None = None, desc: str = "", unit: str = "it"):
+    def __init__(self, total: int | None = None, desc: str = "", unit: str = "it", file: TextIO | None = None):
         self.total = total
         self.desc = desc
         self.unit = unit
+        self.file = file
         self.n = 0
         self._bar: tqdm | None = None
 
     def __enter__(self) -> Progress:
-        if enabled():
-            self._bar = tqdm(total=self.total, desc=self.desc, unit=self.unit, leave=False, file=sys.stderr)
+        if enabled(self.file):
+            self._bar = tqdm(total=self.total, desc=self.desc, unit=self.unit, leave=False,
+                             file=self.file or sys.stderr)
         return self
+
+    def set_description(self, desc: str) -> None:
+        """Change the text in front of the bar (e.g. the task now running)."""
+        self.desc = desc
+        if self._bar is not None:
+            self._bar.set_description_str(desc)
+
+    def write(self, line: str) -> None:
+        """Print a line above the bar without breaking it (plain print when there is no bar)."""
+        out = self.file or sys.stderr
+        if self._bar is not None:
+            self._bar.write(line, file=out)
+        else:
+            print(line, file=out, flush=True)
 
     def update(self, n: int = 1) -> None:
         """Record `n` more units of work done."""

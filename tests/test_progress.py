@@ -100,3 +100,19 @@ def test_progress_stops_cleanly_on_break(tty_stderr):
             break
     assert seen == [0, 1, 2]
     assert "train" in read()
+
+
+def test_progress_on_a_given_stream_and_write_above_the_bar(tty_stderr, monkeypatch):
+    read = tty_stderr()
+    term = sys.stderr
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # the default stream is not a terminal...
+    with P.Progress(total=2, desc="pipeline", file=term) as p:  # ...but the given one is
+        p.set_description("train-pinsage")
+        p.update()
+        p.write("[00:01] prepare-data done")
+    shown = read()
+    assert "train-pinsage" in shown and "[00:01] prepare-data done" in shown
+    buf = io.StringIO()
+    with P.Progress(total=1, file=buf) as p:
+        p.write("a plain line")
+    assert buf.getvalue() == "a plain line\n"
