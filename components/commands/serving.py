@@ -1,5 +1,8 @@
 """``homefeed features apply|materialize``, ``homefeed index build``, ``homefeed serve triton``,
-``homefeed recommend``: the serving stack, every path and URI explicit (defaults under out/serving)."""
+``homefeed serve recommend``, ``homefeed recommend``, ``homefeed embed set-current``: the serving stack.
+
+The recommend commands read their endpoints from ``--stack PATH|PROFILE`` (default ``$HOMEFEED_STACK``,
+else the ``local`` profile); an explicit ``--feature-repo`` / ``--milvus`` / ``--triton`` / ... wins."""
 
 from __future__ import annotations
 
@@ -24,32 +27,43 @@ def _clean_errors(fn: Command) -> Command:
 
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
+        from components.inference.tables import VersionError
         from components.serving.feast_store import FeatureStoreError
         from components.serving.milvus_index import MilvusIndexError
         from components.serving.model_repository import ModelRepositoryError
-        from components.serving.recommend import RecommendError
+        from components.serving.recommend import RecommendError, RequestError
         from components.serving.triton import TritonError
 
         try:
             return fn(args)
-        except (FeatureStoreError, MilvusIndexError, ModelRepositoryError, RecommendError, TritonError) as e:
+        except (FeatureStoreError, MilvusIndexError, ModelRepositoryError, RecommendError, TritonError,
+                RequestError, VersionError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
 
     return run
 
 
+def _feast_stack(args: argparse.Namespace):
+    """(the stack of ``--stack``, the repo instance: ``--repo`` or the stack's ``feast.repo``)."""
+    from components.stackconfig import load_stack
+
+    stack = load_stack(args.stack)
+    return stack, Path(args.repo or stack.feast.repo)
+
+
 @_clean_errors
 def _features_apply(args: argparse.Namespace) -> int:
     from components.serving import feast_store
 
-    repo = feast_store.init_repo(args.repo)
+    stack, repo = _feast_stack(args)
+    repo = feast_store.init_repo(repo, stack=stack)
     if args.data:
         if not args.date:
             raise SystemExit("error: --data needs --date (the snapshot date of the sources, YYYY-MM-DD)")
         counts = feast_store.write_sources(repo, args.data, args.date, args.user_embeddings, args.pin_embeddings)
         print(f"sources as of {args.date}: {counts}")
-    names = feast_store.apply(repo)
+    names = feast_store.apply(repo, stack)
     print(f"applied {repo}: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in names.items()))
     return 0
 
@@ -58,7 +72,8 @@ def _features_apply(args: argparse.Namespace) -> int:
 def _features_materialize(args: argparse.Namespace) -> int:
     from components.serving import feast_store
 
-    for view, interval in feast_store.materialize(args.repo, args.date).items():
+    stack, repo = _feast_stack(args)
+    for view, interval in feast_store.materialize(repo, args.date, stack, force=args.force).items():
         print(f"{view}: {interval}")
     return 0
 
@@ -70,10 +85,16 @@ def _index_build(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         print(f"\rinserted {done}/{total}", end="", flush=True)
 
+    from components.stackconfig import load_stack
+
+    m = load_stack(args.stack).milvus
+    uri, alias = args.uri or m.uri, args.alias or m.alias
+    token = None if args.uri else (m.token.resolve("milvus.token") if m.token else None)
     t = time.perf_counter()
     params = milvus_index.HnswParams(m=args.m, ef_construction=args.ef_construction)
-    name = milvus_index.build_index(args.uri, args.embeddings, alias=args.alias, params=params, on_batch=progress)
-    print(f"\nalias '{args.alias}' -> {name} at {args.uri} ({time.perf_counter() - t:.1f} s)")
+    name = milvus_index.build_index(uri, args.embeddings, alias=alias, params=params, on_batch=progress,
+                                    keep=m.keep_collections, token=token)
+    print(f"\nalias '{alias}' -> {name} at {uri} ({time.perf_counter() - t:.1f} s)")
     return 0
 
 
@@ -116,21 +137,86 @@ def _serve_triton(args: argparse.Namespace) -> int:
         server.stop()
 
 
+def _recommend_config(args: argparse.Namespace):
+    """The recommend path of ``--stack`` with the explicitly given flags on top."""
+    from components.serving.recommend import RecommendConfig
+    from components.stackconfig import load_stack
+
+    stack = load_stack(args.stack)
+    over = {"feature_repo": args.feature_repo and Path(args.feature_repo), "milvus_uri": args.milvus,
+            "triton_url": args.triton, "protocol": args.protocol, "candidates": args.candidates,
+            "preprocess": (args.preprocess or args.repository) and Path(args.preprocess or args.repository)}
+    return RecommendConfig.from_stack(stack, **{k: v for k, v in over.items() if v is not None}), stack
+
+
 @_clean_errors
 def _recommend(args: argparse.Namespace) -> int:
-    from components.serving.recommend import RecommendConfig, format_table, recommend
+    from components.serving.recommend import check_limits, format_table, recommend
 
-    cfg = RecommendConfig(feature_repo=Path(args.feature_repo), milvus_uri=args.milvus, triton_url=args.triton,
-                          preprocess=Path(args.preprocess or args.repository), protocol=args.protocol,
-                          candidates=args.candidates, surface=args.surface)
-    rec = recommend(cfg, args.user, args.k)
+    cfg, _ = _recommend_config(args)
+    check_limits(args.k, cfg.candidates, cfg.max_k, cfg.max_candidates)
+    rec = recommend(cfg, args.user, args.k, surface=args.surface)
     print(json.dumps(rec.to_dict(), indent=2) if args.json else format_table(rec))
     return 0
 
 
+TOKEN_FILE = Path("/var/run/secrets/homefeed/api-token")  # where the chart mounts the token Secret
+
+
+def _service_token(args: argparse.Namespace, stack) -> str:
+    """--token-file, else the stack's service.token reference, else the chart's mounted Secret file."""
+    from components.stackconfig import SecretRef
+
+    if args.token_file:
+        return SecretRef(file=args.token_file).resolve("--token-file")
+    if stack.service.token is not None:
+        return stack.service.token.resolve("service.token")
+    if TOKEN_FILE.is_file():
+        return SecretRef(file=str(TOKEN_FILE)).resolve(str(TOKEN_FILE))
+    raise SystemExit("error: the recommend service needs a bearer token: --token-file F, service.token in the stack "
+                     f"file ({{env: HOMEFEED_API_TOKEN}}), or {TOKEN_FILE}")
+
+
+@_clean_errors
+def _serve_recommend(args: argparse.Namespace) -> int:
+    from components.serving.service import ServiceSettings, run
+
+    cfg, stack = _recommend_config(args)
+    if args.concurrency < 1:
+        raise SystemExit(f"error: --concurrency must be >= 1, got {args.concurrency}")
+    settings = ServiceSettings(recommend=cfg, token=_service_token(args, stack), concurrency=args.concurrency)
+    scheme = "https" if args.tls_cert else "http"
+    print(f"recommend service on {scheme}://{args.host}:{args.port} (stack {stack.source}); Ctrl-C stops", flush=True)
+    run(settings, args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key, log_level=args.log_level)
+    return 0
+
+
+@_clean_errors
+def _embed_set_current(args: argparse.Namespace) -> int:
+    from components.inference.tables import VersionedStore
+
+    store = VersionedStore(args.store)
+    before = store.current()
+    store.set_current(args.version)
+    print(f"{args.store}: CURRENT {before} -> {args.version} (versions: {', '.join(store.versions())})")
+    return 0
+
+
+def _add_recommend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stack", help="stack file or profile (local|server); default $HOMEFEED_STACK, else local")
+    p.add_argument("--candidates", type=int, help="N candidates from Milvus (default min(500, service.max_candidates))")
+    p.add_argument("--feature-repo", help="Feast repo instance (default: the stack's feast.repo)")
+    p.add_argument("--milvus", help="Milvus URI: a Milvus Lite file or http://host:19530 (default: the stack's)")
+    p.add_argument("--triton", help="Triton endpoint host:port of --protocol (default: the stack's)")
+    p.add_argument("--protocol", choices=["grpc", "http"], help="Triton protocol (default: the stack's)")
+    p.add_argument("--repository", help="served model repository, for preprocess.json (default: the stack's)")
+    p.add_argument("--preprocess", help="preprocess.json or export dir (default: from --repository)")
+
+
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     fa = groups["features"].add_parser("apply", help="instantiate the Feast repo, write its sources, feast apply")
-    fa.add_argument("--repo", default=str(DEFAULT_FEATURE_REPO), help="repo instance directory")
+    fa.add_argument("--stack", help="stack file or profile (default $HOMEFEED_STACK, else local): the Feast stores")
+    fa.add_argument("--repo", help="repo instance directory (default: the stack's feast.repo)")
     fa.add_argument("--data", help="data directory (ranker features from its impressions)")
     fa.add_argument("--date", help="snapshot date YYYY-MM-DD of the sources")
     fa.add_argument("--user-embeddings", help="PinnerFormer user embedding table or VersionedStore root")
@@ -138,14 +224,20 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     fa.set_defaults(func=_features_apply)
 
     fm = groups["features"].add_parser("materialize", help="load the online store up to the end of --date")
-    fm.add_argument("--repo", default=str(DEFAULT_FEATURE_REPO))
-    fm.add_argument("--date", required=True, help="YYYY-MM-DD (UTC); incremental and idempotent")
+    fm.add_argument("--stack", help="stack file or profile (default $HOMEFEED_STACK, else local)")
+    fm.add_argument("--repo", help="repo instance directory (default: the stack's feast.repo)")
+    fm.add_argument("--date", required=True, help="YYYY-MM-DD (UTC); incremental; re-running the latest date "
+                    "reloads (corrects) it")
+    fm.add_argument("--force", action="store_true", help="reload an older date than the store holds (backfill)")
     fm.set_defaults(func=_features_materialize)
 
     ib = groups["index"].add_parser("build", help="index a pin embedding table in Milvus and switch the alias")
-    ib.add_argument("--uri", default=DEFAULT_MILVUS, help="Milvus URI: a local path (Milvus Lite) or http://host:19530")
+    ib.add_argument("--stack", help="stack file or profile (default $HOMEFEED_STACK, else local): URI, token, alias, "
+                    "keep_collections")
+    ib.add_argument("--uri", help="Milvus URI: a local path (Milvus Lite) or http://host:19530 (default: the stack's; "
+                    "an explicit URI connects without the stack's token)")
     ib.add_argument("--embeddings", required=True, help="pin embedding table (file or VersionedStore root)")
-    ib.add_argument("--alias", default="pins")
+    ib.add_argument("--alias", help="default: the stack's milvus.alias")
     ib.add_argument("--m", type=int, default=16, help="HNSW M")
     ib.add_argument("--ef-construction", type=int, default=200)
     ib.set_defaults(func=_index_build)
@@ -169,13 +261,23 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     rp = action.group_parser
     rp.add_argument("--user", type=int, required=True)
     rp.add_argument("--k", type=int, default=20)
-    rp.add_argument("--candidates", type=int, default=500, help="N candidates from Milvus")
-    rp.add_argument("--feature-repo", default=str(DEFAULT_FEATURE_REPO))
-    rp.add_argument("--milvus", default=DEFAULT_MILVUS)
-    rp.add_argument("--triton", default="127.0.0.1:8001", help="Triton endpoint (host:port of --protocol)")
-    rp.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
-    rp.add_argument("--repository", default=str(DEFAULT_REPOSITORY), help="served model repository (for preprocess.json)")
-    rp.add_argument("--preprocess", help="preprocess.json or export dir (default: from --repository)")
     rp.add_argument("--surface", default="homefeed")
     rp.add_argument("--json", action="store_true")
+    _add_recommend_args(rp)
     rp.set_defaults(func=_recommend)
+
+    sr = groups["serve"].add_parser("recommend", help="the recommend HTTP service (bearer token, Prometheus metrics)")
+    sr.add_argument("--host", default="127.0.0.1")
+    sr.add_argument("--port", type=int, default=8080)
+    sr.add_argument("--token-file", help="file holding the bearer token (default: the stack's service.token)")
+    sr.add_argument("--tls-cert", help="PEM certificate file: serve HTTPS")
+    sr.add_argument("--tls-key", help="PEM private key file of --tls-cert")
+    sr.add_argument("--concurrency", type=int, default=8, help="requests served at once (connections held)")
+    sr.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    _add_recommend_args(sr)
+    sr.set_defaults(func=_serve_recommend)
+
+    es = groups["embed"].add_parser("set-current", help="point a VersionedStore's CURRENT at a version (rollback)")
+    es.add_argument("--store", required=True, help="VersionedStore root, e.g. out/serving/embeddings/users")
+    es.add_argument("--version", required=True)
+    es.set_defaults(func=_embed_set_current)

@@ -92,13 +92,15 @@ def preprocess_spec(cfg: Any, extra: dict[str, Any]) -> dict[str, Any]:
         "dense": {"names": spec["dense"], "mean": extra["dense_mean"], "std": extra["dense_std"],
                   "clip": ranker_io.DENSE_CLIP, "min_std": ranker_io.MIN_STD},
         "sparse": {"names": spec["sparse"], "cardinalities": spec["cardinalities"], "unknown_id": 0},
-        "surfaces": list(SURFACES),
+        "surfaces": list(extra.get("surfaces", SURFACES)),  # the training data's surfaces (meta.json)
         "tasks": list(extra["tasks"]),
         "score_weights": list(extra["score_weights"]),
         "dims": {"n_dense": sh.n_dense, "n_sparse": sh.n_sparse, "d_user": sh.d_user, "d_pin": sh.d_pin,
                  "n_tasks": sh.n_tasks},
         "inputs": list(MODEL_INPUTS), "outputs": list(OUTPUTS), "max_batch": ranker_io.MAX_BATCH,
         "arch": cfg.arch, "pepnet": cfg.pepnet, "opset": OPSET,
+        # the model_version of the embedding tables the ranker was trained on: serving refuses other ones
+        "embedding_versions": {"user": extra.get("user_embeddings"), "pin": extra.get("pin_embeddings")},
     }
 
 

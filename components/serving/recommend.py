@@ -8,15 +8,31 @@
 5. the top k by score, each with its probabilities and retrieval similarity.
 
 A user without an embedding in the feature store gets the popular pins (cold start) and the response
-says so. Missing feature values are filled as training would see an unknown: dense -> the training
-mean (normalised 0), sparse -> the unknown id 0; the response counts them.
+says so (``fallback: "unknown_user"``). Missing feature values are filled as training would see an unknown:
+dense -> the training mean (normalised 0), sparse -> the unknown id 0; the response counts them.
+
+Fallbacks (the response's ``fallback`` names the reason, null when the ensemble ranked fresh values):
+- the feature store's read fails (a view MATERIALIZING, the online store down): the user's last good
+  embedding from this process's cache (``stale_user_embedding``), else the popular pins
+  (``feature_store_unavailable``); a failed ranker-feature read ranks the candidates by retrieval
+  similarity (``ranker_features_unavailable``).
+- Milvus or Triton failing is a :class:`DependencyError` naming it (the service answers 503).
+
+Versions: the ranker export records the embedding versions it was trained on (``preprocess.json``
+``embedding_versions``); the Milvus collection's name carries the pin-tower version; Feast rows carry
+``model_version``. The user embeddings must come from the model whose pin tower is indexed, and from the
+model the ranker was trained on: :class:`IncompatibleVersions` otherwise (at open and per request).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import re
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +41,33 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from components.serving import feast_store, ranker_io
-from components.serving.milvus_index import ALIAS, PinIndex
+from components.serving.milvus_index import ALIAS, PinIndex, served_collection
 from components.serving.model_repository import PREPROCESS
 from components.serving.triton_client import RankerClient
 
 
 class RecommendError(RuntimeError):
     """A recommend-path problem naming the store, index or server and what was expected."""
+
+
+class RequestError(ValueError):
+    """A bad request: names the field and what was expected (the service answers 422)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class DependencyError(RecommendError):
+    """A dependency (``feast``, ``milvus``, ``triton``) failed; the service answers 503 naming it."""
+
+    def __init__(self, dependency: str, message: str):
+        super().__init__(f"{dependency}: {message}")
+        self.dependency = dependency
+
+
+class IncompatibleVersions(RecommendError):
+    """User embeddings, the indexed pin tower and the ranker do not come from compatible models."""
 
 
 @dataclass
@@ -45,6 +81,88 @@ class RecommendConfig:
     alias: str = ALIAS
     surface: str = "homefeed"
     ef_search: int = 128
+    milvus_token: str | None = None
+    triton_model: str = "ranker_ensemble"
+    max_k: int = 200
+    max_candidates: int = 2000
+    stack: Any = None  # the StackConfig it came from (Feast connection settings), None: the repo's own yaml
+    triton_timeout_s: float = 10.0
+
+    @classmethod
+    def from_stack(cls, stack: Any, preprocess: str | Path | None = None, **overrides: Any) -> RecommendConfig:
+        """The recommend path of a StackConfig (components.stackconfig): secrets resolved now."""
+        kw = dict(feature_repo=Path(stack.feast.repo), milvus_uri=stack.milvus.uri, triton_url=stack.triton.url,
+                  preprocess=Path(preprocess or stack.triton.repository), protocol=stack.triton.protocol,
+                  alias=stack.milvus.alias, ef_search=stack.milvus.ef_search, milvus_token=stack.milvus_token(),
+                  triton_model=stack.triton.model, max_k=stack.service.max_k,
+                  max_candidates=stack.service.max_candidates, stack=stack)
+        kw["candidates"] = min(500, kw["max_candidates"])
+        kw.update(overrides)
+        return cls(**kw)
+
+
+def check_limits(k: Any, candidates: Any, max_k: int, max_candidates: int) -> None:
+    """k in [1, max_k] and candidates in [k, max_candidates] (both integers), else a RequestError naming the field."""
+    for name, value, hi in (("k", k, max_k), ("candidates", candidates, max_candidates)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise RequestError(name, f"expected an integer, got {value!r}")
+        if not 1 <= value <= hi:
+            raise RequestError(name, f"must be between 1 and {hi}, got {value}")
+
+
+def read_preprocess(path: str | Path) -> tuple[dict[str, Any], str]:
+    """(preprocess.json of the served ranker, its digest); a malformed file is a RecommendError naming it."""
+    p = find_preprocess(path)
+    text = p.read_bytes()
+    try:
+        pre = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RecommendError(f"{p}: not valid JSON ({e}); expected the ranker export's preprocess.json") from None
+    if not isinstance(pre, dict):
+        raise RecommendError(f"{p}: expected a JSON object, got {type(pre).__name__}")
+    need = {"dense": dict, "sparse": dict, "surfaces": list, "tasks": list, "dims": dict}
+    for key, typ in need.items():
+        if not isinstance(pre.get(key), typ):
+            raise RecommendError(f"{p}: field '{key}' missing or not a {typ.__name__} (a ranker export's "
+                                 f"preprocess.json has {', '.join(need)})")
+    for key in ("d_user", "d_pin"):
+        if not isinstance(pre["dims"].get(key), int):
+            raise RecommendError(f"{p}: field 'dims.{key}' missing or not an integer")
+    for key in ("names", "mean"):
+        if not isinstance(pre["dense"].get(key), list):
+            raise RecommendError(f"{p}: field 'dense.{key}' missing or not a list")
+    if not isinstance(pre["sparse"].get("names"), list):
+        raise RecommendError(f"{p}: field 'sparse.names' missing or not a list")
+    return pre, "ranker-" + hashlib.sha256(text).hexdigest()[:12]
+
+
+def _version_slug(version: str | None) -> str:
+    """A model version as milvus_index.collection_name spells it."""
+    return re.sub(r"[^0-9A-Za-z_]", "_", version or "v")[:40]
+
+
+def collection_version(collection: str, alias: str) -> str | None:
+    """The embedding version part of a collection name ``<alias>_<version slug>_<10 hex>`` (None if not one)."""
+    m = re.fullmatch(re.escape(alias) + r"_(.+)_[0-9a-f]{10}", collection or "")
+    return m.group(1) if m else None
+
+
+class LastGood:
+    """The last good user embedding per user (bounded, shared by a process's Recommenders, thread-safe)."""
+
+    def __init__(self, size: int = 100_000):
+        self.size, self._d, self._lock = size, OrderedDict(), threading.Lock()
+
+    def put(self, user_id: int, value: tuple[np.ndarray, str | None]) -> None:
+        with self._lock:
+            self._d[user_id] = value
+            self._d.move_to_end(user_id)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+
+    def get(self, user_id: int) -> tuple[np.ndarray, str | None] | None:
+        with self._lock:
+            return self._d.get(user_id)
 
 
 def find_preprocess(path: str | Path) -> Path:
@@ -65,40 +183,139 @@ class Recommendation:
     items: list[dict[str, Any]]
     timings_ms: dict[str, float] = field(default_factory=dict)
     filled: dict[str, int] = field(default_factory=dict)
+    fallback: str | None = None  # None: ranked by the ensemble on fresh values; else the reason
+    versions: dict[str, Any] = field(default_factory=dict)
+    surface: str = "homefeed"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"user_id": self.user_id, "cold_start": self.cold_start, "message": self.message,
-                "items": self.items, "timings_ms": self.timings_ms, "filled_missing_values": self.filled}
+        return {"user_id": self.user_id, "surface": self.surface, "fallback": self.fallback,
+                "cold_start": self.cold_start, "message": self.message, "items": self.items,
+                "versions": self.versions, "timings_ms": self.timings_ms, "filled_missing_values": self.filled}
 
 
 class Recommender:
-    """Holds the connections (feature store, index, Triton client) across requests."""
+    """Holds the connections (feature store, index, Triton client) across requests.
 
-    def __init__(self, cfg: RecommendConfig):
+    One Recommender serves one request at a time (the service keeps a pool, one per worker thread);
+    ``cache`` (the last good user embeddings) may be shared by a pool.
+    """
+
+    def __init__(self, cfg: RecommendConfig, cache: LastGood | None = None):
         self.cfg = cfg
-        self.pre = json.loads(find_preprocess(cfg.preprocess).read_text())
-        self.store = feast_store.open_store(cfg.feature_repo)
-        self.index = PinIndex(cfg.milvus_uri, cfg.alias, cfg.ef_search)
-        self.client = RankerClient(cfg.triton_url, cfg.protocol)
-        try:
-            ready = self.client.client.is_model_ready(self.client.model)
-        except Exception as e:  # noqa: BLE001 - connection refused, timeouts, wrong protocol
-            raise RecommendError(f"Triton at {cfg.triton_url} ({cfg.protocol}) is not reachable: {e}") from e
-        if not ready:
-            raise RecommendError(f"Triton at {cfg.triton_url}: model '{self.client.model}' is not ready")
+        self.cache = cache or LastGood()
+        self.pre, ranker_version = read_preprocess(cfg.preprocess)
         self.tasks = list(self.pre["tasks"])
         if cfg.surface not in self.pre["surfaces"]:
             raise RecommendError(f"surface '{cfg.surface}' unknown to the ranker; expected one of {self.pre['surfaces']}")
+        check_limits(cfg.candidates, cfg.candidates, cfg.max_candidates, cfg.max_candidates)
+        trained_on = self.pre.get("embedding_versions") or {}
+        self.versions: dict[str, Any] = {"ranker": ranker_version, "ranker_user_embeddings": trained_on.get("user"),
+                                         "ranker_pin_embeddings": trained_on.get("pin")}
+        self.client = self.index = self.store = None
+        try:
+            self.index = self._open_milvus()
+            self.store = self._open_feast()
+            self.client = self._open_triton()
+            self._check_open_versions()
+        except BaseException:
+            self.close()
+            raise
         pop_path = Path(cfg.feature_repo) / "sources" / feast_store.POPULAR_FILE
         self.popular = pq.read_table(pop_path).column("pin_id").to_numpy() if pop_path.exists() else np.zeros(0, np.int64)
-        d = self.pre["dims"]
-        if self.index.dim() != d["d_user"]:
-            raise RecommendError(f"{cfg.milvus_uri}: index '{cfg.alias}' holds {self.index.dim()}-d pins but the ranker's "
-                                 f"user embeddings are {d['d_user']}-d; retrieval needs the same space")
+
+    # ---- opening: each failure names its dependency ----
+    def _open_feast(self):
+        try:
+            kw = {"stack": self.cfg.stack} if self.cfg.stack is not None else {}
+            return feast_store.open_store(self.cfg.feature_repo, **kw)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001 - registry/online store connection errors of any client library
+            raise DependencyError("feast", f"feature store {self.cfg.feature_repo} cannot be opened: {e}") from e
+
+    def _open_milvus(self) -> PinIndex:
+        uri = self.cfg.milvus_uri
+        if "://" not in uri and not Path(uri).exists():
+            # Milvus Lite creates a new empty database at any path: a typo must not look like an empty index
+            raise FileNotFoundError(f"{uri}: no Milvus Lite database at this path (build one with `homefeed index "
+                                    f"build --uri {uri}` or pass a Milvus server URI http://host:19530)")
+        try:
+            kw = {"token": self.cfg.milvus_token} if self.cfg.milvus_token else {}
+            index = PinIndex(uri, self.cfg.alias, self.cfg.ef_search, **kw)
+            self.versions["index_collection"] = served_collection(index.client, self.cfg.alias)
+            dim = index.dim()
+        except Exception as e:  # noqa: BLE001 - grpc/milvus errors: unreachable, auth, no alias
+            raise DependencyError("milvus", f"Milvus at {uri} (alias '{self.cfg.alias}'): {e}") from e
+        if dim != self.pre["dims"]["d_user"]:
+            index.close()
+            raise IncompatibleVersions(f"{uri}: index '{self.cfg.alias}' holds {dim}-d pins but the ranker's user "
+                                       f"embeddings are {self.pre['dims']['d_user']}-d; retrieval needs the same space")
+        return index
+
+    def _open_triton(self) -> RankerClient:
+        cfg = self.cfg
+        try:
+            client = RankerClient(cfg.triton_url, cfg.protocol, model=cfg.triton_model, timeout_s=cfg.triton_timeout_s)
+        except Exception as e:  # noqa: BLE001 - a malformed URL
+            raise DependencyError("triton", f"Triton at {cfg.triton_url} ({cfg.protocol}): {e}") from e
+        try:
+            ready = client.client.is_model_ready(client.model)
+        except Exception as e:  # noqa: BLE001 - connection refused, timeouts, wrong protocol
+            client.close()
+            raise DependencyError("triton", f"Triton at {cfg.triton_url} ({cfg.protocol}) is not reachable: "
+                                            f"{_first_line(e)}") from e
+        if not ready:
+            client.close()
+            raise DependencyError("triton", f"Triton at {cfg.triton_url}: model '{client.model}' is not ready")
+        return client
+
+    def refresh_index_version(self, max_age_s: float = 2.0) -> None:
+        """Re-read which collection the alias serves (a daily run switches it), at most every ``max_age_s``."""
+        now = time.monotonic()
+        if now - self._index_checked < max_age_s:
+            return
+        try:
+            name = served_collection(self.index.client, self.cfg.alias)
+        except Exception as e:  # noqa: BLE001 - grpc / Milvus Lite errors
+            raise DependencyError("milvus", f"{self.cfg.milvus_uri}: cannot read alias '{self.cfg.alias}': "
+                                            f"{_first_line(e)}") from e
+        self._index_checked = now
+        if name != self.versions.get("index_collection"):
+            self.versions["index_collection"] = name
+            self._check_open_versions()
+
+    def _check_open_versions(self) -> None:
+        """The indexed pin tower must be the ranker's user-embedding model (when both are recorded)."""
+        self._index_checked = time.monotonic()
+        indexed = collection_version(self.versions.get("index_collection") or "", self.cfg.alias)
+        want = self.versions["ranker_user_embeddings"]
+        self.versions["index_embeddings"] = indexed
+        if indexed and want and indexed != _version_slug(want):
+            raise IncompatibleVersions(
+                f"{self.cfg.milvus_uri}: alias '{self.cfg.alias}' serves {self.versions['index_collection']} "
+                f"(pin tower of '{indexed}') but the ranker was trained on user embeddings of '{want}': "
+                "publish the index and the ranker from the same PinnerFormer model")
+
+    def check_user_version(self, version: str | None) -> None:
+        """A user embedding of ``version`` must match the indexed pin tower and the ranker's training."""
+        if not version:
+            return
+        indexed, want = self.versions.get("index_embeddings"), self.versions.get("ranker_user_embeddings")
+        if indexed and _version_slug(version) != indexed:
+            raise IncompatibleVersions(f"feature store user embedding of '{version}' does not match the pin tower "
+                                       f"indexed in Milvus ('{indexed}', {self.versions.get('index_collection')})")
+        if want and version != want:
+            raise IncompatibleVersions(f"feature store user embedding of '{version}' but the ranker "
+                                       f"({self.versions['ranker']}) was trained on '{want}'")
 
     def close(self) -> None:
-        self.client.close()
-        self.index.close()
+        for part in (self.client, self.index):
+            if part is not None:
+                try:
+                    part.close()
+                except Exception:  # noqa: BLE001, S110 - closing a connection to a dead server
+                    pass
+        self.client = self.index = None
 
     def __enter__(self) -> Recommender:
         return self
@@ -108,18 +325,45 @@ class Recommender:
 
     # ---- stages ----
     def user_embedding(self, user_id: int) -> np.ndarray | None:
-        emb, found = feast_store.online_user_embeddings(self.cfg.feature_repo, [user_id], store=self.store)
-        return emb[0] if found[0] else None
+        emb, _ = self.user_embedding_version(user_id)
+        return emb
 
-    def candidates(self, embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ids, sims = self.index.search(embedding[None, :], self.cfg.candidates)
+    def user_embedding_version(self, user_id: int) -> tuple[np.ndarray | None, str | None]:
+        """(embedding or None, its model_version) from the ``retrieval_v1`` service."""
+        out = self.store.get_online_features(features=self.store.get_feature_service("retrieval_v1"),
+                                             entity_rows=[{"user_id": int(user_id)}]).to_dict()
+        emb = out["embedding"][0]
+        return (None if emb is None else np.asarray(emb, np.float32)), (out.get("model_version") or [None])[0]
+
+    def candidates(self, embedding: np.ndarray, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        ids, sims = self.index.search(embedding[None, :], n or self.cfg.candidates)
         keep = ids[0] >= 0
         return ids[0][keep], sims[0][keep]
 
-    def ranker_inputs(self, user_id: int, pin_ids: np.ndarray, when: dt.datetime) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    def ranker_features(self, user_id: int, pin_ids: np.ndarray) -> tuple[dict[str, list[Any]], str | None]:
+        """The ``ranker_v1`` service for (user, each pin): feature -> values (embeddings as ``user_embedding`` /
+        ``pin_embedding``), and the pin embeddings' model_version."""
+        rows = [{"user_id": int(user_id), "pin_id": int(p)} for p in pin_ids]
+        out = self.store.get_online_features(features=self.store.get_feature_service("ranker_v1"), entity_rows=rows,
+                                             full_feature_names=True).to_dict()
+        result: dict[str, list[Any]] = {}
+        pin_version = next((v for v in out.get("pin_embedding__model_version", []) if v), None)
+        for key, values in out.items():
+            view, _, feat = key.partition("__")
+            if feat == "embedding":
+                result[view] = values
+            elif feat and feat != "model_version":
+                result[feat] = values
+        return result, pin_version
+
+    def ranker_inputs(self, user_id: int, pin_ids: np.ndarray, when: dt.datetime,
+                      surface: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """Raw ranker inputs (ranker_io.RAW_INPUTS) for (user, each pin); counts of filled missing values."""
-        feats = feast_store.online_ranker_features(self.cfg.feature_repo, user_id, pin_ids, store=self.store)
-        n = len(pin_ids)
+        feats, _ = self.ranker_features(user_id, pin_ids)
+        return self._raw_inputs(feats, len(pin_ids), when, surface or self.cfg.surface)
+
+    def _raw_inputs(self, feats: dict[str, list[Any]], n: int, when: dt.datetime,
+                    surface: str) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         context = {"s_hour": when.hour, "d_position": 0.0}  # request-time features
         filled: dict[str, int] = {}
         dense = np.zeros((n, len(self.pre["dense"]["names"])), np.float32)
@@ -128,10 +372,10 @@ class Recommender:
         sparse = np.zeros((n, len(self.pre["sparse"]["names"])), np.int64)
         for j, name in enumerate(self.pre["sparse"]["names"]):
             sparse[:, j] = self._column(name, feats, context, n, 0, filled)
-        surface = np.full((n, 1), self.pre["surfaces"].index(self.cfg.surface), np.int64)
+        surf = np.full((n, 1), self.pre["surfaces"].index(surface), np.int64)
         user = self._embeddings(feats.get("user_embedding"), n, self.pre["dims"]["d_user"], "user_embedding", filled)
         pins = self._embeddings(feats.get("pin_embedding"), n, self.pre["dims"]["d_pin"], "pin_embedding", filled)
-        return {"dense": dense, "sparse": sparse, "surface": surface, "user_embedding": user, "pin_embedding": pins}, filled
+        return {"dense": dense, "sparse": sparse, "surface": surf, "user_embedding": user, "pin_embedding": pins}, filled
 
     @staticmethod
     def _column(name: str, feats: dict, context: dict, n: int, default: float, filled: dict[str, int]) -> np.ndarray:
@@ -159,27 +403,80 @@ class Recommender:
         return out
 
     # ---- the path ----
-    def recommend(self, user_id: int, k: int = 20, when: dt.datetime | None = None) -> Recommendation:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+    def _popular(self, user_id: int, k: int, exclude: set[int], fallback: str, msg: str, t: dict,
+                 surface: str) -> Recommendation:
+        pins = [int(p) for p in self.popular if int(p) not in exclude][:k]
+        items = [{"pin_id": p, "rank": i + 1, "score": None, "probabilities": None, "similarity": None}
+                 for i, p in enumerate(pins)]
+        t["end"] = time.perf_counter()
+        return Recommendation(int(user_id), fallback == "unknown_user", f"{msg}: the {len(items)} most popular pins",
+                              items, _ms(t), fallback=fallback, versions=dict(self.versions), surface=surface)
+
+    def recommend(self, user_id: int, k: int = 20, when: dt.datetime | None = None, surface: str | None = None,
+                  exclude: list[int] | None = None, candidates: int | None = None) -> Recommendation:
+        """The top ``k`` pins for ``user_id`` on ``surface``, never any of ``exclude``.
+
+        Raises RequestError (bad k / candidates / surface), DependencyError (Milvus or Triton failing; the
+        feature store failing falls back instead, see the module doc), IncompatibleVersions.
+        """
+        n = self.cfg.candidates if candidates is None else candidates
+        check_limits(k, n, self.cfg.max_k, self.cfg.max_candidates)
+        surface = self.cfg.surface if surface is None else surface
+        if surface not in self.pre["surfaces"]:
+            raise RequestError("surface", f"unknown surface {surface!r}; expected one of {self.pre['surfaces']}")
+        excluded = {int(p) for p in exclude or []}
         when = when or dt.datetime.now(dt.UTC)
         t = {"start": time.perf_counter()}
-        emb = self.user_embedding(user_id)
+        fallback = None
+        try:
+            emb, user_version = self.user_embedding_version(user_id)
+            if emb is not None:
+                self.cache.put(int(user_id), (emb, user_version))
+        except Exception as e:  # noqa: BLE001 - any online-store failure (MATERIALIZING, connection): fall back
+            cached = self.cache.get(int(user_id))
+            if cached is None:
+                t["feast_user"] = time.perf_counter()
+                return self._popular(user_id, k, excluded, "feature_store_unavailable",
+                                     f"feature store read failed ({_first_line(e)})", t, surface)
+            (emb, user_version), fallback = cached, "stale_user_embedding"
         t["feast_user"] = time.perf_counter()
         if emb is None:
-            items = [{"pin_id": int(p), "rank": i + 1, "score": None, "probabilities": None, "similarity": None}
-                     for i, p in enumerate(self.popular[:k])]
-            t["end"] = time.perf_counter()
-            msg = (f"user {user_id} has no embedding in the feature store (unknown or new user): cold start with "
-                   f"the {len(items)} most popular pins")
-            return Recommendation(int(user_id), True, msg, items, _ms(t))
-        pin_ids, sims = self.candidates(emb)
+            return self._popular(user_id, k, excluded, "unknown_user",
+                                 f"user {user_id} has no embedding in the feature store (unknown or new user): "
+                                 "cold start with", t, surface)
+        self.refresh_index_version()
+        self.check_user_version(user_version)
+        try:
+            pin_ids, sims = self.candidates(emb, n + len(excluded))
+        except Exception as e:  # noqa: BLE001 - grpc / Milvus Lite errors
+            raise DependencyError("milvus", f"search on {self.cfg.milvus_uri} alias '{self.cfg.alias}' failed: "
+                                            f"{_first_line(e)}") from e
+        if excluded:
+            keep = ~np.isin(pin_ids, np.fromiter(excluded, np.int64))
+            pin_ids, sims = pin_ids[keep][:n], sims[keep][:n]
         t["milvus"] = time.perf_counter()
         if len(pin_ids) == 0:
-            raise RecommendError(f"{self.cfg.milvus_uri}: index '{self.cfg.alias}' returned no candidates")
-        raw, filled = self.ranker_inputs(user_id, pin_ids, when)
+            raise DependencyError("milvus", f"{self.cfg.milvus_uri}: index '{self.cfg.alias}' returned no candidates")
+        versions = dict(self.versions, user_embeddings=user_version)
+        try:
+            feats, versions["pin_embeddings"] = self.ranker_features(user_id, pin_ids)
+        except Exception as e:  # noqa: BLE001 - online-store failure: rank by retrieval similarity instead
+            t["feast_features"] = time.perf_counter()
+            order = np.argsort(-sims, kind="stable")[:k]
+            items = [{"pin_id": int(pin_ids[i]), "rank": r + 1, "score": None, "probabilities": None,
+                      "similarity": float(sims[i]), "retrieval_rank": int(i) + 1} for r, i in enumerate(order)]
+            t["end"] = time.perf_counter()
+            msg = (f"feature store read of ranker features failed ({_first_line(e)}): {len(items)} candidates "
+                   "in retrieval order")
+            return Recommendation(int(user_id), False, msg, items, _ms(t), {}, "ranker_features_unavailable",
+                                  versions, surface)
+        raw, filled = self._raw_inputs(feats, len(pin_ids), when, surface)
         t["feast_features"] = time.perf_counter()
-        probs, score = self.client.score(raw)
+        try:
+            probs, score = self.client.score(raw)
+        except Exception as e:  # noqa: BLE001 - tritonclient errors: unavailable, timeout, model unloaded
+            raise DependencyError("triton", f"{self.cfg.triton_url} ({self.cfg.protocol}) model "
+                                            f"'{self.client.model}': {_first_line(e)}") from e
         t["triton"] = time.perf_counter()
         order = np.argsort(-score, kind="stable")[:k]
         items = [{"pin_id": int(pin_ids[i]), "rank": r + 1, "score": float(score[i]),
@@ -187,7 +484,14 @@ class Recommender:
                   "similarity": float(sims[i]), "retrieval_rank": int(i) + 1} for r, i in enumerate(order)]
         t["end"] = time.perf_counter()
         msg = f"ranked {len(pin_ids)} candidates from Milvus with the Triton ranker ensemble"
-        return Recommendation(int(user_id), False, msg, items, _ms(t), filled)
+        if fallback:
+            msg += " (feature store read failed: the user's last good embedding from this process's cache)"
+        return Recommendation(int(user_id), False, msg, items, _ms(t), filled, fallback, versions, surface)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]
 
 
 def _ms(t: dict[str, float]) -> dict[str, float]:
@@ -197,21 +501,25 @@ def _ms(t: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def recommend(cfg: RecommendConfig, user_id: int, k: int = 20) -> Recommendation:
+def recommend(cfg: RecommendConfig, user_id: int, k: int = 20, surface: str | None = None,
+              exclude: list[int] | None = None) -> Recommendation:
     """One request end to end (opens and closes the connections)."""
     with Recommender(cfg) as r:
-        return r.recommend(user_id, k)
+        return r.recommend(user_id, k, surface=surface, exclude=exclude)
 
 
 def format_table(rec: Recommendation) -> str:
     lines = [rec.message]
+    if rec.fallback:
+        lines.append(f"fallback: {rec.fallback}")
     if rec.filled:
         lines.append(f"filled missing feature values: {rec.filled}")
     tasks = list(rec.items[0]["probabilities"]) if rec.items and rec.items[0]["probabilities"] else []
     lines.append("rank  pin_id      score  similarity  " + "  ".join(f"p({t})" for t in tasks))
     for it in rec.items:
         if it["probabilities"] is None:
-            lines.append(f"{it['rank']:>4}  {it['pin_id']:>6}  (popular)")
+            label = "(popular)" if it["similarity"] is None else f"(retrieval similarity {it['similarity']:.4f})"
+            lines.append(f"{it['rank']:>4}  {it['pin_id']:>6}  {label}")
             continue
         probs = "  ".join(f"{it['probabilities'][t]:>{len(t) + 3}.3f}" for t in tasks)
         lines.append(f"{it['rank']:>4}  {it['pin_id']:>6}  {it['score']:>9.4f}  {it['similarity']:>10.4f}  {probs}")
