@@ -26,8 +26,9 @@ GROUPS = {
     "pipeline": "compile, run and submit Kubeflow pipelines",
     "bench": "benchmarks",
     "report": "the evaluation report",
+    "stack": "start and stop the servers of a stack profile (Valkey, PostgreSQL, Milvus, Triton, feast serve)",
 }
-COMMAND_MODULES = ("data", "pinsage", "pinnerformer", "ranker", "serving", "pipeline", "report")
+COMMAND_MODULES = ("data", "pinsage", "pinnerformer", "ranker", "eval", "tune", "serving", "pipeline", "report", "stack")
 
 
 def add_config_args(p: argparse.ArgumentParser, default_experiment: str) -> None:

@@ -53,10 +53,17 @@ def test_ranker_features_are_the_latest_impression_values(feast_repo, tiny_data)
         np.testing.assert_allclose(np.array(feats[col], float), last_pin.loc[pin_ids, col].to_numpy(float), rtol=1e-6)
 
 
-def test_materialize_is_idempotent_and_incremental(feast_repo):
+def test_materialize_rerun_corrects_and_next_day_is_incremental(feast_repo):
     repo, root, users, day = feast_repo["repo"], feast_repo["root"], feast_repo["users"], feast_repo["day"]
+    # a re-run of the same date with corrected embeddings replaces what the first run wrote
+    fixed = dataclasses.replace(users, embeddings=-users.embeddings, model_version="fixed")
+    write_table(fixed, root / "users_fixed.parquet")
+    feast_store.write_sources(repo, feast_repo["data"], day, root / "users_fixed.parquet", None)
     again = feast_store.materialize(repo, day)
-    assert set(again.values()) == {"up to date"}
+    assert all(v.endswith("(reload)") for v in again.values())
+    got, found = feast_store.online_user_embeddings(repo, users.ids[:10])
+    assert found.all()
+    np.testing.assert_array_equal(got, fixed.embeddings[:10])
     # the next day's snapshot: new user embeddings; only the new interval is loaded
     newer = dataclasses.replace(users, embeddings=np.roll(users.embeddings, 1, axis=1), model_version="v2")
     write_table(newer, root / "users_v2.parquet")
@@ -67,6 +74,10 @@ def test_materialize_is_idempotent_and_incremental(feast_repo):
     got, found = feast_store.online_user_embeddings(repo, users.ids[:10])
     assert found.all()
     np.testing.assert_array_equal(got, newer.embeddings[:10])
+    # an older date than the store holds would move serving backwards: refused, nothing changed
+    with pytest.raises(feast_store.FeatureStoreError, match=f"user_embedding.*{next_day}.*backwards"):
+        feast_store.materialize(repo, day)
+    np.testing.assert_array_equal(feast_store.online_user_embeddings(repo, users.ids[:10])[0], newer.embeddings[:10])
 
 
 def test_apply_without_sources_names_the_missing_file(tmp_path):

@@ -29,7 +29,7 @@ def _exact(table, queries, k):
     return table.ids[np.argsort(-sims, axis=1)[:, :k]]
 
 
-def test_build_switch_and_drop_previous(tables):
+def test_build_switch_and_keep_previous(tables):
     uri = str(tables["root"] / "a.db")
     c1 = mi.build_index(uri, tables["p1"])
     index = mi.PinIndex(uri)
@@ -46,7 +46,7 @@ def test_build_switch_and_drop_previous(tables):
     np.testing.assert_array_equal(reopened.search(q, 10)[0], ids)
     c2 = mi.build_index(uri, tables["p2"])
     assert c2 != c1 and "2024_02_02" in c2
-    assert index.client.list_collections() == [c2]  # the previous collection dropped after the switch
+    assert mi.built_collections(index.client) == [c2, c1]  # the previous collection kept (released) for rollback
     ids2, _ = index.search(tables["v2"].embeddings[:20], 10)  # the same client, through the alias
     assert (ids2[:, 0] == tables["v2"].ids[:20]).all()
     index.close()
@@ -109,3 +109,34 @@ def test_closing_releases_the_milvus_lite_file_for_another_process(tables):
         assert mi.served_collection(index.client) == proc.stdout.strip().splitlines()[-1]
     finally:
         index.close()
+
+
+def _version(table, i: int, seed: int):
+    e = np.random.default_rng(seed).normal(size=table.embeddings.shape).astype(np.float32)
+    return dataclasses.replace(table, embeddings=e / np.linalg.norm(e, axis=1, keepdims=True),
+                               model_version=f"2024-03-0{i}")
+
+
+def test_keep_last_n_and_rollback(tables, tmp_path):
+    uri = str(tmp_path / "keep.db")
+    versions = [_version(tables["v1"], i, seed=10 + i) for i in range(1, 5)]
+    names = [mi.build_index(uri, write_table(v, tmp_path / f"v{i}.parquet"), keep=2, params=mi.HnswParams(m=8))
+             for i, v in enumerate(versions)]
+    served, kept = mi.list_index(uri)
+    assert served == names[-1] and kept == [names[3], names[2]]  # keep=2: the served one and the one before
+    prev, now = mi.rollback(uri)  # back to the previous build; queries through the alias see it
+    assert (prev, now) == (names[3], names[2])
+    index = mi.PinIndex(uri)
+    try:
+        assert (index.search(versions[2].embeddings[:5], 3)[0][:, 0] == versions[2].ids[:5]).all()
+    finally:
+        index.close()
+    with pytest.raises(mi.MilvusIndexError, match="no older collection is kept"):
+        mi.rollback(uri)  # names[2] is the oldest kept
+    with pytest.raises(mi.MilvusIndexError, match=f"'{names[0]}' is not a kept collection"):
+        mi.rollback(uri, to=names[0])  # dropped by keep=2
+    assert mi.rollback(uri, to=names[3]) == (names[2], names[3])  # forward again, by name
+    from components import cli
+
+    assert cli.main(["index", "rollback", "--uri", uri]) == 0
+    assert mi.list_index(uri)[0] == names[2]

@@ -101,6 +101,8 @@ def test_index_against_a_milvus_server(milvus_server, tiny_data, tmp_path):
     np.testing.assert_array_equal(index.search(v1.embeddings[:10], 10)[0], ids)
 
     c2 = mi.build_index(milvus_server, p2)  # the switch: queries through the alias see the new version
-    assert index.client.list_collections() == [c2]
+    assert mi.built_collections(index.client) == [c2, c1]  # the previous one kept for rollback
     assert (index.search(v2.embeddings[:10], 10)[0][:, 0] == v2.ids[:10]).all()
+    assert mi.rollback(milvus_server) == (c2, c1)  # and the alias goes back to it
+    assert (index.search(v1.embeddings[:10], 10)[0][:, 0] == v1.ids[:10]).all()
     index.close()

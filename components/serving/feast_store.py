@@ -1,14 +1,18 @@
 """The Feast feature store: instantiate the repo, write its sources, apply, materialize, read.
 
 ``feature_repo/`` holds definitions only. A *repo instance* is a copy of it for one data directory
-(``init_repo``): ``sources/`` (Parquet snapshots, ``write_sources``) and ``state/`` (the registry and
-the SQLite online store) live inside the instance, so tests and pipelines each use their own copy.
+(``init_repo``): ``sources/`` (Parquet snapshots, ``write_sources``) and, on the local profile, ``state/``
+(the file registry and the SQLite online store) live inside the instance. Its ``feature_store.yaml`` is
+generated from the stack config (``components.stackconfig``): SQLite + file registry (``local``) or
+Redis + SQL registry (``server``, a cluster), secrets as ``${VAR}`` placeholders.
 
 - ``apply(repo_dir)`` imports every definition file of the instance (as ``feast apply`` does) and
   registers the objects, removing registered objects that are no longer defined.
 - ``materialize(repo_dir, date)`` loads every feature view from its last materialized end (or the
-  beginning) up to the end of ``date`` (UTC) into the online store: incremental and idempotent (a
-  second call with the same date loads nothing).
+  beginning) up to the end of ``date`` (UTC) into the online store. Re-running the latest date reloads the
+  whole snapshot, so a corrected run replaces what that date wrote; an older date than the store holds is
+  refused unless forced (a backfill must not move serving backwards).
+- Reads keep working while a view is being materialized (``serve_features_while_materializing``).
 - ``online_user_embeddings`` / ``online_ranker_features`` read the online store.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import json
+import logging
 import shutil
 import sys
 import uuid
@@ -26,7 +31,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import yaml
 
+from components import stackconfig
 from components.data import io
 from components.data.io import atomic_write_json, atomic_write_parquet
 from components.inference.tables import VersionedStore, read_table
@@ -37,21 +44,36 @@ EPOCH = dt.datetime(1970, 1, 2, tzinfo=dt.UTC)
 POPULAR_FILE = "popular_pins.parquet"  # beside the sources: the cold-start list (not a feature view)
 
 
+class _FileRegistryFlagWarning(logging.Filter):
+    """Feast warns that ``serve_features_while_materializing`` "typically has no effect" on a file
+    registry; its file registry does read the flag (``registry.Registry``), so the warning is noise here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "serve_features_while_materializing` is enabled but `registry_type` is 'file'" not in record.getMessage()
+
+
+logging.getLogger("feast.repo_config").addFilter(_FileRegistryFlagWarning())
+
+
 class FeatureStoreError(RuntimeError):
     """A feature-store problem with a message naming the repo, view or file."""
 
 
-def init_repo(repo_dir: str | Path, template: str | Path = REPO_TEMPLATE) -> Path:
-    """Copy the definitions and feature_store.yaml of ``template`` into ``repo_dir`` (sources and state
-    already there are kept). Returns the repo directory."""
+def init_repo(repo_dir: str | Path, template: str | Path = REPO_TEMPLATE,
+              stack: stackconfig.StackConfig | None = None) -> Path:
+    """Copy the definitions of ``template`` into ``repo_dir`` and write its ``feature_store.yaml`` generated
+    from ``stack`` (None: the ``local`` profile, SQLite inside the instance). Sources and state already
+    there are kept. Returns the repo directory."""
     repo_dir, template = Path(repo_dir), Path(template)
-    if not (template / "feature_store.yaml").exists():
-        raise FileNotFoundError(f"{template}: not a Feast repo (feature_store.yaml missing)")
+    if not (template / "definitions.py").exists():
+        raise FileNotFoundError(f"{template}: not a Feast repo template (definitions.py missing)")
     repo_dir.mkdir(parents=True, exist_ok=True)
     if repo_dir.resolve() != template.resolve():
         for f in sorted(template.iterdir()):
-            if f.is_file() and (f.suffix == ".py" or f.name == "feature_store.yaml"):
+            if f.is_file() and f.suffix == ".py":
                 shutil.copy2(f, repo_dir / f.name)
+        fs = stackconfig.feature_store_yaml(stack or stackconfig.load_stack("local"))
+        io.atomic_write_bytes(repo_dir / "feature_store.yaml", yaml.safe_dump(fs, sort_keys=False).encode())
     (repo_dir / "sources").mkdir(exist_ok=True)
     (repo_dir / "state").mkdir(exist_ok=True)
     return repo_dir
@@ -140,26 +162,79 @@ def popular_pins(data_dir: str | Path, end: int, days: int = 14, top: int = 1000
     """The cold-start list: pins by positive engagements in the ``days`` before ``end`` (all engagements
     break ties; all history if the window is empty)."""
     from components.data.validate import load_events
-    from components.inference.baseline import is_positive
+    from components.data.vocab import vocab_of_frame
 
     ev = load_events(data_dir)
     ev = ev[ev["timestamp"] < end]
     recent = ev[ev["timestamp"] >= end - days * 86_400]
     ev = recent if len(recent) else ev
-    pos = is_positive(ev["action_type"].to_numpy(), ev["duration_s"].to_numpy())
+    pos = vocab_of_frame(ev).is_positive(ev["action_type"].to_numpy(), ev["duration_s"].to_numpy())
     score = ev.assign(w=np.where(pos, 1.0, 0.01)).groupby("pin_id")["w"].sum().sort_values(ascending=False, kind="stable")
     score = score.head(top)
     return pa.table({"pin_id": pa.array(score.index.to_numpy(np.int64)), "score": pa.array(score.to_numpy(np.float64))})
 
 
-def open_store(repo_dir: str | Path):
-    """The FeatureStore of a repo instance."""
+def open_store(repo_dir: str | Path, stack: stackconfig.StackConfig | None = None):
+    """The FeatureStore of a repo instance, configured by ``stack`` (None: the instance's own
+    feature_store.yaml, ``${VAR}`` placeholders from the environment). Credentials are checked here: a
+    wrong Redis password or registry password is a FeatureStoreError naming the store."""
     from feast import FeatureStore
+    from feast.repo_config import RepoConfig
 
     repo_dir = Path(repo_dir).resolve()
-    if not (repo_dir / "feature_store.yaml").exists():
-        raise FileNotFoundError(f"{repo_dir}: not a Feast repo instance (feature_store.yaml missing; run init_repo)")
-    return FeatureStore(repo_path=str(repo_dir))
+    if stack is not None:
+        raw = stackconfig.feature_store_yaml(stack)
+        text = stackconfig.expand(yaml.safe_dump(raw), stackconfig.feast_secret_env(stack), f"stack {stack.source}")
+    else:
+        fs = repo_dir / "feature_store.yaml"
+        if not fs.exists():
+            raise FileNotFoundError(f"{repo_dir}: not a Feast repo instance (feature_store.yaml missing; run init_repo)")
+        text = stackconfig.expand(fs.read_text(), {}, str(fs))
+    config = RepoConfig(**yaml.safe_load(text))
+    config.repo_path = repo_dir
+    online = config.online_store
+    if getattr(online, "type", "") == "redis":
+        _check_redis(online.connection_string)
+    try:
+        return FeatureStore(repo_path=str(repo_dir), config=config)
+    except Exception as e:  # noqa: BLE001 - sqlalchemy/psycopg errors: name the registry, never the password
+        if type(e).__module__.split(".")[0] in ("sqlalchemy", "psycopg"):
+            where = _redact(str(config.registry.path))
+            raise FeatureStoreError(f"Feast SQL registry at {where}: cannot connect: {_first_line(e)}") from None
+        raise
+
+
+def _redact(url: str) -> str:
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return _redact(lines[0] if lines else type(e).__name__)
+
+
+def _check_redis(connection_string: str) -> None:
+    """Ping the Redis online store with Feast's connection options; a refused password names the store."""
+    import redis
+
+    host, _, rest = connection_string.partition(",")
+    address, _, port = host.rpartition(":")
+    opts = dict(kv.split("=", 1) for kv in rest.split(",") if "=" in kv)
+    client = redis.Redis(host=address or host, port=int(port or 6379), password=opts.get("password") or None,
+                         socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.exceptions.AuthenticationError as e:
+        raise FeatureStoreError(f"Redis online store at {host}: authentication failed ({e}); check "
+                                f"feast.online_store.password") from None
+    except redis.exceptions.ResponseError as e:
+        raise FeatureStoreError(f"Redis online store at {host}: {e}") from None
+    except redis.exceptions.ConnectionError as e:
+        raise FeatureStoreError(f"Redis online store at {host}: not reachable ({e})") from None
+    finally:
+        client.close()
 
 
 def _definitions(repo_dir: Path) -> list[Any]:
@@ -187,13 +262,13 @@ def _definitions(repo_dir: Path) -> list[Any]:
     return objects
 
 
-def apply(repo_dir: str | Path) -> dict[str, list[str]]:
+def apply(repo_dir: str | Path, stack: stackconfig.StackConfig | None = None) -> dict[str, list[str]]:
     """Register the repo's definitions (and delete registered objects no longer defined)."""
     repo_dir = Path(repo_dir).resolve()
     for name in SOURCE_NAMES:
         if not (repo_dir / "sources" / f"{name}.parquet").exists():
             raise FeatureStoreError(f"{repo_dir}/sources/{name}.parquet: missing; run write_sources first")
-    store = open_store(repo_dir)
+    store = open_store(repo_dir, stack)
     objects = _definitions(repo_dir)
     names = {type(o).__name__: [] for o in objects}
     for o in objects:
@@ -206,26 +281,30 @@ def apply(repo_dir: str | Path) -> dict[str, list[str]]:
     return names
 
 
-def materialize(repo_dir: str | Path, date: str) -> dict[str, str]:
-    """Load every feature view into the online store up to the end of ``date`` (UTC), starting where the
-    last materialization of that view ended. Idempotent: returns per view the interval loaded, or
-    'up to date'."""
-    store = open_store(repo_dir)
+def materialize(repo_dir: str | Path, date: str, stack: stackconfig.StackConfig | None = None,
+                force: bool = False) -> dict[str, str]:
+    """Load every feature view into the online store up to the end of ``date`` (UTC).
+
+    A new date loads the interval since the view's last materialized end (incremental). Re-running the
+    latest date reloads the whole snapshot from the beginning, so corrected sources replace what the first
+    run wrote (the sources hold one row per entity). A date older than what a view already holds is an
+    error unless ``force`` (then that snapshot is reloaded). Returns per view the interval loaded.
+    """
+    store = open_store(repo_dir, stack)
     end = _day_start(date) + dt.timedelta(days=1)
     views = store.list_feature_views()
     if not views:
         raise FeatureStoreError(f"{repo_dir}: no feature views registered; run apply first")
     done: dict[str, str] = {}
     for fv in views:
-        ends = [e for _, e in fv.materialization_intervals]
-        start = max(ends) if ends else EPOCH
-        if start.tzinfo is None:
-            start = start.replace(tzinfo=dt.UTC)
-        if start >= end:
-            done[fv.name] = "up to date"
-            continue
+        ends = [e if e.tzinfo else e.replace(tzinfo=dt.UTC) for _, e in fv.materialization_intervals]
+        last = max(ends) if ends else None
+        if last is not None and end < last and not force:
+            raise FeatureStoreError(f"{repo_dir}: feature view '{fv.name}' already holds data through "
+                                    f"{last - dt.timedelta(days=1):%Y-%m-%d}; materializing {date} would move serving backwards (pass force)")
+        start = last if last is not None and end > last else EPOCH
         store.materialize(start_date=start, end_date=end, feature_views=[fv.name])
-        done[fv.name] = f"{start.isoformat()} .. {end.isoformat()}"
+        done[fv.name] = f"{start.isoformat()} .. {end.isoformat()}" + (" (reload)" if start == EPOCH and last else "")
     return done
 
 

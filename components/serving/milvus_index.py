@@ -3,8 +3,13 @@
 ``build_index`` creates a new collection named after the table's version and content, inserts the
 embeddings, builds an HNSW index (cosine), loads it, and only then points the alias (``pins``) at it
 with one ``alter_alias`` (``create_alias`` the first time); the previous collection keeps serving until
-that switch and is dropped after it. A build that fails midway drops its own half-built collection
-and leaves the alias untouched, so queries (which always go through the alias) never notice.
+that switch. The newest ``keep`` collections (the stack's ``milvus.keep_collections``) stay after the
+switch (released from memory, except the served one) so that ``rollback`` can point the alias back at
+one; older ones are dropped. A build that fails midway drops its own half-built collection and leaves
+the alias untouched, so queries (which always go through the alias) never notice.
+
+A server with authorization takes a token (``user:password``, the stack's ``milvus.token``); a refused
+token is a MilvusIndexError naming the server.
 
 Works against any Milvus URI: a local path is Milvus Lite (the default), ``http://host:19530`` a
 Milvus server. Milvus Lite builds the index in the background after ``flush()`` and searches brute
@@ -52,14 +57,20 @@ _LITE_OPEN: dict[str, int] = {}  # Milvus Lite file -> clients open on it in thi
 _LITE_LOCK = threading.Lock()
 
 
-def connect(uri: str | Path):
-    """A MilvusClient for ``uri`` (a local file path -> Milvus Lite). Close it with :func:`disconnect`."""
-    from pymilvus import MilvusClient
+def connect(uri: str | Path, token: str | None = None):
+    """A MilvusClient for ``uri`` (a local file path -> Milvus Lite), with ``token`` for a server with
+    authorization. Close it with :func:`disconnect`."""
+    from pymilvus import MilvusClient, MilvusException
 
     path = _lite_path(uri)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    client = MilvusClient(uri=str(uri))
+    try:
+        client = MilvusClient(uri=str(uri), token=token or "")
+    except MilvusException as e:
+        reason = "authentication failed: the token was refused" if _is_auth_error(e) else str(e.message)
+        raise MilvusIndexError(f"Milvus at {uri}: {reason} (check milvus.token)" if _is_auth_error(e)
+                               else f"Milvus at {uri}: cannot connect: {reason}") from None
     if path is not None:
         with _LITE_LOCK:
             _LITE_OPEN[path] = _LITE_OPEN.get(path, 0) + 1
@@ -90,6 +101,27 @@ def disconnect(client, uri: str | Path) -> None:
                 server_manager_instance.release_server(path)
 
 
+def _is_auth_error(e: Exception) -> bool:
+    text = str(getattr(e, "message", "") or e).lower()
+    return getattr(e, "code", None) in (1800, 2) and ("auth" in text or "password" in text or "credential" in text) \
+        or "authenticat" in text or "incorrect password" in text
+
+
+BUILT_AT = "homefeed.built_at"  # collection property: the build time (unix s) of a collection build_index made
+
+
+def built_collections(client, alias: str = ALIAS) -> list[str]:
+    """The collections ``build_index`` made for ``alias``, newest first (by their build-time property)."""
+    found = []
+    for name in client.list_collections():
+        if not name.startswith(f"{alias}_"):
+            continue
+        built = (client.describe_collection(name).get("properties") or {}).get(BUILT_AT)
+        if built is not None:
+            found.append((float(built), name))
+    return [name for _, name in sorted(found, reverse=True)]
+
+
 def collection_name(table: EmbeddingTable, prefix: str = ALIAS) -> str:
     """``<prefix>_<version>_<content hash>``: one collection per version (and per content)."""
     h = hashlib.sha1(np.ascontiguousarray(table.ids, np.int64).tobytes())
@@ -106,12 +138,16 @@ def served_collection(client, alias: str = ALIAS) -> str | None:
 
 
 def build_index(uri: str | Path, embeddings_path: str | Path, alias: str = ALIAS, params: HnswParams | None = None,
-                on_batch: Callable[[int, int], None] | None = None, wait: bool = True) -> str:
+                on_batch: Callable[[int, int], None] | None = None, wait: bool = True, keep: int = 3,
+                token: str | None = None) -> str:
     """Index the embedding table at ``embeddings_path`` and switch ``alias`` to it; return the collection.
 
     ``on_batch(inserted, total)`` is called after each inserted batch (progress). If the same content
-    is already served, nothing is rebuilt.
+    is already served, nothing is rebuilt. ``keep``: collections kept after the switch (>= 1, the served
+    one included).
     """
+    if keep < 1:
+        raise MilvusIndexError(f"keep must be >= 1 (the served collection), got {keep}")
     params = params or HnswParams()
     from components.serving.feast_store import table_path
 
@@ -120,7 +156,7 @@ def build_index(uri: str | Path, embeddings_path: str | Path, alias: str = ALIAS
         raise MilvusIndexError(f"{embeddings_path}: embedding table is empty; refusing to index it")
     if not np.isfinite(table.embeddings).all():
         raise MilvusIndexError(f"{embeddings_path}: embeddings contain NaN or infinite values")
-    client = connect(uri)
+    client = connect(uri, token)
     name = collection_name(table, alias)
     old = served_collection(client, alias)
     if old == name:
@@ -137,7 +173,7 @@ def build_index(uri: str | Path, embeddings_path: str | Path, alias: str = ALIAS
         index = client.prepare_index_params()
         index.add_index(field_name=VECTOR_FIELD, index_type="HNSW", metric_type="COSINE",
                         params={"M": params.m, "efConstruction": params.ef_construction})
-        client.create_collection(name, schema=schema)
+        client.create_collection(name, schema=schema, properties={BUILT_AT: f"{time.time():.6f}"})
         n = len(table)
         for s in range(0, n, params.insert_batch):
             e = min(n, s + params.insert_batch)
@@ -164,10 +200,63 @@ def build_index(uri: str | Path, embeddings_path: str | Path, alias: str = ALIAS
         finally:
             disconnect(client, uri)
         raise
-    if old is not None and old != name:
-        client.drop_collection(old)
-    disconnect(client, uri)
+    try:
+        prune(client, alias, keep)
+    finally:
+        disconnect(client, uri)
     return name
+
+
+def prune(client, alias: str, keep: int) -> list[str]:
+    """Drop all but the newest ``keep`` collections of ``alias`` (never the served one); release the kept
+    ones that are not served. Returns the dropped names."""
+    served = served_collection(client, alias)
+    built = built_collections(client, alias)
+    kept = ([served] if served else []) + [c for c in built if c != served][:max(keep - 1, 0)]
+    dropped = [c for c in built if c not in kept]
+    for c in dropped:
+        client.drop_collection(c)
+    for c in kept:
+        if c != served:
+            client.release_collection(c)
+    return dropped
+
+
+def list_index(uri: str | Path, alias: str = ALIAS, token: str | None = None) -> tuple[str | None, list[str]]:
+    """(the served collection, the kept collections newest first)."""
+    client = connect(uri, token)
+    try:
+        return served_collection(client, alias), built_collections(client, alias)
+    finally:
+        disconnect(client, uri)
+
+
+def rollback(uri: str | Path, alias: str = ALIAS, to: str | None = None, token: str | None = None) -> tuple[str, str]:
+    """Point ``alias`` back at a kept collection: ``to``, or the newest one built before the served one.
+    The target is loaded before the switch. Returns (previous, now served)."""
+    client = connect(uri, token)
+    try:
+        served = served_collection(client, alias)
+        if served is None:
+            raise MilvusIndexError(f"{uri}: no collection behind alias '{alias}'; nothing to roll back")
+        built = built_collections(client, alias)
+        if to is None:
+            older = built[built.index(served) + 1:] if served in built else [c for c in built if c != served]
+            if not older:
+                raise MilvusIndexError(f"{uri}: alias '{alias}' serves {served} and no older collection is kept "
+                                       f"(kept: {', '.join(built) or 'none'})")
+            to = older[0]
+        elif to not in built:
+            raise MilvusIndexError(f"{uri}: collection '{to}' is not a kept collection of alias '{alias}'; kept: "
+                                   f"{', '.join(built) or 'none'}")
+        if to == served:
+            return served, to
+        client.load_collection(to)
+        client.alter_alias(to, alias)
+        client.release_collection(served)
+        return served, to
+    finally:
+        disconnect(client, uri)
 
 
 def wait_for_index(client, collection: str, rows: int, timeout_s: float = 600.0) -> None:
@@ -188,9 +277,9 @@ def wait_for_index(client, collection: str, rows: int, timeout_s: float = 600.0)
 class PinIndex:
     """Queries through the alias: ``search(vectors, k) -> (ids (Q, k), similarities (Q, k))``."""
 
-    def __init__(self, uri: str | Path, alias: str = ALIAS, ef_search: int = 128):
+    def __init__(self, uri: str | Path, alias: str = ALIAS, ef_search: int = 128, token: str | None = None):
         self.uri, self.alias, self.ef_search = str(uri), alias, ef_search
-        self.client = connect(uri)
+        self.client = connect(uri, token)
         collection = served_collection(self.client, alias)
         if collection is None:
             raise MilvusIndexError(f"{uri}: no collection behind alias '{alias}'; run `homefeed index build` first")

