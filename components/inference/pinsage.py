@@ -22,6 +22,7 @@ from components.graph.graph import build_graph
 from components.graph.sampling import build_neighbourhoods, computation_graph
 from components.inference.tables import EmbeddingTable, VersionedStore
 from components.models.pinsage import PinSage, load_model
+from components.progress import progress
 
 
 @torch.no_grad()
@@ -37,8 +38,10 @@ def layerwise_embeddings(model: PinSage, features: np.ndarray, nbr_ids: np.ndarr
     w = torch.from_numpy(np.asarray(nbr_weights, np.float32))  # (P, T)
     P = h.shape[0]
     spans = [torch.arange(s, min(s + chunk, P)) for s in range(0, P, chunk)]
-    for k in range(model.num_layers):
-        h = torch.cat([model.convolve(k, h, idx, nbr[idx], w[idx]) for idx in spans])  # (P, H)
+    L = model.num_layers
+    for k in range(L):
+        h = torch.cat([model.convolve(k, h, idx, nbr[idx], w[idx])
+                       for idx in progress(spans, desc=f"PinSage layer {k + 1}/{L}", unit="chunk")])  # (P, H)
     return torch.cat([model.embed(h[idx]) for idx in spans]).numpy()  # (P, D)
 
 
