@@ -1,21 +1,35 @@
 """The Helm chart (helm/homefeed), with a real helm (v4.3.1 from `make helm`) and offline schema validation.
 
 Scenarios: defaults (GPU Triton, TrainJob off), ci/gpu-values.yaml (GPU, model repository from object storage,
-TrainJob on), ci/cpu-values.yaml (CPU only, ONNX Runtime ranker, TrainJob off), ci/cpu-training-values.yaml
-(CPU TrainJob on). Each is linted with `helm lint --strict`, rendered with `helm template`, validated with
-`kubernetes-validate --strict` (Kubernetes OpenAPI schemas shipped in the package), the TrainJob against the
-Kubeflow Trainer CRD schema subset in helm/schemas/, and checked by policy tests (restricted Pod Security on
-every pod template, no Secret rendered, least-privilege RBAC, default-deny network policies).
+TrainJob on, Feast registry URL from a Secret, Cilium service-account policies), ci/cpu-values.yaml (CPU only, ONNX
+Runtime ranker, TrainJob off, recommend service over TLS with a ServiceMonitor), ci/cpu-training-values.yaml (CPU
+TrainJob on). Each is linted with `helm lint --strict`, rendered with `helm template`, validated with
+`kubernetes-validate --strict` (Kubernetes OpenAPI schemas shipped in the package), the custom resources (TrainJob,
+ServiceMonitor, CiliumNetworkPolicy) against CRD schema subsets in helm/schemas/, and checked by policy tests
+(restricted Pod Security on every pod template, no Secret rendered, least-privilege RBAC, default-deny network
+policies, clients admitted by namespace). The stack file the chart renders is parsed by components.stackconfig, and
+the rendered commands of the feature server, the recommend service and the CronJob run for real, as does a real
+tritonserver with the chart's restricted-API arguments.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import os
 import re
+import secrets
 import shutil
+import signal
+import socket
+import ssl
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +41,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "homefeed"
 CRD_SUBSET = REPO / "helm" / "schemas" / "trainer.kubeflow.org_trainjobs.v1alpha1.subset.yaml"
+CRD_SUBSETS = {("monitoring.coreos.com/v1", "ServiceMonitor"):
+               REPO / "helm" / "schemas" / "monitoring.coreos.com_servicemonitors.v1.subset.yaml",
+               ("cilium.io/v2", "CiliumNetworkPolicy"):
+               REPO / "helm" / "schemas" / "cilium.io_ciliumnetworkpolicies.v2.subset.yaml"}
+DASHBOARD = CHART / "dashboards" / "homefeed.json"
 KUBE_VERSION = "1.33.0"
 NAMESPACE = "homefeed"
 RELEASE = "hf"
@@ -38,7 +57,10 @@ SCENARIOS: dict[str, list[str]] = {
     "cpu-training": ["-f", str(CHART / "ci" / "cpu-training-values.yaml")],
 }
 WITH_TRAINJOB = {"gpu", "cpu-training"}
-CUSTOM_KINDS = {("trainer.kubeflow.org/v1alpha1", "TrainJob")}
+CUSTOM_KINDS = {("trainer.kubeflow.org/v1alpha1", "TrainJob"), *CRD_SUBSETS}
+# custom resources each scenario renders (kubernetes-validate has no schema for them: validated against CRD subsets)
+SCENARIO_CUSTOM_KINDS = {"defaults": set(), "cpu": {"ServiceMonitor"}, "cpu-training": {"TrainJob"},
+                         "gpu": {"TrainJob", "CiliumNetworkPolicy"}}
 
 # Restricted Pod Security Standard (https://kubernetes.io/docs/concepts/security/pod-security-standards/).
 RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
@@ -156,10 +178,10 @@ def test_kubernetes_validate_cli_strict(rendered, scenario):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     passed = re.findall(r"^INFO .* passed for resource (\S+)", proc.stdout, re.M)
     assert len(passed) == len([d for d in docs if (d["apiVersion"], d["kind"]) not in CUSTOM_KINDS]), proc.stdout
-    # The only resource without a Kubernetes schema is the TrainJob (validated against its CRD below).
+    # The only resources without a Kubernetes schema are the custom resources (validated against their CRDs below).
     warned = re.findall(r"^WARN .*kind (\S+) with api version (\S+)", proc.stdout, re.M)
     assert {(v, k) for k, v in warned} <= CUSTOM_KINDS, proc.stdout
-    assert bool(warned) == (scenario in WITH_TRAINJOB)
+    assert {k for k, _ in warned} == SCENARIO_CUSTOM_KINDS[scenario]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -264,8 +286,9 @@ def test_trainjob_crd_schema_rejects_bad_objects(rendered, trainjob_validator):
 
 
 def test_launcher_trainjob_against_crd_schema(trainjob_validator):
-    """The TrainJob that components.training.launch creates from a pipeline step satisfies the same CRD schema."""
-    from components.training.launch import ClusterSettings, TrainCall, build_trainjob
+    """The TrainJob that components.launch creates from a pipeline step satisfies the same CRD schema."""
+    from components.launch import ClusterSettings, TrainCall
+    from components.launch.jobs import build_trainjob
 
     call = TrainCall(entry="components.training.pinsage:train", experiment="pinsage",
                      kwargs={"data_dir": "/data/prepared", "out_dir": "/data/models/pinsage"},
@@ -309,13 +332,15 @@ def test_defaults_render_every_component(rendered):
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == ["ConfigMap", "CronJob", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
                      "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount"]
-    for component in ("triton", "feature-server"):
+    for component in ("triton", "feature-server", "recommend"):
         pdb = one(docs, "PodDisruptionBudget", component)
         dep = one(docs, "Deployment", component)
         assert pdb["spec"]["selector"] == dep["spec"]["selector"] and pdb["spec"]["maxUnavailable"] == 1
     assert {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in by_kind(docs, "Deployment")} == {
-        "triton", "feature-server"}
-    assert len(by_kind(docs, "NetworkPolicy")) == 4  # default deny + triton, feature server, CronJob
+        "triton", "feature-server", "recommend"}
+    assert len(by_kind(docs, "NetworkPolicy")) == 5  # default deny + recommend, triton, feature server, CronJob
+    assert {c["metadata"]["labels"]["app.kubernetes.io/component"] for c in by_kind(docs, "ConfigMap")} == {
+        "stack", "feature-server", "endpoints", "dashboard"}
 
 
 def test_triton_gpu_deployment(rendered):
@@ -381,46 +406,104 @@ def test_feature_server(rendered):
     assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     env = {e["name"]: e for e in c["env"]}
     assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "redis-auth", "key": "redis-password"}
+    assert env["FEAST_REGISTRY_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "feast-registry",
+                                                                           "key": "password"}
+    assert env["HOMEFEED_STACK"]["value"] == "/etc/homefeed/stack.yaml"
+    assert "MILVUS_TOKEN" not in env and not any(k.startswith("AWS_") for k in env), "only the stores it reads"
     cm = one(docs, "ConfigMap", "feature-server")
     store = yaml.safe_load(cm["data"]["feature_store.yaml"])
     assert store["online_store"]["connection_string"] == "redis-master:6379,password=${REDIS_PASSWORD}"
+    assert store["registry"]["registry_type"] == "sql"
+    assert store["registry"]["path"] == "postgresql+psycopg://feast:${FEAST_REGISTRY_PASSWORD}@postgresql:5432/feast"
+    assert "s3://" not in yaml.safe_dump_all(docs), "no object-storage registry left"
     assert one(docs, "Service", "feature-server")["spec"]["ports"][0]["port"] == 6566
 
 
 def test_feature_store_yaml_is_a_valid_feast_config(rendered, tmp_path, monkeypatch):
-    """Feast itself parses the rendered feature_store.yaml (the Redis online store, ${REDIS_PASSWORD} expanded)."""
+    """Feast itself parses the rendered feature_store.yaml (the Redis online store, the SQL registry, the secrets
+    expanded from the environment variables the pod gets from Secrets)."""
     from feast.repo_config import load_repo_config
 
     cm = one(rendered["cpu"][1], "ConfigMap", "feature-server")
     (tmp_path / "feature_store.yaml").write_text(cm["data"]["feature_store.yaml"])
     monkeypatch.setenv("REDIS_PASSWORD", "from-the-secret")
+    monkeypatch.setenv("FEAST_REGISTRY_PASSWORD", "registry-secret")
     cfg = load_repo_config(tmp_path, tmp_path / "feature_store.yaml")
     assert cfg.project == "homefeed"
     assert type(cfg.online_store).__name__ == "RedisOnlineStoreConfig"
     assert cfg.online_store.connection_string == "redis-master:6379,password=from-the-secret"
-    assert cfg.registry.path == "/data/feature_repo/registry.db"
+    assert type(cfg.registry).__name__ == "SqlRegistryConfig"
+    assert cfg.registry.path == "postgresql+psycopg://feast:registry-secret@postgresql:5432/feast"
+    assert cfg.registry.serve_features_while_materializing is True
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> Iterator[subprocess.Popen]:
+    """A process in its own process group, stopped by its id (SIGTERM, then SIGKILL) when the block ends."""
+    log = log_path.open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+def http(url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None,
+         context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+    """(status, body) of one request; HTTP errors are answers too."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=context) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def wait_for(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float = 180,
+             context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+    """The first answer of ``url`` (any status), failing with the log if the process dies or never answers."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            return http(url, context=context)
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} never answered (exit {proc.poll()}):\n{log_path.read_text()[-3000:]}")
 
 
 def test_feature_server_command_starts_feast_and_passes_its_probe(tmp_path):
     """The feature server container as rendered (command, args, feature_store.yaml from the ConfigMap, mounted
     read-only) starts a real `feast serve` whose readiness probe path answers 200. Only the ConfigMap's mount
-    point (--chdir) and the port are moved to this machine; the Redis online store is only contacted on a
-    feature request, which no probe makes."""
-    import signal
-    import socket
-    import time
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    registry = tmp_path / "registry.db"
-    text = template("--show-only", "templates/feature-server.yaml", "--set", f"featureServer.registry={registry}",
+    point (--chdir) and the port are moved to this machine. The registry is Feast's SQL registry (SQLAlchemy),
+    its URL given as FEAST_REGISTRY_URL the way endpoints.registry.urlSecretKey injects it from a Secret; here the
+    URL names an SQLite database instead of PostgreSQL. The Redis online store is only contacted on a feature
+    request, which no probe makes."""
+    port = free_port()
+    text = template("--show-only", "templates/feature-server.yaml", "--set", "endpoints.registry.urlSecretKey=url",
                     "--set", "featureServer.workers=1", "--set", f"featureServer.service.port={port}").stdout
     docs = [d for d in yaml.safe_load_all(text) if d]
     cm = one(docs, "ConfigMap", "feature-server")
     dep = one(docs, "Deployment", "feature-server")
     (c,) = dep["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["FEAST_REGISTRY_URL"]["valueFrom"]["secretKeyRef"] == {"name": "feast-registry", "key": "url"}
+    assert yaml.safe_load(cm["data"]["feature_store.yaml"])["registry"]["path"] == "${FEAST_REGISTRY_URL}"
     repo = tmp_path / "feature_repo"
     repo.mkdir()
     for name, content in cm["data"].items():
@@ -431,31 +514,17 @@ def test_feature_server_command_starts_feast_and_passes_its_probe(tmp_path):
     args = [str(repo) if a == mount["mountPath"] else a for a in c["args"]]
     assert args != c["args"], "the rendered args no longer --chdir into the ConfigMap mount"
     exe = Path(sys.executable).parent / c["command"][0]
-    env = dict(os.environ, HOME=str(tmp_path), REDIS_PASSWORD="from-the-secret", OMP_NUM_THREADS="1")
+    run_env = dict(os.environ, HOME=str(tmp_path), REDIS_PASSWORD=secrets.token_hex(8), OMP_NUM_THREADS="1",
+                   FEAST_REGISTRY_URL=f"sqlite:///{tmp_path / 'registry.db'}")
     probe = c["readinessProbe"]["httpGet"]
-    url = f"http://127.0.0.1:{port}{probe['path']}"
-    log = (tmp_path / "feast.log").open("w")
-    proc = subprocess.Popen([str(exe), *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-                            start_new_session=True)
+    log_path = tmp_path / "feast.log"
     try:
-        deadline, status = time.monotonic() + 180, None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    status = r.status
-                    break
-            except OSError:
-                time.sleep(1)
-        assert status == 200, f"{url} never answered 200 (exit {proc.poll()}):\n{(tmp_path / 'feast.log').read_text()[-3000:]}"
+        with running([str(exe), *args], run_env, tmp_path, log_path) as proc:
+            status, _ = wait_for(f"http://127.0.0.1:{port}{probe['path']}", proc, log_path)
+            assert status == 200, log_path.read_text()[-3000:]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
         repo.chmod(0o755)
+    assert (tmp_path / "registry.db").stat().st_size > 0, "feast serve never opened its SQL registry"
 
 
 def test_cronjob_submits_the_daily_pipeline(rendered):
@@ -467,7 +536,7 @@ def test_cronjob_submits_the_daily_pipeline(rendered):
     assert c["command"] == ["/bin/sh", "-c"]
     script = c["args"][0]
     assert ('exec python -m components.cli pipeline submit "daily" --host "$KFP_HOST" --experiment-name '
-            '"homefeed-daily" --param "date=$D" "$@"') in script
+            '"homefeed-daily" --param "date=$D" --param "stack=$HOMEFEED_STACK" "$@"') in script
     assert c["args"][1:] == ["submit"]  # $0; the chart's extraArgs follow as "$@"
     token = next(v for v in pod["volumes"] if v["name"] == "kfp-token")
     (src,) = token["projected"]["sources"]
@@ -478,6 +547,13 @@ def test_cronjob_submits_the_daily_pipeline(rendered):
     assert env["HOMEFEED_DATE_OFFSET_DAYS"] == "1"
     assert env["KF_PIPELINES_SA_TOKEN_PATH"] == mount["mountPath"] + "/" + src["serviceAccountToken"]["path"]
     assert env["KFP_NAMESPACE"] == "kubeflow-user"
+    # the pipeline's `stack` parameter is the stack file the CronJob mounts; the submitter holds no store credential
+    stack_mount = next(m for m in c["volumeMounts"] if m["name"] == "stack")
+    assert env["HOMEFEED_STACK"] == stack_mount["mountPath"] + "/stack.yaml"
+    stack_volume = next(v for v in pod["volumes"] if v["name"] == "stack")
+    assert env["HOMEFEED_STACK_CONFIGMAP"] == stack_volume["configMap"]["name"] == one(docs, "ConfigMap", "stack")[
+        "metadata"]["name"]
+    assert not [e for e in c["env"] if "valueFrom" in e], "the CronJob needs no Secret"
 
 
 def test_cronjob_command_runs_up_to_the_kfp_api(rendered, tmp_path):
@@ -601,7 +677,7 @@ def restricted_violations(where: str, spec: dict) -> list[str]:
 def test_restricted_pod_security_on_every_pod_template(rendered, scenario):
     _, docs = rendered[scenario]
     pods = pod_templates(docs)
-    expected = {"defaults": 3, "gpu": 4, "cpu": 3, "cpu-training": 4}[scenario]
+    expected = {"defaults": 4, "gpu": 5, "cpu": 4, "cpu-training": 5}[scenario]
     assert len(pods) == expected, [w for w, _, _ in pods]
     violations = [v for where, _, spec in pods for v in restricted_violations(where, spec)]
     assert violations == []
@@ -635,11 +711,12 @@ def test_restricted_check_catches_violations(rendered):
 def test_no_secret_rendered_and_credentials_only_by_reference(rendered, scenario):
     _, docs = rendered[scenario]
     assert by_kind(docs, "Secret") == [], "the chart must not render Secrets (existing-secret references only)"
-    sensitive = re.compile(r"PASSWORD|TOKEN|SECRET|ACCESS_KEY", re.I)
+    sensitive = re.compile(r"PASSWORD|TOKEN|SECRET|ACCESS_KEY|_KEY$|_URL$", re.I)
     for where, _, spec in pod_templates(docs):
         for c in spec.get("containers", []) + spec.get("initContainers", []):
             for e in c.get("env", []):
-                if sensitive.search(e["name"]) and e["name"] != "KF_PIPELINES_SA_TOKEN_PATH":
+                if sensitive.search(e["name"]) and e["name"] not in ("KF_PIPELINES_SA_TOKEN_PATH",
+                                                                      "AWS_ENDPOINT_URL"):
                     assert "value" not in e and "secretKeyRef" in e.get("valueFrom", {}), (where, e)
     for job in by_kind(docs, "TrainJob"):
         for e in job["spec"]["trainer"].get("env", []):
@@ -654,7 +731,7 @@ def test_values_hold_no_secret_values():
     def walk(node: Any, path: str) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
-                if forbidden.search(k) and k not in ("existingSecret", "existingSecretKey"):
+                if forbidden.search(k) and k not in ("existingSecret", "existingSecretKey", "urlSecretKey"):
                     raise AssertionError(f"values.yaml: {path}{k} looks like a secret value; use existingSecret")
                 walk(v, f"{path}{k}.")
 
@@ -685,7 +762,7 @@ def test_rbac_is_least_privilege(rendered):
         assert account["automountServiceAccountToken"] is False
     # Each workload has its own ServiceAccount; only the CronJob's is bound to anything.
     names = [p["serviceAccountName"] for _, _, p in pod_templates(docs)]
-    assert len(set(names)) == len(names) == 4
+    assert len(set(names)) == len(names) == 5
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -708,10 +785,14 @@ def test_network_policies_default_deny_and_cover_every_pod(rendered, scenario):
 
 
 def test_network_policy_ports(rendered):
-    _, docs = rendered["gpu"]
+    _, docs = rendered["defaults"]
     triton = one(docs, "NetworkPolicy", "triton")
     ports = sorted(p["port"] for r in triton["spec"]["ingress"] for p in r["ports"])
     assert ports == [8000, 8001, 8002]
+    _, docs = rendered["gpu"]
+    triton = one(docs, "NetworkPolicy", "triton")
+    # Cilium mode: client ingress comes only from the CiliumNetworkPolicy (policies are additive allow-lists)
+    assert sorted(p["port"] for r in triton["spec"]["ingress"] for p in r["ports"]) == [8002]
     assert [p["port"] for p in triton["spec"]["egress"][1]["ports"]] == [9000], "model pull from object storage"
     cron = one(docs, "NetworkPolicy", "embedding-cron")
     assert "ingress" not in cron["spec"]
@@ -740,6 +821,17 @@ BAD_VALUES = [
     (["--set", "trainJob.model=bert"], "model"),
     (["--set", "embeddingCron.schedule=daily"], "schedule"),
     (["--set", "endpoints.redis.password=hunter2"], "password"),
+    (["--set", "endpoints.registry.password=hunter2"], "password"),
+    (["--set", "featureServer.registry=s3://homefeed/feast/registry.db"], "registry"),
+    # clients are admitted by namespace (and service account), never by a pod label any pod can carry
+    (["--set-json", 'networkPolicy.clients=[{"podSelector":{"matchLabels":{"homefeed.io/client":"true"}}}]'],
+     "podSelector"),
+    (["--set", "networkPolicy.serviceAccountPolicy=calico"], "serviceAccountPolicy"),
+    (["--set", "recommend.tls.enabled=true"], "existingSecret"),
+    (["--set", "recommend.auth.existingSecret="], "existingSecret"),
+    (["--set", "recommend.token=abc"], "token"),
+    (["--set-json", 'triton.restrictedApi.apis=["inference"]'], "apis"),
+    (["--set", "triton.restrictedApi.existingSecret="], "existingSecret"),
 ]
 
 
@@ -805,7 +897,7 @@ def test_every_value_is_documented_and_in_the_schema():
 def test_components_have_the_same_values_shape():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     shape = {"enabled", "image", "resources", "nodeSelector", "tolerations", "affinity", "podAnnotations"}
-    for name in ("triton", "featureServer", "embeddingCron", "trainJob"):
+    for name in ("triton", "featureServer", "recommend", "embeddingCron", "trainJob"):
         assert shape <= set(values[name]), f"{name} lacks {shape - set(values[name])}"
         assert set(values[name]["image"]) == {"repository", "tag", "pullPolicy"}
         assert set(values[name]["resources"]) == {"requests", "limits"}
@@ -825,3 +917,537 @@ def test_official_chart_values_files():
     readme = (CHART / "README.md").read_text()
     assert "helm install redis oci://registry-1.docker.io/bitnamicharts/redis" in readme
     assert "helm install milvus zilliztech/milvus" in readme and "-f helm/milvus-values.yaml" in readme
+
+
+# ------------------------------------------------------------------------------------------------
+# The stack file: one config for the serving pods and the pipeline runs
+# ------------------------------------------------------------------------------------------------
+
+
+def stack_of(docs: list[dict]) -> tuple[dict, Any]:
+    """The stack ConfigMap's stack.yaml: (raw mapping, StackConfig parsed by components.stackconfig)."""
+    from components import stackconfig
+
+    raw = yaml.safe_load(one(docs, "ConfigMap", "stack")["data"]["stack.yaml"])
+    return raw, stackconfig.parse_stack(raw, "rendered stack.yaml")
+
+
+def stack_configmap_of(docs: list[dict], spec: dict, container: dict) -> str:
+    """Name of the ConfigMap a container reads as $HOMEFEED_STACK (the volume mounted at the file's directory)."""
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    path = env["HOMEFEED_STACK"]
+    directory, filename = path.rsplit("/", 1)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == directory]
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    name = volume["configMap"]["name"]
+    (cm,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == name]
+    assert filename in cm["data"], f"{name} has no {filename}"
+    return name
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_stack_file_is_a_valid_stack_config(rendered, scenario):
+    """components.stackconfig reads the rendered stack file (unknown keys, wrong types and literal secrets are errors
+    there); it names the chart's own Services and the stores of the values, credentials only by reference."""
+    _, docs = rendered[scenario]
+    raw, stack = stack_of(docs)
+    assert stack.profile == "cluster"
+    f = stack.feast
+    assert (f.online_store.type, f.online_store.connection_string) == ("redis", "redis-master:6379")
+    assert f.online_store.password.env == "REDIS_PASSWORD"
+    assert f.registry.type == "sql" and f.offline_store.type == "file" and f.serve_while_materializing
+    if scenario == "gpu":  # the whole URL from a Secret
+        assert f.registry.url.env == "FEAST_REGISTRY_URL" and f.registry.password is None
+        assert stack.milvus.token.env == "MILVUS_TOKEN"
+        assert stack.triton.repository == "/data/triton/tensorrt_plan"
+    else:
+        assert f.registry.path == "postgresql+psycopg://feast@postgresql:5432/feast"
+        assert f.registry.password.env == "FEAST_REGISTRY_PASSWORD"
+        assert stack.milvus.token is None
+        backend = "onnxruntime" if scenario.startswith("cpu") else "tensorrt_plan"
+        assert stack.triton.repository == f"/data/triton/{backend}"
+    triton = one(docs, "Service", "triton")
+    grpc = next(p["port"] for p in triton["spec"]["ports"] if p["name"] == "grpc")
+    assert stack.triton.url == f"{triton['metadata']['name']}.{NAMESPACE}.svc:{grpc}"
+    assert (stack.triton.protocol, stack.triton.model) == ("grpc", "ranker_ensemble")
+    fs = one(docs, "Service", "feature-server")
+    assert f.server_url == f"http://{fs['metadata']['name']}.{NAMESPACE}.svc:{fs['spec']['ports'][0]['port']}"
+    assert (stack.milvus.uri, stack.milvus.alias, stack.milvus.keep_collections) == ("http://milvus:19530", "pins", 3)
+    assert stack.embeddings.root == "/data/emb"
+    assert stack.service.token.file == "/var/run/secrets/homefeed/api-token"
+    assert (stack.service.max_k, stack.service.max_candidates) == (200, 2000)
+
+
+def test_stack_parser_refuses_what_the_chart_must_not_render(rendered):
+    """The check above is not vacuous: a literal password or an unknown key in the stack file is an error."""
+    from components.stackconfig import StackConfigError, parse_stack
+
+    raw, _ = stack_of(rendered["defaults"][1])
+    bad = copy.deepcopy(raw)
+    bad["feast"]["online_store"]["password"] = "hunter2"
+    with pytest.raises(StackConfigError, match="literal secret"):
+        parse_stack(bad)
+    bad = copy.deepcopy(raw)
+    bad["milvus"]["tokn"] = {"env": "MILVUS_TOKEN"}
+    with pytest.raises(StackConfigError, match="tokn"):
+        parse_stack(bad)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_serving_pods_and_pipeline_steps_get_the_same_feast_stores(rendered, scenario, tmp_path):
+    """The Feast config the serving pods get (the feature server's feature_store.yaml) and the one the pipeline
+    steps get (the stack file the CronJob passes as the daily pipeline's `stack` parameter, turned into
+    feature_store.yaml by components.stackconfig as register_features does) name the same online store and
+    registry: both parsed by Feast with the same secrets in the environment. The recommend service (and the
+    TrainJob) mount the same stack file."""
+    from feast.repo_config import load_repo_config
+
+    from components import stackconfig
+
+    _, docs = rendered[scenario]
+    cron = one(docs, "CronJob", "embedding-cron")
+    cron_spec = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (submit,) = cron_spec["containers"]
+    assert '--param "stack=$HOMEFEED_STACK"' in submit["args"][0]
+    pipeline_cm = stack_configmap_of(docs, cron_spec, submit)
+
+    for component in ("feature-server", "recommend"):
+        spec = one(docs, "Deployment", component)["spec"]["template"]["spec"]
+        assert stack_configmap_of(docs, spec, spec["containers"][0]) == pipeline_cm, component
+    for _, _, spec in [p for p in pod_templates(by_kind(docs, "TrainJob"))]:
+        assert stack_configmap_of(docs, spec, {**spec["containers"][0], "env": by_kind(docs, "TrainJob")[0]["spec"][
+            "trainer"]["env"]}) == pipeline_cm
+
+    (cm,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == pipeline_cm]
+    stack = stackconfig.parse_stack(yaml.safe_load(cm["data"]["stack.yaml"]))
+    steps_yaml = stackconfig.feature_store_yaml(stack)
+    serving_yaml = yaml.safe_load(one(docs, "ConfigMap", "feature-server")["data"]["feature_store.yaml"])
+    assert serving_yaml == steps_yaml
+
+    # The same stores once Feast expands the secrets both pods get from the same Secrets.
+    secret_env = {"REDIS_PASSWORD": secrets.token_hex(8), "FEAST_REGISTRY_PASSWORD": secrets.token_hex(8),
+                  "FEAST_REGISTRY_URL": f"postgresql+psycopg://feast:{secrets.token_hex(8)}@pg.db.svc:5432/feast"}
+    loaded = []
+    for name, text in (("serving", yaml.safe_dump(serving_yaml)), ("steps", yaml.safe_dump(steps_yaml))):
+        repo = tmp_path / name
+        repo.mkdir()
+        (repo / "feature_store.yaml").write_text(text)
+        old = {k: os.environ.get(k) for k in secret_env}
+        os.environ.update(secret_env)
+        try:
+            loaded.append(load_repo_config(repo, repo / "feature_store.yaml"))
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    serving, steps = loaded
+    assert serving.project == steps.project == "homefeed"
+    assert serving.online_store.connection_string == steps.online_store.connection_string
+    assert serving.online_store.connection_string == f"redis-master:6379,password={secret_env['REDIS_PASSWORD']}"
+    assert type(serving.registry).__name__ == type(steps.registry).__name__ == "SqlRegistryConfig"
+    assert serving.registry.path == steps.registry.path
+    expected = (secret_env["FEAST_REGISTRY_URL"] if scenario == "gpu" else
+                f"postgresql+psycopg://feast:{secret_env['FEAST_REGISTRY_PASSWORD']}@postgresql:5432/feast")
+    assert serving.registry.path == expected
+
+    # Every {env: NAME} the stack file holds reaches the pods that read that store, from a Secret.
+    def refs(node: Any) -> set[str]:
+        if isinstance(node, dict):
+            if set(node) == {"env"}:
+                return {node["env"]}
+            return {r for v in node.values() for r in refs(v)}
+        return set()
+
+    raw = yaml.safe_load(cm["data"]["stack.yaml"])
+    needs = {"feature-server": refs(raw["feast"]), "recommend": refs(raw)}
+    for component, names in needs.items():
+        (c,) = one(docs, "Deployment", component)["spec"]["template"]["spec"]["containers"]
+        from_secrets = {e["name"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+        assert names <= from_secrets, (component, names - from_secrets)
+
+
+# ------------------------------------------------------------------------------------------------
+# The recommend service
+# ------------------------------------------------------------------------------------------------
+
+
+def arg_value(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def test_recommend_service_deployment(rendered):
+    _, docs = rendered["defaults"]
+    dep = one(docs, "Deployment", "recommend")
+    assert "replicas" not in dep["spec"], "the HPA owns the replica count"
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["python", "-m", "components.cli"] and c["args"][:2] == ["serve", "recommend"]
+    assert arg_value(c["args"], "--stack") == "/etc/homefeed/stack.yaml"
+    assert (arg_value(c["args"], "--host"), arg_value(c["args"], "--port")) == ("0.0.0.0", "8080")
+    assert arg_value(c["args"], "--token-file") == "/var/run/secrets/homefeed/api-token"
+    assert "--tls-cert" not in c["args"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http", "scheme": "HTTP"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http", "scheme": "HTTP"}
+    assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+    # the bearer token: a file from an existing Secret, never a value
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "api-token")
+    assert mount == {"name": "api-token", "mountPath": "/var/run/secrets/homefeed", "readOnly": True}
+    volume = next(v for v in pod["volumes"] if v["name"] == "api-token")
+    assert volume["secret"]["secretName"] == "homefeed-api-token"
+    assert volume["secret"]["items"] == [{"key": "token", "path": "api-token"}]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["HOMEFEED_STACK"]["value"] == "/etc/homefeed/stack.yaml"
+    assert {"REDIS_PASSWORD", "FEAST_REGISTRY_PASSWORD"} <= set(env) and "MILVUS_TOKEN" not in env
+    svc = one(docs, "Service", "recommend")
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP",
+                                     "appProtocol": "http"}]
+    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    hpa = one(docs, "HorizontalPodAutoscaler", "recommend")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
+    assert one(docs, "PodDisruptionBudget", "recommend")["spec"]["maxUnavailable"] == 1
+    policy = one(docs, "NetworkPolicy", "recommend")
+    clients, metrics = policy["spec"]["ingress"]
+    assert clients == {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "homefeed-apps"}}}],
+                       "ports": [{"protocol": "TCP", "port": 8080}]}
+    assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    egress_ports = sorted(p["port"] for r in policy["spec"]["egress"] for p in r["ports"])
+    assert egress_ports == sorted([53, 53, 6379, 5432, 19530, 8001, 8000, 6566])
+    endpoints = one(docs, "ConfigMap", "endpoints")["data"]
+    assert endpoints["HOMEFEED_RECOMMEND_URL"] == f"http://{svc['metadata']['name']}.{NAMESPACE}.svc:8080"
+
+
+def test_recommend_service_over_tls(rendered):
+    _, docs = rendered["cpu"]
+    pod = one(docs, "Deployment", "recommend")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    cert, key = arg_value(c["args"], "--tls-cert"), arg_value(c["args"], "--tls-key")
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "tls")
+    assert (cert, key) == (f"{mount['mountPath']}/tls.crt", f"{mount['mountPath']}/tls.key") and mount["readOnly"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+    assert volume["secret"]["secretName"] == "homefeed-recommend-tls"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert one(docs, "Service", "recommend")["spec"]["ports"][0]["appProtocol"] == "https"
+    assert one(docs, "ConfigMap", "endpoints")["data"]["HOMEFEED_RECOMMEND_URL"].startswith("https://")
+
+
+# ------------------------------------------------------------------------------------------------
+# Custom resources: ServiceMonitor, CiliumNetworkPolicy
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def crd_validators() -> dict[str, jsonschema.Draft7Validator]:
+    out = {}
+    for (_, kind), path in CRD_SUBSETS.items():
+        doc = yaml.safe_load(path.read_text())
+        schema = _strict({**doc["openAPIV3Schema"], "definitions": doc["definitions"]})
+        jsonschema.Draft7Validator.check_schema(schema)
+        out[kind] = jsonschema.Draft7Validator(schema)
+    return out
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_custom_resources_against_crd_schemas(rendered, crd_validators, scenario):
+    _, docs = rendered[scenario]
+    for kind, validator in crd_validators.items():
+        for obj in by_kind(docs, kind):
+            validator.validate(obj)
+            assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", obj["metadata"]["name"])
+            assert len(obj["metadata"]["name"]) <= 63
+
+
+def test_service_monitors_scrape_the_metrics_ports(rendered):
+    _, docs = rendered["cpu"]
+    assert not by_kind(rendered["defaults"][1], "ServiceMonitor"), "off by default (needs the Prometheus Operator)"
+    monitors = {m["metadata"]["labels"]["app.kubernetes.io/component"]: m for m in by_kind(docs, "ServiceMonitor")}
+    assert set(monitors) == {"recommend", "triton"}
+    for component, monitor in monitors.items():
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        svc = one(docs, "Service", component)
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["port"] in {p["name"] for p in svc["spec"]["ports"]} and endpoint["path"] == "/metrics"
+    rec = monitors["recommend"]["spec"]["endpoints"][0]
+    assert rec["scheme"] == "https" and rec["tlsConfig"] == {
+        "ca": {"secret": {"name": "homefeed-recommend-tls", "key": "ca.crt"}},
+        "serverName": f"hf-homefeed-recommend.{NAMESPACE}.svc"}
+    assert monitors["triton"]["spec"]["endpoints"][0] == {"port": "metrics", "path": "/metrics", "interval": "30s",
+                                                          "scheme": "http"}
+
+
+def test_crd_subsets_reject_bad_objects(rendered, crd_validators):
+    (monitor, _) = by_kind(rendered["cpu"][1], "ServiceMonitor")
+    cnp = by_kind(rendered["gpu"][1], "CiliumNetworkPolicy")[0]
+    bad = []
+    m = copy.deepcopy(monitor); m["spec"]["endpoints"][0]["scheme"] = "ftp"; bad.append(("ServiceMonitor", m))  # noqa: E702
+    m = copy.deepcopy(monitor); m["spec"]["endpoints"][0]["interval"] = "30 seconds"; bad.append(("ServiceMonitor", m))  # noqa: E702
+    m = copy.deepcopy(monitor); m["spec"]["endpoints"][0]["bearerToken"] = "x"; bad.append(("ServiceMonitor", m))  # noqa: E702
+    m = copy.deepcopy(monitor); del m["spec"]["selector"]; bad.append(("ServiceMonitor", m))  # noqa: E702
+    c = copy.deepcopy(cnp); c["spec"]["ingress"][0]["toPorts"][0]["ports"][0]["port"] = "http_8080"; bad.append(("CiliumNetworkPolicy", c))  # noqa: E702,E501
+    c = copy.deepcopy(cnp); c["spec"]["ingress"][0]["toPorts"][0]["ports"][0]["protocol"] = "HTTP"; bad.append(("CiliumNetworkPolicy", c))  # noqa: E702,E501
+    c = copy.deepcopy(cnp); del c["spec"]["endpointSelector"]; bad.append(("CiliumNetworkPolicy", c))  # noqa: E702
+    c = copy.deepcopy(cnp); c["spec"]["ingress"][0]["fromPods"] = []; bad.append(("CiliumNetworkPolicy", c))  # noqa: E702
+    for kind, obj in bad:
+        with pytest.raises(jsonschema.ValidationError):
+            crd_validators[kind].validate(obj)
+
+
+# ------------------------------------------------------------------------------------------------
+# Who may call what: clients by namespace (and service account), Triton's admin APIs restricted
+# ------------------------------------------------------------------------------------------------
+
+
+def release_selector(labels: dict[str, str]) -> bool:
+    """Whether a podSelector's labels select pods of this release only (in the release's own namespace)."""
+    return labels.get("app.kubernetes.io/name") == "homefeed" and labels.get("app.kubernetes.io/instance") == RELEASE
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_clients_are_admitted_by_namespace_never_by_a_pod_label(rendered, scenario):
+    """Every ingress peer is either a namespace, matched only on the immutable kubernetes.io/metadata.name label,
+    or this release's own pods in its namespace; never a pod label a pod elsewhere could carry."""
+    _, docs = rendered[scenario]
+    for policy in by_kind(docs, "NetworkPolicy"):
+        for rule in policy["spec"].get("ingress", []):
+            for peer in rule["from"]:
+                assert "ipBlock" not in peer, policy["metadata"]["name"]
+                if "namespaceSelector" in peer:
+                    assert set(peer["namespaceSelector"]) == {"matchLabels"}
+                    assert set(peer["namespaceSelector"]["matchLabels"]) == {"kubernetes.io/metadata.name"}
+                    assert "podSelector" not in peer, "a pod label inside a client namespace is not an identity"
+                else:
+                    assert release_selector(peer["podSelector"]["matchLabels"]), (policy["metadata"]["name"], peer)
+    triton = one(docs, "NetworkPolicy", "triton")
+    recommend = one(docs, "Deployment", "recommend")["spec"]["template"]["metadata"]["labels"]
+    if scenario != "gpu":
+        (clients, _) = triton["spec"]["ingress"]
+        (peer,) = clients["from"]
+        assert peer["podSelector"]["matchLabels"].items() <= recommend.items(), "Triton admits the recommend service"
+
+
+def test_cilium_policies_admit_clients_by_namespace_and_service_account(rendered):
+    _, docs = rendered["gpu"]
+    policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p
+                for p in by_kind(docs, "CiliumNetworkPolicy")}
+    assert set(policies) == {"recommend", "triton", "feature-server"}
+    assert not by_kind(rendered["defaults"][1], "CiliumNetworkPolicy")
+    ns, sa = "k8s:io.kubernetes.pod.namespace", "k8s:io.cilium.k8s.policy.serviceaccount"
+    recommend_sa = one(docs, "Deployment", "recommend")["spec"]["template"]["spec"]["serviceAccountName"]
+    assert any(a["metadata"]["name"] == recommend_sa for a in by_kind(docs, "ServiceAccount"))
+    expected = {
+        "recommend": ([{ns: "shop", sa: "shop-frontend"}], ["8080"]),
+        "triton": ([{ns: NAMESPACE, sa: recommend_sa}, {ns: "batch-scoring", sa: "scorer"}], ["8000", "8001"]),
+        "feature-server": ([{ns: NAMESPACE, sa: recommend_sa}, {ns: "batch-scoring", sa: "scorer"}], ["6566"]),
+    }
+    for component, (peers, ports) in expected.items():
+        spec = policies[component]["spec"]
+        pod_labels = one(docs, "Deployment", component)["spec"]["template"]["metadata"]["labels"]
+        assert spec["endpointSelector"]["matchLabels"].items() <= pod_labels.items()
+        (rule,) = spec["ingress"]
+        assert [p["matchLabels"] for p in rule["fromEndpoints"]] == peers
+        assert [p["port"] for p in rule["toPorts"][0]["ports"]] == ports
+        # the core policy carries no client ingress in this mode (policies are additive): only the scrapes
+        core = one(docs, "NetworkPolicy", component).get("spec", {}).get("ingress", [])
+        assert all(p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") ==
+                   "monitoring" for r in core for p in r["from"]), (component, core)
+
+
+def restricted_args(container: dict) -> list[str]:
+    return [a for a in container["args"] if a.startswith(("--http-restricted-api=", "--grpc-restricted-protocol="))]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_triton_restricts_every_api_but_health_and_inference(rendered, scenario):
+    _, docs = rendered[scenario]
+    (c,) = one(docs, "Deployment", "triton")["spec"]["template"]["spec"]["containers"]
+    http_arg, grpc_arg = restricted_args(c)
+    for arg in (http_arg, grpc_arg):
+        apis, header = arg.split("=", 1)[1].split(":", 1)
+        assert set(apis.split(",")) == {"metadata", "model-config", "model-repository", "shared-memory",
+                                        "statistics", "trace", "logging"}
+        assert header == "triton-admin-key=$(TRITON_ADMIN_KEY)"
+    env = {e["name"]: e for e in c["env"]}
+    # Kubernetes substitutes $(VAR) in args only from variables defined in the container's env: here a Secret.
+    assert env["TRITON_ADMIN_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "triton-admin", "key": "key"}
+    proc = template("--set", "triton.restrictedApi.enabled=false", "--show-only", "templates/triton.yaml")
+    (dep,) = [d for d in yaml.safe_load_all(proc.stdout) if d and d["kind"] == "Deployment"]
+    assert restricted_args(dep["spec"]["template"]["spec"]["containers"][0]) == []
+
+
+TRITON_ECHO_CONFIG = """name: "echo"
+backend: "python"
+max_batch_size: 8
+input [ { name: "x", data_type: TYPE_FP32, dims: [ 2 ] } ]
+output [ { name: "y", data_type: TYPE_FP32, dims: [ 2 ] } ]
+"""
+TRITON_ECHO_MODEL = """import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy())])
+                for r in requests]
+"""
+
+
+@pytest.fixture(scope="module")
+def restricted_triton(rendered, tmp_path_factory):
+    """A real tritonserver (the nvidia-pytriton build, python backend) with the chart's restricted-API arguments as
+    rendered, $(TRITON_ADMIN_KEY) substituted the way Kubernetes does from the Secret-backed variable, metrics on,
+    serving a one-line python model. Yields (server, admin key, metrics URL)."""
+    from components.serving.triton import TritonServer
+
+    (c,) = one(rendered["defaults"][1], "Deployment", "triton")["spec"]["template"]["spec"]["containers"]
+    key = secrets.token_hex(16)
+    extra = [a.replace("$(TRITON_ADMIN_KEY)", key) for a in restricted_args(c)]
+    metrics_port = free_port()
+    repo = tmp_path_factory.mktemp("triton-repo")
+    (repo / "echo" / "1").mkdir(parents=True)
+    (repo / "echo" / "config.pbtxt").write_text(TRITON_ECHO_CONFIG)
+    (repo / "echo" / "1" / "model.py").write_text(TRITON_ECHO_MODEL)
+
+    class ChartTriton(TritonServer):
+        def command(self, backends: Path) -> list[str]:
+            cmd = [a for a in super().command(backends) if a != "--allow-metrics=false"]
+            return cmd + ["--allow-metrics=true", "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
+                          "--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}", *extra]
+
+    server = ChartTriton(repo, log_path=tmp_path_factory.mktemp("triton-log") / "tritonserver.log")
+    server.start()
+    try:
+        yield server, key, f"http://127.0.0.1:{metrics_port}/metrics"
+    finally:
+        server.stop()
+
+
+def test_triton_restricted_apis_for_real(restricted_triton):
+    """With the chart's arguments, health and inference answer anyone; the model repository index, model config,
+    logging, trace, statistics and shared-memory APIs refuse a request without the admin header (HTTP and gRPC) and
+    answer one with it."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    server, key, _ = restricted_triton
+    base = f"http://{server.url}"
+    admin = {"triton-admin-key": key}
+    assert http(f"{base}/v2/health/ready")[0] == 200
+    assert http(f"{base}/v2/models/echo/ready")[0] == 200
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.5, -2.0]}]}).encode()
+    status, out = http(f"{base}/v2/models/echo/infer", "POST", body, {"Content-Type": "application/json"})
+    assert status == 200 and json.loads(out)["outputs"][0]["data"] == [1.5, -2.0]
+    admin_calls = [("POST", "/v2/repository/index", b"{}"), ("GET", "/v2/models/echo/config", None),
+                   ("POST", "/v2/logging", b"{}"), ("GET", "/v2/trace/setting", None),
+                   ("GET", "/v2/models/stats", None), ("GET", "/v2/systemsharedmemory/status", None),
+                   ("GET", "/v2/models/echo", None)]
+    for method, path, payload in admin_calls:
+        status, text = http(f"{base}{path}", method, payload)
+        assert status == 403 and b"triton-admin-key" in text, (path, status, text[:300])
+        status, text = http(f"{base}{path}", method, payload, admin)
+        assert status == 200, (path, status, text[:300])
+        status, _ = http(f"{base}{path}", method, payload, {"triton-admin-key": "wrong"})
+        assert status == 403, path
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        assert client.is_server_ready() and client.is_model_ready("echo")
+        x = grpcclient.InferInput("x", [1, 2], "FP32")
+        x.set_data_from_numpy(np.array([[3.0, 4.0]], dtype=np.float32))
+        assert client.infer("echo", [x]).as_numpy("y").tolist() == [[3.0, 4.0]]
+        for call in (client.get_model_repository_index, lambda **kw: client.get_model_config("echo", **kw),
+                     lambda **kw: client.update_log_settings({"log_verbose_level": 0}, **kw),
+                     lambda **kw: client.get_inference_statistics("echo", **kw)):
+            with pytest.raises(InferenceServerException, match="(?i)restricted|unavailable|permission"):
+                call()
+            # gRPC metadata keys of a restricted protocol carry Triton's prefix
+            call(headers={f"triton-grpc-protocol-{k}": v for k, v in admin.items()})
+    finally:
+        client.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# The operator's dashboard
+# ------------------------------------------------------------------------------------------------
+
+# kube-state-metrics' CronJob and Job metrics (docs/metrics/workload/cronjob-metrics.md and job-metrics.md of
+# github.com/kubernetes/kube-state-metrics): no cluster here to scrape them from, so the documented names.
+KUBE_STATE_METRICS = {"kube_cronjob_status_last_successful_time", "kube_cronjob_status_last_schedule_time",
+                      "kube_cronjob_status_active", "kube_cronjob_next_schedule_time", "kube_cronjob_spec_suspend",
+                      "kube_job_status_failed", "kube_job_status_succeeded", "kube_job_status_active"}
+
+
+def prometheus_names(families) -> set[str]:
+    """The sample names a scrape shows for each family (counter: _total; histogram: _bucket, _sum, _count)."""
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "summary": ["_sum", "_count", ""],
+                "gauge": [""], "untyped": [""], "info": ["_info"]}
+    return {f.name + s for f in families for s in suffixes[f.type]}
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    board = json.loads(DASHBOARD.read_text())
+    out = []
+    for panel in board["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["targets"], f"panel {panel['title']!r} has no query"
+        out += [(panel["title"], t["expr"]) for t in panel["targets"]]
+    return out
+
+
+def test_dashboard_configmap_for_the_grafana_sidecar(rendered):
+    _, docs = rendered["defaults"]
+    cm = one(docs, "ConfigMap", "dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["namespace"] == NAMESPACE
+    board = json.loads(cm["data"]["homefeed.json"])
+    assert board == json.loads(DASHBOARD.read_text())
+    assert board["uid"] and board["schemaVersion"] >= 36
+    assert {v["name"] for v in board["templating"]["list"]} == {"datasource", "namespace"}
+    proc = template("--set", "dashboard.enabled=false")
+    assert "grafana_dashboard" not in proc.stdout
+
+
+def test_dashboard_queries_name_metrics_that_are_exported(restricted_triton):
+    """Every panel's query names metrics that exist: the recommend service's (from its own Prometheus registry),
+    Triton's (scraped from the real tritonserver above after an inference) and kube-state-metrics' (documented).
+    The dashboard covers requests/s, error rate by class, p50/p99 per stage, Triton's batch sizes and the daily
+    run's last success."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    from components.serving.service import Metrics
+
+    server, _, metrics_url = restricted_triton
+    client = httpclient.InferenceServerClient(server.url)
+    try:
+        x = httpclient.InferInput("x", [2, 2], "FP32")
+        x.set_data_from_numpy(np.ones((2, 2), dtype=np.float32))
+        client.infer("echo", [x])
+    finally:
+        client.close()
+    status, text = http(metrics_url)
+    assert status == 200
+    # the sample names exactly as Prometheus stores them (the first token of each sample line)
+    triton = {re.split(r"[{ ]", line, maxsplit=1)[0] for line in text.decode().splitlines()
+              if line and not line.startswith("#")}
+    service = prometheus_names(Metrics().registry.collect())
+    exported = {"service": service, "triton": triton, "kube-state-metrics": KUBE_STATE_METRICS}
+    used: dict[str, set[str]] = {k: set() for k in exported}
+    for title, expr in dashboard_queries():
+        names = set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr))
+        assert names, (title, expr)
+        for name in names:
+            sources = [k for k, v in exported.items() if name in v]
+            assert sources, f"panel {title!r}: {name} is exported by none of {sorted(exported)}"
+            used[sources[0]].add(name)
+    assert {"homefeed_requests_total", "homefeed_request_errors_total",
+            "homefeed_stage_latency_seconds_bucket"} <= used["service"]
+    assert {"nv_inference_request_success", "nv_inference_count", "nv_inference_exec_count",
+            "nv_inference_queue_duration_us"} <= used["triton"]
+    assert "kube_cronjob_status_last_successful_time" in used["kube-state-metrics"]

@@ -85,27 +85,158 @@ seccompProfile:
   mountPath: /tmp
 {{- end -}}
 
-{{/* Environment every homefeed container gets: HOME on the writable /tmp, endpoints of the other services */}}
+{{/* Environment every homefeed container gets: HOME on the writable /tmp, the stack file */}}
 {{- define "homefeed.commonEnv" -}}
 - name: HOME
   value: /tmp
 - name: PYTHONDONTWRITEBYTECODE
   value: "1"
-- name: HOMEFEED_MILVUS_URI
-  value: {{ .Values.endpoints.milvus.uri | quote }}
-{{- if .Values.endpoints.milvus.existingSecret }}
-- name: HOMEFEED_MILVUS_TOKEN
+- name: HOMEFEED_STACK
+  value: {{ include "homefeed.stackPath" . | quote }}
+{{- end -}}
+
+{{/* Where the stack file is mounted (the directory is the ConfigMap volume) */}}
+{{- define "homefeed.stackDir" -}}/etc/homefeed{{- end -}}
+{{- define "homefeed.stackPath" -}}{{ include "homefeed.stackDir" . }}/stack.yaml{{- end -}}
+{{- define "homefeed.apiTokenDir" -}}/var/run/secrets/homefeed{{- end -}}
+{{- define "homefeed.apiTokenPath" -}}{{ include "homefeed.apiTokenDir" . }}/api-token{{- end -}}
+
+{{/*
+The stack file: one StackConfig (components/stackconfig.py) naming every store and endpoint. The feature
+server's feature_store.yaml is derived from it (homefeed.featureStoreYaml), the recommend service and the
+pipeline runs read it as $HOMEFEED_STACK. Credentials are references to environment variables that the pods
+get from existing Secrets (homefeed.stackSecretEnv), never values.
+*/}}
+{{- define "homefeed.stack" -}}
+{{- $e := .Values.endpoints -}}
+{{- $reg := $e.registry -}}
+profile: cluster
+feast:
+  project: {{ .Values.featureServer.project | quote }}
+  repo: {{ .Values.stack.feastRepo | quote }}
+  online_store:
+    type: redis
+    connection_string: {{ printf "%s:%v" $e.redis.host $e.redis.port | quote }}
+    {{- if $e.redis.existingSecret }}
+    password: {env: REDIS_PASSWORD}
+    {{- end }}
+  registry:
+    type: sql
+    {{- if and $reg.existingSecret $reg.urlSecretKey }}
+    url: {env: FEAST_REGISTRY_URL}
+    {{- else }}
+    path: {{ printf "postgresql+psycopg://%s@%s:%v/%s" $reg.user $reg.host $reg.port $reg.database | quote }}
+    {{- if $reg.existingSecret }}
+    password: {env: FEAST_REGISTRY_PASSWORD}
+    {{- end }}
+    {{- end }}
+    cache_ttl_seconds: {{ .Values.featureServer.registryTtlSeconds }}
+  offline_store: {type: file}
+  serve_while_materializing: true
+  server_url: {{ printf "http://%s.%s.svc:%v" (include "homefeed.componentName" (dict "ctx" . "component" "feature-server")) .Release.Namespace .Values.featureServer.service.port | quote }}
+milvus:
+  uri: {{ $e.milvus.uri | quote }}
+  {{- if $e.milvus.existingSecret }}
+  token: {env: MILVUS_TOKEN}
+  {{- end }}
+  alias: {{ $e.milvus.alias | quote }}
+  keep_collections: {{ $e.milvus.keepCollections }}
+triton:
+  url: {{ printf "%s.%s.svc:%v" (include "homefeed.componentName" (dict "ctx" . "component" "triton")) .Release.Namespace .Values.triton.service.grpcPort | quote }}
+  protocol: grpc
+  model: {{ .Values.triton.ranker.ensemble | quote }}
+  repository: {{ include "homefeed.tritonRepository" . | quote }}
+embeddings:
+  root: {{ .Values.stack.embeddingsRoot | quote }}
+service:
+  token: {file: {{ include "homefeed.apiTokenPath" . }}}
+  max_k: {{ .Values.recommend.maxK }}
+  max_candidates: {{ .Values.recommend.maxCandidates }}
+{{- end -}}
+
+{{/* The served Triton model repository as the recommend service sees it (preprocess.json) on the data PVC */}}
+{{- define "homefeed.tritonRepository" -}}
+{{- $t := .Values.triton -}}
+{{- if .Values.stack.tritonRepository -}}
+{{- .Values.stack.tritonRepository -}}
+{{- else -}}
+{{- printf "%s/%s" .Values.data.mountPath (default (printf "triton/%s" $t.ranker.backend) $t.modelRepository.pvcSubPath) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Feast's feature_store.yaml for `feast serve`, derived from the stack file: the same online store and registry,
+the credentials by Feast's ${VAR} expansion of the environment variables the stack file names. */}}
+{{- define "homefeed.featureStoreYaml" -}}
+{{- $f := (include "homefeed.stack" . | fromYaml).feast -}}
+{{- $online := $f.online_store -}}
+{{- $reg := $f.registry -}}
+{{- $regPath := "" -}}
+{{- if $reg.url -}}
+{{- $regPath = printf "${%s}" $reg.url.env -}}
+{{- else if $reg.password -}}
+{{- $regPath = regexReplaceAll "^([a-z0-9+]+://[^@/:]+)@" $reg.path (printf "${1}:$${%s}@" $reg.password.env) -}}
+{{- else -}}
+{{- $regPath = $reg.path -}}
+{{- end -}}
+project: {{ $f.project }}
+provider: local
+registry:
+  registry_type: sql
+  path: {{ $regPath | quote }}
+  {{- if not $reg.url }}
+  sqlalchemy_config_kwargs:
+    echo: false
+    pool_pre_ping: true
+  {{- end }}
+  cache_ttl_seconds: {{ $reg.cache_ttl_seconds }}
+  serve_features_while_materializing: {{ $f.serve_while_materializing }}
+online_store:
+  type: redis
+  connection_string: "{{ $online.connection_string }}{{ with $online.password }},password=${{ printf "{%s}" .env }}{{ end }}"
+  # one writer publishes whole daily snapshots: a re-run of a date overwrites rows with the same event timestamp
+  skip_dedup: true
+offline_store:
+  type: {{ $f.offline_store.type }}
+entity_key_serialization_version: 3
+{{- end -}}
+
+{{/* The Secrets behind the stack file's {env: NAME} references ("stores" = the store credentials a pod needs) */}}
+{{- define "homefeed.stackSecretEnv" -}}
+{{- $e := .ctx.Values.endpoints -}}
+{{- if and (has "redis" .stores) $e.redis.existingSecret }}
+- name: REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.endpoints.milvus.existingSecret }}
-      key: {{ .Values.endpoints.milvus.existingSecretKey }}
+      name: {{ $e.redis.existingSecret }}
+      key: {{ $e.redis.existingSecretKey }}
 {{- end }}
-- name: HOMEFEED_REDIS_HOST
-  value: {{ .Values.endpoints.redis.host | quote }}
-- name: HOMEFEED_REDIS_PORT
-  value: {{ .Values.endpoints.redis.port | quote }}
-- name: KFP_HOST
-  value: {{ .Values.endpoints.kfp.host | quote }}
+{{- if and (has "registry" .stores) $e.registry.existingSecret }}
+- name: {{ ternary "FEAST_REGISTRY_URL" "FEAST_REGISTRY_PASSWORD" (ne $e.registry.urlSecretKey "") }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $e.registry.existingSecret }}
+      key: {{ default $e.registry.existingSecretKey $e.registry.urlSecretKey }}
+{{- end }}
+{{- if and (has "milvus" .stores) $e.milvus.existingSecret }}
+- name: MILVUS_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $e.milvus.existingSecret }}
+      key: {{ $e.milvus.existingSecretKey }}
+{{- end }}
+{{- end -}}
+
+{{/* The stack file's volume and mount (read-only ConfigMap) */}}
+{{- define "homefeed.stackVolume" -}}
+- name: stack
+  configMap:
+    name: {{ include "homefeed.componentName" (dict "ctx" . "component" "stack") }}
+{{- end -}}
+
+{{- define "homefeed.stackMount" -}}
+- name: stack
+  mountPath: {{ include "homefeed.stackDir" . }}
+  readOnly: true
 {{- end -}}
 
 {{/* Object storage credentials: only references to an existing Secret */}}
