@@ -62,7 +62,7 @@ def valid_tables(seed: int = 0, pins: int = 6, users: int = 3, events: int = 12,
     n = len(imp_pins)
     tables["impressions"] = pd.DataFrame({
         "request_id": np.repeat(np.arange(1, requests + 1, dtype=np.int64), k),
-        "user_id": rng.choice(user_ids, n),
+        "user_id": np.repeat(rng.choice(user_ids, requests), k),  # a request is one user's
         "pin_id": imp_pins,
         "surface": rng.choice(SURFACES, n),
         "timestamp": START + rng.integers(0, days * 86_400, n),

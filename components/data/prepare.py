@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -77,31 +79,71 @@ def write_dataset(out: str | Path, tables: dict[str, object], progress: bool | N
     return out
 
 
+BUILDING = ".{name}.building-{pid}-"  # the temporary sibling a prepare builds in
+
+
+def _clear_stale_builds(out: Path) -> None:
+    """Remove temporary siblings of ``out`` left by a killed prepare (their process is gone)."""
+    for stale in out.parent.glob(f".{out.name}.building-*"):
+        try:
+            pid = int(stale.name[len(f".{out.name}.building-"):].split("-")[0])
+            os.kill(pid, 0)  # still running: another prepare into the same folder
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(stale, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live process
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise config_mod.ConfigError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").exists():
+        raise config_mod.ConfigError(f"--out {out}: exists, is not empty and is not a homefeed data directory "
+                                     "(no meta.json); prepare replaces the whole folder, so give a new or empty "
+                                     "folder, or a data directory to rebuild")
+
+
 def prepare(cfg: DataConfig, out: str | Path, progress: bool | None = None) -> ValidationReport:
     """Generate or map the dataset of ``cfg`` into ``out``, validate it and save the resolved config
     (``out/config.yaml``). Returns the validation report (its summary is what the CLI prints).
 
+    The directory is built in a temporary sibling of ``out``, validated there, and only then swapped
+    in whole (:func:`io.replace_dir`): a run that fails validation (``--set feature_noise=.nan``),
+    raises or is killed leaves the previous ``out`` exactly as it was.
     ``progress``: tqdm bars for the stages (None = only when stderr is a terminal).
     """
     if cfg.dataset not in ("ml-100k", "synthetic"):
         raise config_mod.ConfigError(f"key 'dataset' expects one of ml-100k, synthetic; got {cfg.dataset!r}")
+    out = Path(out).absolute()
+    _check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale_builds(out)
+    work = Path(tempfile.mkdtemp(prefix=BUILDING.format(name=out.name, pid=os.getpid()), dir=out.parent))
+    os.chmod(work, 0o777 & ~io._umask())  # mkdtemp's folder is owner-only; published data is readable
     disable = None if progress is None else not progress
-    with tqdm(total=3, desc=f"prepare {cfg.dataset}", unit="stage", disable=disable) as bar:
-        bar.set_postfix_str("map ML-100k" if cfg.dataset == "ml-100k" else "generate")
-        if cfg.dataset == "ml-100k":
-            from components.data import movielens
-            tables = movielens.load(eval_days=cfg.eval_days, seed=cfg.seed)
-        else:
-            from components.data import synthetic
-            tables = synthetic.generate(cfg)
-        bar.update(1)
-        bar.set_postfix_str("write")
-        write_dataset(out, tables, progress=progress)
-        config_mod.save(cfg, Path(out) / "config.yaml")
-        bar.update(1)
-        bar.set_postfix_str("validate")
-        report = validate_dir(out)
-        bar.update(1)
+    try:
+        with tqdm(total=4, desc=f"prepare {cfg.dataset}", unit="stage", disable=disable) as bar:
+            bar.set_postfix_str("map ML-100k" if cfg.dataset == "ml-100k" else "generate")
+            if cfg.dataset == "ml-100k":
+                from components.data import movielens  # only this dataset needs recbole's files
+                tables = movielens.load(eval_days=cfg.eval_days, seed=cfg.seed)
+            else:
+                from components.data import synthetic  # only this dataset needs the generator
+                tables = synthetic.generate(cfg)
+            bar.update(1)
+            bar.set_postfix_str("write")
+            write_dataset(work, tables, progress=progress)
+            config_mod.save(cfg, work / "config.yaml")
+            bar.update(1)
+            bar.set_postfix_str("validate")
+            report = validate_dir(work)  # raises before anything is published
+            report.data_dir = str(out)
+            bar.update(1)
+            bar.set_postfix_str("publish")
+            io.replace_dir(work, out)
+            bar.update(1)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return report
 
 

@@ -33,6 +33,15 @@ POSITIVE_MIN_DURATION_S = 10.0
 MIN_TIMESTAMP = 631_152_000  # 1990-01-01
 MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01
 
+# The longest plausible dwell: a closeup or click longer than one day is a logging error (3e38 s,
+# a stuck timer), not engagement; the validator rejects durations above it.
+MAX_DURATION_S = 86_400.0
+# Timestamps later than the validator's clock plus this slack are "in the future" (a dt=2099-01-01
+# partition would otherwise count as evaluation events); the slack covers clock skew and time zones.
+FUTURE_SLACK_S = 86_400
+# At most this many problems are listed in an error message (the rest are counted).
+MAX_LISTED_ERRORS = 40
+
 DENSE_PREFIX = "d_"
 SPARSE_PREFIX = "s_"
 LABEL_PREFIX = "label_"
@@ -45,7 +54,11 @@ class DataValidationError(ValueError):
 
     def __init__(self, errors: list[str]):
         self.errors = list(errors)
-        super().__init__("invalid data:\n  " + "\n  ".join(self.errors))
+        shown = self.errors[:MAX_LISTED_ERRORS]
+        more = len(self.errors) - len(shown)
+        super().__init__("invalid data:\n  " + "\n  ".join(shown)
+                         + (f"\n  ... and {more} more problem{'s' if more > 1 else ''} "
+                            f"({len(self.errors)} in all)" if more else ""))
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,9 @@ class TableSpec:
     non_negative: tuple[str, ...] = ()
     timestamps: tuple[str, ...] = ()
     vocab: dict[str, tuple[str, ...]] = field(default_factory=dict)  # column -> allowed values
+    maximum: dict[str, float] = field(default_factory=dict)  # column -> largest allowed value
+    unique_rows: bool = False  # two identical rows are an error (a logged event appears once)
+    one_per_key: dict[str, tuple[str, ...]] = field(default_factory=dict)  # key -> columns constant per key
 
     @property
     def filename(self) -> str:
@@ -100,6 +116,8 @@ EVENTS = TableSpec(
     non_negative=("duration_s",),
     timestamps=("timestamp",),
     vocab={"action_type": ACTION_TYPES, "surface": SURFACES},
+    maximum={"duration_s": MAX_DURATION_S},
+    unique_rows=True,
 )
 IMPRESSIONS = TableSpec(
     "impressions",
@@ -118,6 +136,7 @@ IMPRESSIONS = TableSpec(
     non_negative=(),
     timestamps=("timestamp",),
     vocab={"surface": SURFACES},
+    one_per_key={"request_id": ("user_id",)},  # a request is one user's
 )
 
 # meta.json: required keys and their JSON types
