@@ -2,7 +2,8 @@
 
 - pins: the content feature vector, L2-normalised;
 - users: the mean of the content vectors of the pins they engaged positively with before ``until``
-  (repin, closeup/click over 10 s), L2-normalised; users with none get the mean of all their pins.
+  (the dataset's positive rule, ``components.data.vocab``; homefeed's default: repin, closeup/click over
+  10 s), L2-normalised; users with none get the mean of all their pins.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from components.data import io
 from components.data.schemas import POSITIVE_MIN_DURATION_S
 from components.data.validate import load_events, pin_features
+from components.data.vocab import vocab_of_frame
 from components.inference.tables import EmbeddingTable
 
 
@@ -37,7 +39,7 @@ def content_embeddings(data_dir: str | Path, until: int | None = None) -> tuple[
     pins = _l2(feats)
     ev = load_events(data_dir)
     ev = ev[ev["timestamp"] < until]
-    pos = is_positive(ev["action_type"].to_numpy(), ev["duration_s"].to_numpy())
+    pos = vocab_of_frame(ev).is_positive(ev["action_type"].to_numpy(), ev["duration_s"].to_numpy())
     users_all = np.sort(io.read_table(data_dir, "users").column("user_id").to_numpy())
     row = np.searchsorted(pin_ids, ev["pin_id"].to_numpy())
     uidx = np.searchsorted(users_all, ev["user_id"].to_numpy())
