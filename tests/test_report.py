@@ -199,15 +199,20 @@ def test_report_renders_in_a_browser(inputs, tmp_path):
     assert shot.exists() and shot.stat().st_size > 20_000
 
 
-def test_homefeed_report_command(inputs, tmp_path):
-    ev, bench, runs = inputs
+def test_homefeed_report_command(tmp_path):
+    """The CLI wiring (the rendering itself is covered in-process above): flags, summary line, notes."""
+    r = EvalResult("ranker", "ml-100k", "python -m pipelines.demo", protocol={}, metrics={"auc_save": "higher"})
+    r.add("pipeline (ranker_tiny)", 0, auc_save=0.61)
+    write_result(r, tmp_path / "eval")
+    (tmp_path / "eval" / "old_format.json").write_text("{}")
     out = tmp_path / "cli" / "report.html"
-    proc = subprocess.run([str(Path(sys.executable).parent / "homefeed"), "report", "--eval", str(ev), "--bench",
-                           str(bench), "--runs", str(runs), "--out", str(out)], capture_output=True, text=True,
-                          timeout=180)
+    proc = subprocess.run([str(Path(sys.executable).parent / "homefeed"), "report", "--eval", str(tmp_path / "eval"),
+                           "--bench", str(tmp_path / "none.json"), "--runs", "", "--out", str(out)],
+                          capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
-    assert f"wrote {out}: 3 evaluations, 3 benchmarks, 2 training curves, 10 figures" in proc.stdout
-    assert "missing: " in proc.stdout and "old_format.json" in proc.stdout
+    assert f"wrote {out}: 1 evaluations, 0 benchmarks, 0 training curves, 0 figures" in proc.stdout
+    assert "missing: " in proc.stdout and "old_format.json" in proc.stdout and "none.json: missing" in proc.stdout
+    assert "0.61" in out.read_text()
 
 
 BENCH_FILE = '''

@@ -125,10 +125,10 @@ def _variant_colours(result: EvalResult) -> list[str]:
 
 def plot_bars(result: EvalResult, metrics: list[str]) -> str | None:
     """One panel per metric: a bar per variant (mean over seeds) with its interval; needs two variants."""
+    metrics = [m for m in metrics if any(result.stat(v, m).mean is not None for v in result.variants)][:6]
     if len(result.variants) < 2 or not metrics:
         return None
     plt = _plt()
-    metrics = metrics[:6]
     ncols = min(3, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
     n = len(result.variants)
