@@ -225,6 +225,9 @@ class Recommender:
 
     # ---- opening: each failure names its dependency ----
     def _open_feast(self):
+        if not Path(self.cfg.feature_repo).is_dir():
+            raise FileNotFoundError(f"{self.cfg.feature_repo}: no Feast repo instance at this path (run `homefeed "
+                                    "features apply --repo ...` or set feast.repo in the stack file)")
         try:
             kw = {"stack": self.cfg.stack} if self.cfg.stack is not None else {}
             return feast_store.open_store(self.cfg.feature_repo, **kw)

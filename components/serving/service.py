@@ -30,7 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from components.serving import feast_store
 from components.serving.milvus_index import connect, disconnect, served_collection
@@ -160,6 +163,8 @@ class Probes:
         self._triton: RankerClient | None = None
 
     def feast(self) -> str:
+        if not Path(self.cfg.feature_repo).is_dir():  # before importing feast (seconds on a busy machine)
+            raise FileNotFoundError(f"{self.cfg.feature_repo}: no Feast repo instance at this path")
         if self._store is None:
             kw = {"stack": self.cfg.stack} if self.cfg.stack is not None else {}
             self._store = feast_store.open_store(self.cfg.feature_repo, **kw)
@@ -264,18 +269,22 @@ def parse_request(body: bytes, default_k: int, default_candidates: int) -> dict[
 
 def create_app(settings: ServiceSettings):
     """The FastAPI application (the pool opens its connections on the first requests)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
-    from starlette.concurrency import run_in_threadpool
-
     if not settings.token:
         raise ValueError("the recommend service needs a bearer token (an empty token would admit anyone)")
     metrics = Metrics()
     pool = RecommenderPool(settings.recommend, settings.concurrency, metrics, settings.acquire_timeout_s)
     probes = Probes(settings.recommend)
 
+    def warm() -> None:
+        """Open the first connections in the background: the first requests and probes do not pay for imports
+        and registry loads, and an unreachable dependency shows up in /readyz at once."""
+        probes.check()
+        with contextlib.suppress(Exception), pool.acquire():
+            pass
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        threading.Thread(target=warm, name="warm", daemon=True).start()
         yield
         await run_in_threadpool(pool.close)
         await run_in_threadpool(probes.close)
