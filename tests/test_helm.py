@@ -465,11 +465,11 @@ def running(cmd: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> I
 
 
 def http(url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None,
-         context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+         context: ssl.SSLContext | None = None, timeout_s: float = 10) -> tuple[int, bytes]:
     """(status, body) of one request; HTTP errors are answers too."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=10, context=context) as r:
+        with urllib.request.urlopen(req, timeout=timeout_s, context=context) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -609,6 +609,8 @@ def test_notes_render_offline():
     assert "http://hf-homefeed-triton:8000" in notes and "/v2/health/ready" in notes
     assert "create job --from=cronjob/hf-homefeed-embedding-cron" in notes
     assert "TrainJob: pinsage on 2 node(s) x 4 process(es)" in notes
+    assert "http://hf-homefeed-recommend:8080" in notes and "/v1/recommend" in notes
+    assert "get secret homefeed-api-token -o jsonpath='{.data.token}'" in notes
 
 
 # ------------------------------------------------------------------------------------------------
@@ -914,8 +916,17 @@ def test_official_chart_values_files():
         values["endpoints"]["redis"]["existingSecret"]
     assert redis["auth"]["existingSecretPasswordKey"] == values["endpoints"]["redis"]["existingSecretKey"]
     assert "password" not in redis["auth"]
+    postgresql = yaml.safe_load((REPO / "helm" / "postgresql-values.yaml").read_text())
+    registry = values["endpoints"]["registry"]
+    assert (postgresql["auth"]["username"], postgresql["auth"]["database"]) == (registry["user"], registry["database"])
+    assert postgresql["auth"]["existingSecret"] == registry["existingSecret"]
+    assert postgresql["auth"]["secretKeys"]["userPasswordKey"] == registry["existingSecretKey"]
+    assert "password" not in postgresql["auth"] and "postgresPassword" not in postgresql["auth"]
+    assert registry["host"] == "postgresql" and registry["port"] == 5432  # the Service of release "postgresql"
+    assert "homefeed.io/client" not in (REPO / "helm" / "redis-values.yaml").read_text()
     readme = (CHART / "README.md").read_text()
     assert "helm install redis oci://registry-1.docker.io/bitnamicharts/redis" in readme
+    assert "helm install postgresql oci://registry-1.docker.io/bitnamicharts/postgresql" in readme
     assert "helm install milvus zilliztech/milvus" in readme and "-f helm/milvus-values.yaml" in readme
 
 
@@ -1314,7 +1325,9 @@ def restricted_triton(rendered, tmp_path_factory):
 
     class ChartTriton(TritonServer):
         def command(self, backends: Path) -> list[str]:
-            cmd = [a for a in super().command(backends) if a != "--allow-metrics=false"]
+            metric_flags = ("--allow-metrics", "--allow-gpu-metrics", "--allow-cpu-metrics", "--metrics-address",
+                            "--metrics-port")
+            cmd = [a for a in super().command(backends) if not a.startswith(metric_flags)]
             return cmd + ["--allow-metrics=true", "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
                           "--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}", *extra]
 
@@ -1451,3 +1464,79 @@ def test_dashboard_queries_name_metrics_that_are_exported(restricted_triton):
     assert {"nv_inference_request_success", "nv_inference_count", "nv_inference_exec_count",
             "nv_inference_queue_duration_us"} <= used["triton"]
     assert "kube_cronjob_status_last_successful_time" in used["kube-state-metrics"]
+
+
+def test_recommend_command_starts_the_service_over_tls(tmp_path):
+    """The recommend container as rendered with TLS on (ci/cpu-values.yaml): its command, the stack file from the
+    ConfigMap and the token and certificate from their Secret volumes (random token, a fresh self-signed
+    certificate) start a real `homefeed serve recommend`. Only the mount points and the port are moved to this
+    machine. The liveness probe path answers 200 over HTTPS; no store is reachable here (the stack names cluster
+    Services), so the readiness probe path answers 503 naming them; a request without or with a wrong bearer token
+    gets 401, and /metrics serves the families the dashboard queries."""
+    port = free_port()
+    text = template("-f", str(CHART / "ci" / "cpu-values.yaml"), "--set", f"recommend.service.port={port}",
+                    "--show-only", "templates/recommend.yaml", "--show-only", "templates/stack-configmap.yaml").stdout
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    pod = one(docs, "Deployment", "recommend")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    local = {name: tmp_path / name for name in ("stack", "api-token", "tls")}
+    for d in local.values():
+        d.mkdir()
+    for key, content in one(docs, "ConfigMap", "stack")["data"].items():
+        (local["stack"] / key).write_text(content)
+    token = secrets.token_hex(16)
+    (item,) = volumes["api-token"]["secret"]["items"]
+    (local["api-token"] / item["path"]).write_text(token + "\n")
+    cert, key = local["tls"] / "tls.crt", local["tls"] / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    for d in local.values():
+        for f in d.iterdir():
+            f.chmod(0o444)
+        d.chmod(0o555)  # ConfigMap and Secret volumes are read-only
+
+    def relocate(arg: str) -> str:
+        for name, path in mounts.items():
+            if name in local and arg.startswith(path + "/"):
+                return str(local[name]) + arg[len(path):]
+        return "127.0.0.1" if arg == "0.0.0.0" else arg
+
+    args = [relocate(a) for a in c["args"]]
+    assert args[args.index("--tls-cert") + 1] == str(cert) and args[args.index("--token-file") + 1] != \
+        c["args"][c["args"].index("--token-file") + 1], "the rendered args no longer read the mounted Secrets"
+    env = dict(os.environ)
+    env.update({e["name"]: e["value"] for e in c["env"] if "value" in e})
+    env.update(HOME=str(tmp_path), OMP_NUM_THREADS="1", HOMEFEED_QUIET="1",
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env["HOMEFEED_STACK"] = relocate(env["HOMEFEED_STACK"])
+    for e in c["env"]:  # the Secret-backed variables: random values (no literal credential anywhere)
+        if "valueFrom" in e:
+            env[e["name"]] = secrets.token_hex(8)
+    context = ssl.create_default_context(cafile=str(cert))
+    probe = c["livenessProbe"]["httpGet"]
+    base = f"https://localhost:{port}"
+    log_path = tmp_path / "recommend.log"
+    try:
+        with running(c["command"] + args, env, REPO, log_path) as proc:
+            status, _ = wait_for(f"{base}{probe['path']}", proc, log_path, context=context)
+            assert status == 200, log_path.read_text()[-3000:]
+            # each unreachable store costs its connect timeout (the probe's timeoutSeconds covers a healthy answer)
+            status, body = http(f"{base}{c['readinessProbe']['httpGet']['path']}", context=context, timeout_s=120)
+            assert status == 503 and b"milvus" in body.lower(), body[:500]
+            request = json.dumps({"user_id": 1, "k": 5}).encode()
+            headers = {"Content-Type": "application/json"}
+            assert http(f"{base}/v1/recommend", "POST", request, headers, context)[0] == 401
+            wrong = {**headers, "Authorization": f"Bearer {secrets.token_hex(16)}"}
+            assert http(f"{base}/v1/recommend", "POST", request, wrong, context)[0] == 401
+            status, metrics = http(f"{base}/metrics", context=context)
+            assert status == 200
+            for family in ("homefeed_requests_total", "homefeed_stage_latency_seconds", "homefeed_dependency_up"):
+                assert family in metrics.decode(), family
+            with pytest.raises(OSError):  # plain HTTP is not served
+                http(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        for d in local.values():
+            d.chmod(0o755)
