@@ -189,10 +189,14 @@ def latency_samples(doc: dict[str, Any]) -> list[tuple[str, list[float]]]:
     return out
 
 
+STAGE_ORDER = ("feast_user", "milvus", "feast_features", "triton", "total", "http round trip")
+
+
 def latency_section(inputs: Inputs) -> str:
     parts = []
     if inputs.latency:
-        pct = {k: plots.percentiles(v) for k, v in inputs.latency.items()}
+        order = [k for k in STAGE_ORDER if k in inputs.latency] + [k for k in inputs.latency if k not in STAGE_ORDER]
+        pct = {k: plots.percentiles(inputs.latency[k]) for k in order}
         n = max(len(v) for v in inputs.latency.values())
         parts.append(f"<p>Measured by the demo: {n} requests through the recommend path "
                      f"(<code>{_e(inputs.latency_source)}</code>).</p>")
@@ -250,6 +254,10 @@ def bench_section(doc: dict[str, Any] | None) -> str:
     return "\n".join(p for p in parts if p)
 
 
+def _counters_text(c: dict[str, float]) -> str:
+    return " · ".join(f"{k} {fmt_number(v)}" for k, v in c.items())
+
+
 def operations_section(inputs: Inputs) -> str:
     parts = ["<p>How the runs went rather than how good the models are: wall times, the share of time spent "
              "waiting for data, rows and pairs per rank, memory.</p>"]
@@ -257,14 +265,14 @@ def operations_section(inputs: Inputs) -> str:
         _, _, ops = split_metrics(r)
         if ops and r.runs:
             parts.append(f"<p><b>{_e(r.model)} on {_e(r.dataset)}</b> (evaluation runs)</p>" + metric_table(r, ops))
-    counters = [(c.name, c.counters) for c in inputs.curves if c.counters] + inputs.pipeline_counters
+    trained = {c.name for c in inputs.curves if c.counters}
+    counters = [(c.name, c.counters) for c in inputs.curves if c.counters]
+    # a pipeline task's counters, unless its train_log.jsonl already gave them (same task name)
+    counters += [(name, c) for name, c in inputs.pipeline_counters
+                 if not any(f": {t} (" in name for t in trained)]
     if counters:
-        keys: list[str] = []
-        for _, c in counters:
-            keys += [k for k in c if k not in keys]
-        keys = keys[:12]
         parts.append("<p><b>Training runs and pipeline steps</b></p>"
-                     + table(["run"] + keys, [[name] + [c.get(k, "") for k in keys] for name, c in counters]))
+                     + table(["run", "counters"], [[name, _counters_text(c)] for name, c in counters]))
     return "\n".join(parts) if len(parts) > 1 else "<p class='note'>No operational counters were recorded.</p>"
 
 
