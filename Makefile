@@ -41,6 +41,7 @@ helm: $(HELM)
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 test: venv venv-triton helm lint
 	$(VENV)/bin/pytest -q tests --ignore=tests/bench

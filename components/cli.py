@@ -26,6 +26,7 @@ GROUPS = {
     "pipeline": "compile, run and submit Kubeflow pipelines",
     "bench": "benchmarks",
     "report": "the evaluation report",
+    "tune": "tune hyperparameters on the validation period (Optuna; a Katib Experiment for clusters)",
     "stack": "start and stop the servers of a stack profile (Valkey, PostgreSQL, Milvus, Triton, feast serve)",
 }
 COMMAND_MODULES = ("data", "pinsage", "pinnerformer", "ranker", "eval", "tune", "serving", "pipeline", "report", "stack")
@@ -63,12 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.error(f"'{args.group}' needs a command")
     from components.data.validate import DataValidationError
+    from components.launch import LaunchError
+    from components.models.checkpoint import CheckpointError
 
     try:
         rc = args.func(args)
-    except (ConfigError, DataValidationError, FileNotFoundError) as e:
+    except (ConfigError, DataValidationError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except LaunchError as e:  # a training run failed (torchrun rank or cluster job): its first error line
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

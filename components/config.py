@@ -7,6 +7,9 @@ Experiments live in ``components/configs/<model>.yaml`` as a mapping ``name -> {
 an experiment may name another with ``extends:``. Every experiment name is unique across files, so
 ``load("pinsage_tiny")`` needs no model name. Unknown keys and wrong types are errors that name the
 key, the experiment and what was expected.
+
+This file is long on purpose: it is the one config contract every layer reads (the four dataclasses with
+their choices and bounds are most of it), and the machinery beside them is what makes those annotations checks.
 """
 
 from __future__ import annotations
@@ -135,7 +138,7 @@ class PinSageConfig(Checked):
     feature_dim: PositiveInt = 64  # input content features (set from data)
     hidden_dim: PositiveInt = 128
     embed_dim: PositiveInt = 64
-    num_layers: PositiveInt = 2  # K
+    num_layers: NonNegInt = 2  # K; 0 = no convolutions (the content-only baseline: the final MLP on features)
     pooling: Pooling = "importance"
     # training
     seed: NonNegInt = 0

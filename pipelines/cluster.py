@@ -9,14 +9,18 @@ Secrets as environment variables. Local runs (``kfp.local``) get none of this.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
-STEP_NAMES = ("prepare_data", "sample_graph", "train_pinsage", "embed_pins", "train_pinnerformer", "embed_users",
-              "embed_pin_tower", "train_ranker", "evaluate_ranker", "export_ranker", "register_features",
+from components.launch.resources import CPU_NODE, GPU_NODE, NODE_IMAGE
+from components.steps.images import lightweight
+
+STEP_NAMES = ("prepare_data", "import_data", "sample_graph", "train_pinsage", "embed_pins", "train_pinnerformer",
+              "embed_users", "embed_pin_tower", "train_ranker", "evaluate_ranker", "export_ranker", "register_features",
               "build_index")
 GPU_STEPS = ("train_pinsage", "train_pinnerformer", "train_ranker", "export_ranker")
 
@@ -30,11 +34,12 @@ class ClusterConfig:
     gpu_node_label: tuple[str, str] = ("nvidia.com/gpu.present", "true")
     gpu_taint_key: str = "nvidia.com/gpu"
     accelerator_type: str = "nvidia.com/gpu"
-    accelerator_limit: int = 1
-    gpu_cpu_limit: str = "8"
-    gpu_memory_limit: str = "32Gi"
-    cpu_limit: str = "4"
-    memory_limit: str = "16Gi"
+    # node sizes: one table with the training launcher's TrainJob/PyTorchJob nodes (components.launch.resources)
+    accelerator_limit: int = GPU_NODE.gpus
+    gpu_cpu_limit: str = GPU_NODE.cpu
+    gpu_memory_limit: str = GPU_NODE.memory
+    cpu_limit: str = CPU_NODE.cpu
+    memory_limit: str = CPU_NODE.memory
     job_api: str = "trainjob"  # multi-node training: trainjob (Kubeflow Trainer) | pytorchjob (Training Operator)
     # secret name -> {secret key: environment variable}, per kind of task
     storage_secret: dict[str, dict[str, str]] = field(default_factory=lambda: {
@@ -47,10 +52,6 @@ class ClusterConfig:
 
 def steps(local: bool) -> SimpleNamespace:
     """The step components by name; ``local`` -> lightweight versions for ``kfp.local.SubprocessRunner``."""
-    import importlib
-
-    from components.steps.images import lightweight
-
     comps = {}
     for name in STEP_NAMES:
         comp = getattr(importlib.import_module(f"components.steps.{name}"), name)
@@ -67,13 +68,11 @@ def apply(task: PipelineTask, step_name: str, cluster: ClusterConfig | None) -> 
     """Apply ``cluster``'s settings to ``task`` (a no-op for local runs: ``cluster`` None)."""
     if cluster is None:
         return task
-    from components.steps.images import GPU_IMAGE
-
     kubernetes.mount_pvc(task, pvc_name=cluster.data_pvc, mount_path=cluster.data_mount)
     task.set_env_variable("HOMEFEED_DATA_PVC", cluster.data_pvc)
     task.set_env_variable("HOMEFEED_DATA_MOUNT", cluster.data_mount)
     if step_name in GPU_STEPS:
-        task.set_container_image(GPU_IMAGE)
+        task.set_container_image(NODE_IMAGE)
         kubernetes.add_node_selector(task, label_key=cluster.gpu_node_label[0], label_value=cluster.gpu_node_label[1])
         kubernetes.add_toleration(task, key=cluster.gpu_taint_key, operator="Exists", effect="NoSchedule")
         task.set_accelerator_type(cluster.accelerator_type)
@@ -84,7 +83,7 @@ def apply(task: PipelineTask, step_name: str, cluster: ClusterConfig | None) -> 
     else:
         task.set_cpu_limit(cluster.cpu_limit)
         task.set_memory_limit(cluster.memory_limit)
-    if step_name in ("export_ranker", "register_features", "prepare_data"):
+    if step_name in ("export_ranker", "register_features", "prepare_data", "import_data"):
         _secrets(task, cluster.storage_secret)
     if step_name == "register_features":
         _secrets(task, cluster.feast_secret)

@@ -1,5 +1,6 @@
-"""components/training/launch.py: local torchrun (gloo) for real, and the TrainJob / PyTorchJob objects
-validated offline against the Kubeflow SDK models and the Kubernetes schema (no API server here)."""
+"""components/launch: one entry point (in-process, local torchrun (gloo) for real), the TrainJob / PyTorchJob
+objects validated offline against the Kubeflow SDK models and the Kubernetes schema (no API server here), and
+one table of node sizes shared with the pipelines."""
 
 from __future__ import annotations
 
@@ -9,19 +10,11 @@ import textwrap
 
 import pytest
 
-from components.training.launch import (
-    ClusterSettings,
-    LaunchError,
-    TrainCall,
-    build_pytorchjob,
-    build_trainjob,
-    job_state,
-    run_local,
-    submit_and_wait,
-    torchrun_command,
-    validate_pytorchjob,
-    validate_trainjob,
-)
+from components.launch import ClusterSettings, LaunchError, TrainCall, launch, train_call
+from components.launch.cluster import submit_and_wait
+from components.launch.jobs import build_pytorchjob, build_trainjob, job_state, validate_pytorchjob, validate_trainjob
+from components.launch.local import run_local, torchrun_command
+from components.launch.resources import CPU_NODE, GPU_NODE
 
 ENTRY_SOURCE = textwrap.dedent('''
     import os
@@ -105,7 +98,7 @@ def test_trainjob_fields():
     assert spec["runtimeRef"]["name"] == "torch-distributed"
     tr = spec["trainer"]
     assert tr["numNodes"] == 4 and tr["numProcPerNode"] == 8
-    assert tr["command"][:3] == ["torchrun", "-m", "components.training.launch"]
+    assert tr["command"][:3] == ["torchrun", "-m", "components.launch.worker"]
     assert tr["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "1"
     assert {"name": "AWS_SECRET_ACCESS_KEY",
             "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "secret-key"}}} in tr["env"]
@@ -203,11 +196,39 @@ def test_submit_and_wait_without_a_cluster_fails_clearly(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_launch_real_ranker_training_two_ranks(tmp_path, tiny_data):
     """The launcher runs a real library entry point (the ranker's DDP loop) under torchrun with 2 ranks."""
-    from components.training.launch import launch
-
     out = tmp_path / "ranker"
     call = TrainCall("components.training.ranker:train", "ranker_tiny", ["max_steps=4"],
                      {"data_dir": str(tiny_data), "out_dir": str(out)}, path_kwargs=["data_dir"])
     res = launch(call, num_nodes=1, nproc_per_node=2, timeout_s=300)
     assert res["world_size"] == 2 and res["steps"] == 4
     assert (out / "model.pt").exists() and (out / "metrics.json").exists()
+
+
+def test_one_process_runs_in_this_process_and_train_call_checks_the_config(tmp_path, entry_module, monkeypatch):
+    monkeypatch.syspath_prepend(entry_module["PYTHONPATH"])
+    res = launch(_call(tmp_path / "out"))  # nproc 1, one node: no torchrun, the same TrainCall
+    assert res == {"world_size": 1, "rank_sum": 1.0, "epochs": 7, "node_rank": 0}
+    call = train_call("ranker", "ranker_tiny", ["lr=0.5"], str(tmp_path / "m"), resume=True, data_dir="/d",
+                      user_embeddings=None, pin_embeddings="/p")
+    assert call.entry == "components.training.ranker:train" and call.path_kwargs == ["data_dir", "pin_embeddings"]
+    assert call.kwargs == {"data_dir": "/d", "pin_embeddings": "/p", "out_dir": str(tmp_path / "m"), "resume": True}
+    from components.config import ConfigError
+
+    with pytest.raises(ConfigError, match="key 'lr' expects float > 0"):
+        train_call("ranker", "ranker_tiny", ["lr=-1"], str(tmp_path / "m"), data_dir="/d")
+    with pytest.raises(LaunchError, match="model 'gbdt': expected one of pinsage, pinnerformer, ranker"):
+        train_call("gbdt", "ranker_tiny", [], str(tmp_path / "m"))
+    with pytest.raises(LaunchError, match="must be >= 1"):
+        launch(_call(tmp_path / "out"), nproc_per_node=0)
+
+
+def test_pipelines_and_launcher_read_one_table_of_node_sizes():
+    from pipelines.cluster import ClusterConfig
+
+    cc, settings = ClusterConfig(), ClusterSettings()
+    assert (cc.gpu_cpu_limit, cc.gpu_memory_limit, cc.accelerator_limit) == (GPU_NODE.cpu, GPU_NODE.memory, GPU_NODE.gpus)
+    assert (settings.cpu_per_node, settings.memory_per_node, settings.gpus_per_node) == \
+        (GPU_NODE.cpu, GPU_NODE.memory, GPU_NODE.gpus)
+    assert (cc.cpu_limit, cc.memory_limit) == (CPU_NODE.cpu, CPU_NODE.memory)
+    res = build_trainjob(CALL, 2, 1, settings, name="hf-size")["spec"]["trainer"]["resourcesPerNode"]
+    assert res["limits"]["cpu"] == GPU_NODE.cpu and res["limits"]["memory"] == GPU_NODE.memory

@@ -113,3 +113,16 @@ def test_user_weights_sum_to_one_per_batch():
     w = user_weights(torch.tensor([3, 3, 3, 7, 9, 9]))
     assert w.sum().item() == pytest.approx(1.0)
     assert w[0].item() == pytest.approx(1 / 9) and w[3].item() == pytest.approx(1 / 3)
+
+
+def test_the_model_uses_the_tested_temperature_and_the_trainer_the_tested_loss():
+    import inspect
+
+    from components.layers import temperature
+    from components.models import pinnerformer as model_mod
+    from components.training import losses
+    from components.training import pinnerformer as trainer
+
+    assert losses.clamped_temperature is temperature.clamped_temperature is model_mod.clamped_temperature
+    assert trainer.sampled_softmax_loss is losses.sampled_softmax_loss
+    assert "clamped_temperature(" in inspect.getsource(model_mod.PinnerFormer.temperature)

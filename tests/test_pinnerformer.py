@@ -18,7 +18,7 @@ from components.inference.baseline import content_embeddings
 from components.inference.tables import write_table
 from components.layers.time_encoding import TimeEncoding
 from components.models.pinnerformer import PinnerFormer, load_model
-from components.training import common
+from components.training.loop import Checkpoints
 from components.training.pinnerformer import train
 from components.training.pinnerformer_data import build_sequences, sample_examples
 
@@ -133,7 +133,7 @@ def test_train_writes_model_dir_and_holds_out_users(tiny_data, pin_table, tmp_pa
     assert not model.training and cfg2.pin_dim == 64
     assert len(extra["eval_users"]) == round(0.1 * 300)
     assert metrics["recall@10"] is not None and 0 <= metrics["recall@10"] <= 1
-    with pytest.raises(config.ConfigError, match="objective 'nope'"):
+    with pytest.raises(config.ConfigError, match="key 'objective' expects one of .*, got 'nope'"):
         train(config.load("pinnerformer_tiny", {"objective": "nope"}), tiny_data, pin_table, tmp_path / "x")
 
 
@@ -143,7 +143,7 @@ def test_resume_gives_the_same_parameters(tiny_data, pin_table, tmp_path):
                      tmp_path / "a", evaluate=False)
     train(config.load("pinnerformer_tiny", {**over, "max_steps": 6}), tiny_data, pin_table, tmp_path / "b",
           evaluate=False)
-    assert common.latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step-6.pt"
+    assert Checkpoints(tmp_path / "b" / "checkpoints", keep=0).latest().name == "step-6.pt"
     resumed = train(config.load("pinnerformer_tiny", {**over, "max_steps": 14}), tiny_data, pin_table,
                     tmp_path / "b", resume=True, evaluate=False)
     assert straight["steps"] == resumed["steps"] == 14
@@ -158,14 +158,14 @@ def test_resume_gives_the_same_parameters(tiny_data, pin_table, tmp_path):
 def test_ddp_two_processes_identical_params(tiny_data, pin_table, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "components.training.pinnerformer", "--experiment", "pinnerformer_tiny", "--set", "max_steps=6",
-           "--set", "epochs=1", "--data", str(tiny_data), "--pin-embeddings", str(pin_table), "--out", str(out)]
+    cmd = [sys.executable, "-m", "components.cli", "train", "pinnerformer", "--nproc-per-node", "2",
+           "--experiment", "pinnerformer_tiny", "--set", "max_steps=6", "--set", "epochs=1", "--data", str(tiny_data),
+           "--pin-embeddings", str(pin_table), "--out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2
-    assert metrics["params_equal_across_ranks"] is True
+    assert metrics["params_in_sync"] is True
     assert metrics["steps"] == 6
     model, _, _ = load_model(out)
     init = PinnerFormer(model_cfg := config.read_saved(out))

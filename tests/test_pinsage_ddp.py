@@ -29,7 +29,7 @@ def test_two_process_ddp_training_keeps_ranks_identical(tiny_data, tmp_path):
     assert "torch.distributed.run" in proc.stdout and "--nproc_per_node=2" in proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 6
-    assert metrics["params_equal_across_ranks"] is True
+    assert metrics["params_in_sync"] is True
     # each rank trained on half the pairs
     total = len(prepare_inputs(config.load("pinsage_tiny"), tiny_data)["pairs"])
     assert metrics["pairs_per_rank"] == total // 2

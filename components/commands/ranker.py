@@ -1,46 +1,23 @@
-"""``homefeed train ranker``, ``homefeed eval ranker``, ``homefeed export ranker``."""
+"""``homefeed train ranker``, ``homefeed export ranker`` (``eval ranker`` is in commands/eval.py)."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
-import subprocess
 import sys
-from pathlib import Path
 
 from components import config
 from components.cli import add_config_args
+from components.commands.training import add_launch_args, run_training
+from components.evaluation.result import fmt
 
 
 def _train(args: argparse.Namespace) -> int:
-    cfg = config.load(args.experiment, args.overrides, model="ranker")  # fail fast on a bad config
-    if args.nproc_per_node > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc_per_node}",
-               "-m", "components.training.ranker", "--experiment", args.experiment, "--data", args.data,
-               "--out", args.out] + [a for o in args.overrides for a in ("--set", o)]
-        cmd += (["--user-embeddings", args.user_embeddings] if args.user_embeddings else [])
-        cmd += (["--pin-embeddings", args.pin_embeddings] if args.pin_embeddings else [])
-        cmd += (["--resume"] if args.resume else [])
-        print("running:", shlex.join(cmd), flush=True)
-        return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-    from components.training.ranker import train
-
-    m = train(cfg, args.data, args.out, args.user_embeddings, args.pin_embeddings, resume=args.resume)
-    print(f"model written to {args.out} ({m['steps']} steps; eval HIT@3/save {m.get('hit3_save', float('nan')):.4f}, "
-          + ", ".join(f"AUC {t} {m[f'auc_{t}']:.4f}" for t in cfg.tasks) + ")")
-    return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from components.training.ranker_eval import evaluate, to_markdown
-
-    command = "homefeed " + shlex.join(sys.argv[1:]) if sys.argv and "homefeed" in sys.argv[0] else None
-    experiments = [e.strip() for e in args.experiments.split(",") if e.strip()]
-    result = evaluate(experiments, args.data, args.out, seeds=args.seeds, overrides=args.overrides,
-                      command=command, user_embeddings=args.user_embeddings, pin_embeddings=args.pin_embeddings)
-    print(to_markdown(result))
-    print(f"written: {Path(args.out) / ('ranker_' + result['dataset'])}.md/.json/.png")
+    m = run_training("ranker", args, data_dir=args.data, user_embeddings=args.user_embeddings,
+                     pin_embeddings=args.pin_embeddings)
+    tasks = config.load(args.experiment, args.overrides, model="ranker").tasks
+    print(f"model written to {args.out} ({m['steps']} steps; eval HIT@3/save {fmt(m.get('hit3_save'))}, "
+          + ", ".join(f"AUC {t} {fmt(m.get(f'auc_{t}'))}" for t in tasks) + ")")
     return 0
 
 
@@ -70,21 +47,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     t.add_argument("--out", required=True, help="model directory to write")
     t.add_argument("--user-embeddings", default=None, help="user embedding table or store (default: content baseline)")
     t.add_argument("--pin-embeddings", default=None, help="pin embedding table or store (default: content baseline)")
-    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    t.add_argument("--nproc-per-node", type=int, default=1, help="processes for DDP (torchrun, gloo)")
+    add_launch_args(t)
     t.set_defaults(func=_train)
-
-    e = groups["eval"].add_parser("ranker", help="train and compare ranker architectures on one split")
-    e.add_argument("--experiments", default="ranker_mlp_tiny,ranker_masknet_dcnv2_tiny,ranker_masknet_dcnv2_pepnet_tiny",
-                   help="comma-separated ranker experiments")
-    e.add_argument("--seeds", type=int, default=3, help="seeds per experiment (mean/std of HIT@3)")
-    e.add_argument("--data", required=True, help="data directory")
-    e.add_argument("--out", default="out/eval", help="output directory (default out/eval)")
-    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override applied to every experiment (repeatable)")
-    e.add_argument("--user-embeddings", default=None)
-    e.add_argument("--pin-embeddings", default=None)
-    e.set_defaults(func=_eval)
 
     x = groups["export"].add_parser("ranker", help="export a trained ranker to ONNX (+ TensorRT on GPU nodes)")
     x.add_argument("--model", required=True, help="model directory (homefeed train ranker)")

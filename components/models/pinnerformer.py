@@ -28,6 +28,7 @@ from torch import nn
 from components.config import PinnerFormerConfig
 from components.data.schemas import ACTION_TYPES, SURFACES
 from components.layers.mlp import MLP
+from components.layers.temperature import clamped_temperature
 from components.layers.time_encoding import TimeEncoding
 from components.models.checkpoint import load_saved_config, read_checkpoint
 
@@ -67,7 +68,7 @@ class PinnerFormer(nn.Module):
 
     def temperature(self) -> torch.Tensor:
         """The learned softmax temperature, clamped at >= min_temperature."""
-        return torch.clamp(self.log_temperature.exp(), min=self.min_temperature)
+        return clamped_temperature(self.log_temperature, self.min_temperature)
 
     def features(self, pin_emb: torch.Tensor, action: torch.Tensor, surface: torch.Tensor,
                  duration: torch.Tensor, timestamp: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

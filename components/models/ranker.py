@@ -41,7 +41,138 @@ from components.layers.masknet import ParallelMaskNet
 from components.layers.mlp import MLP
 from components.models.checkpoint import CheckpointError, load_saved_config, read_checkpoint
 
-ARCHS = ("mlp", "dcnv2_baseline", "dcnv2_lowrank", "gdcn", "masknet_dcnv2", "transformer", "finalmlp", "dhen")
+
+@dataclass(frozen=True)
+class ArchDims:
+    """What an interaction module needs to know about x_0."""
+
+    F: int  # width of x_0
+    widths: list[int]  # dense, sparse, surface, user, pin slices of x_0
+    user_dim: int  # width of the user-side features (FinalMLP's user context)
+    pin_dim: int  # width of the pin-side features
+
+
+class Interaction(nn.Module):
+    """TorchRec-style Arch module: every architecture has the one signature
+    ``forward(x0 (B, F), user_side (B, |user|), pin_side (B, |pin|)) -> (B, out_dim)``."""
+
+    out_dim: int
+
+
+ARCHS: dict[str, type[Interaction]] = {}  # cfg.arch -> module; config.RankerArch lists the same names
+
+
+def register(name: str):
+    """Class decorator: make an Interaction selectable as ``arch: <name>``."""
+
+    def add(cls: type[Interaction]) -> type[Interaction]:
+        ARCHS[name] = cls
+        return cls
+
+    return add
+
+
+@register("mlp")
+class Identity(Interaction):
+    """h = x_0 (the shared MLP / PPNet towers do all the work)."""
+
+    def __init__(self, cfg: RankerConfig, d: ArchDims):
+        super().__init__()
+        self.out_dim = d.F
+
+    def forward(self, x0: torch.Tensor, user_side: torch.Tensor, pin_side: torch.Tensor) -> torch.Tensor:
+        return x0  # (B, F)
+
+
+class CrossConcat(Interaction):
+    """h = [CrossNet_kind^L(x_0); x_0] (DCNv2, arXiv 2008.13535; GDCN, arXiv 2311.04635)."""
+
+    kind = "full"
+
+    def __init__(self, cfg: RankerConfig, d: ArchDims):
+        super().__init__()
+        self.cross = CrossNet(d.F, cfg.num_cross_layers, self.kind, cfg.low_rank)
+        self.out_dim = 2 * d.F
+
+    def forward(self, x0: torch.Tensor, user_side: torch.Tensor, pin_side: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.cross(x0), x0], dim=-1)  # (B, 2F)
+
+
+@register("dcnv2_baseline")
+class DCNv2(CrossConcat):
+    kind = "full"
+
+
+@register("dcnv2_lowrank")
+class DCNv2LowRank(CrossConcat):
+    kind = "lowrank"
+
+
+@register("gdcn")
+class GDCN(CrossConcat):
+    kind = "gated"
+
+
+@register("masknet_dcnv2")
+class MaskNetDCNv2(Interaction):
+    """h = CrossNet_full^L(ParallelMaskNet(x_0)), no concat with x_0: the paper's final model."""
+
+    def __init__(self, cfg: RankerConfig, d: ArchDims):
+        super().__init__()
+        self.masknet = ParallelMaskNet(d.F, cfg.num_masknet_blocks, cfg.masknet_out, cfg.masknet_ratio)
+        self.cross = CrossNet(self.masknet.out_dim, cfg.num_cross_layers, "full")
+        self.out_dim = self.masknet.out_dim
+
+    def forward(self, x0: torch.Tensor, user_side: torch.Tensor, pin_side: torch.Tensor) -> torch.Tensor:
+        return self.cross(self.masknet(x0))  # (B, blocks * masknet_out)
+
+
+@register("transformer")
+class Transformer(Interaction):
+    """h = Encoder(feature tokens of x_0's slices), flattened."""
+
+    def __init__(self, cfg: RankerConfig, d: ArchDims):
+        super().__init__()
+        N, E, P = d.widths[0], cfg.sparse_dim, cfg.embedding_proj_dim
+        S = d.widths[1] // E
+        self.widths = d.widths
+        self.tokenizer = FeatureTokenizer(E, N, cfg.dense_groups, P, cfg.user_seq_tokens, P)
+        T = S + 1 + cfg.dense_groups + cfg.user_seq_tokens + 1
+        self.encoder = TransformerInteraction(E, cfg.transformer_layers, cfg.transformer_heads, T, cfg.dropout)
+        self.out_dim = self.encoder.out_dim
+
+    def forward(self, x0: torch.Tensor, user_side: torch.Tensor, pin_side: torch.Tensor) -> torch.Tensor:
+        dense, sparse, surface, user, pin = torch.split(x0, self.widths, dim=-1)
+        sparse = torch.cat([sparse, surface], dim=-1).unflatten(-1, (-1, surface.shape[-1]))  # (B, S+1, E)
+        return self.encoder(self.tokenizer(sparse, dense, user, pin))  # (B, T*E)
+
+
+@register("finalmlp")
+class FinalMLPArch(Interaction):
+    """h = FinalMLP(x_0 | user context, pin context) (arXiv 2304.00902)."""
+
+    def __init__(self, cfg: RankerConfig, d: ArchDims):
+        super().__init__()
+        self.finalmlp = FinalMLP(d.F, d.user_dim, d.pin_dim, cfg.finalmlp_dims, cfg.finalmlp_dims,
+                                 cfg.finalmlp_heads, cfg.finalmlp_dims[-1], cfg.dropout)
+        self.out_dim = cfg.finalmlp_dims[-1]
+
+    def forward(self, x0: torch.Tensor, user_side: torch.Tensor, pin_side: torch.Tensor) -> torch.Tensor:
+        return self.finalmlp(x0, user_side, pin_side)  # (B, H)
+
+
+@register("dhen")
+class DHEN(Interaction):
+    """h = DHEN layers (DCNv2 + MaskNet ensemble per layer, arXiv 2203.11014) on x_0."""
+
+    def __init__(self, cfg: RankerConfig, d: ArchDims):
+        super().__init__()
+        self.dhen = nn.Sequential(*[DHENLayer(d.F, cfg.masknet_ratio) for _ in range(cfg.dhen_layers)])
+        self.out_dim = d.F
+
+    def forward(self, x0: torch.Tensor, user_side: torch.Tensor, pin_side: torch.Tensor) -> torch.Tensor:
+        return self.dhen(x0)  # (B, F)
+
 
 
 @dataclass
@@ -74,10 +205,7 @@ class Ranker(nn.Module):
         super().__init__()
         if cfg.arch not in ARCHS:
             raise ValueError(f"ranker arch '{cfg.arch}' unknown; expected one of {', '.join(ARCHS)}")
-        if len(cfg.task_weights) != len(cfg.tasks) or len(cfg.score_weights) != len(cfg.tasks):
-            raise ValueError(f"task_weights ({len(cfg.task_weights)}) and score_weights ({len(cfg.score_weights)}) "
-                             f"must have one value per task ({len(cfg.tasks)}: {cfg.tasks})")
-        self.arch, self.pepnet = cfg.arch, cfg.pepnet
+        self.pepnet = cfg.pepnet
         E, P, N, S = cfg.sparse_dim, cfg.embedding_proj_dim, len(spec.dense), len(spec.sparse)
         K = len(cfg.tasks)
         self.register_buffer("cardinalities", torch.tensor(spec.cardinalities, dtype=torch.long), persistent=False)
@@ -107,28 +235,8 @@ class Ranker(nn.Module):
             self.domain_table = nn.Embedding(len(SURFACES), E)  # EPNet's domain features, separate from x_0's
             self.epnet = EPNet(E, F, cfg.gate_hidden)
 
-        if cfg.arch == "mlp":
-            H = F
-        elif cfg.arch in ("dcnv2_baseline", "dcnv2_lowrank", "gdcn"):
-            kind = {"dcnv2_baseline": "full", "dcnv2_lowrank": "lowrank", "gdcn": "gated"}[cfg.arch]
-            self.cross = CrossNet(F, cfg.num_cross_layers, kind, cfg.low_rank)
-            H = 2 * F
-        elif cfg.arch == "masknet_dcnv2":
-            self.masknet = ParallelMaskNet(F, cfg.num_masknet_blocks, cfg.masknet_out, cfg.masknet_ratio)
-            self.cross = CrossNet(self.masknet.out_dim, cfg.num_cross_layers, "full")
-            H = self.masknet.out_dim
-        elif cfg.arch == "transformer":
-            self.tokenizer = FeatureTokenizer(E, N, cfg.dense_groups, P, cfg.user_seq_tokens, P)
-            T = S + 1 + cfg.dense_groups + cfg.user_seq_tokens + 1
-            self.encoder = TransformerInteraction(E, cfg.transformer_layers, cfg.transformer_heads, T, cfg.dropout)
-            H = self.encoder.out_dim
-        elif cfg.arch == "finalmlp":
-            self.finalmlp = FinalMLP(F, len(self.user_idx), len(self.pin_idx), cfg.finalmlp_dims, cfg.finalmlp_dims,
-                                     cfg.finalmlp_heads, cfg.finalmlp_dims[-1], cfg.dropout)
-            H = cfg.finalmlp_dims[-1]
-        else:  # dhen
-            self.dhen = nn.Sequential(*[DHENLayer(F, cfg.masknet_ratio) for _ in range(cfg.dhen_layers)])
-            H = F
+        self.interaction = ARCHS[cfg.arch](cfg, ArchDims(F, self.widths, len(self.user_idx), len(self.pin_idx)))
+        H = self.interaction.out_dim
 
         if cfg.pepnet:
             self.towers = PPNet(H, len(self.user_idx) + len(self.pin_idx), F, cfg.mlp_dims, K, cfg.dropout,
@@ -156,20 +264,7 @@ class Ranker(nn.Module):
             domain = self.domain_table(_surface_ids(x_surface))  # (B, E)
             x0 = self.epnet(x0, domain)  # (B, F)
 
-        if self.arch == "mlp":
-            h = x0
-        elif self.arch in ("dcnv2_baseline", "dcnv2_lowrank", "gdcn"):
-            h = torch.cat([self.cross(x0), x0], dim=-1)  # (B, 2F)
-        elif self.arch == "masknet_dcnv2":
-            h = self.cross(self.masknet(x0))  # (B, 3*masknet_out)
-        elif self.arch == "transformer":
-            dense, sparse, surface, user, pin = torch.split(x0, self.widths, dim=-1)
-            sparse = torch.cat([sparse, surface], dim=-1).unflatten(-1, (-1, surface.shape[-1]))  # (B, S+1, E)
-            h = self.encoder(self.tokenizer(sparse, dense, user, pin))  # (B, T*E)
-        elif self.arch == "finalmlp":
-            h = self.finalmlp(x0, user_side, pin_side)  # (B, H)
-        else:
-            h = self.dhen(x0)  # (B, F)
+        h = self.interaction(x0, user_side, pin_side)  # (B, H)
 
         if self.pepnet:
             return self.towers(h, torch.cat([user_side, pin_side], dim=-1), x0)  # (B, K)

@@ -1,4 +1,5 @@
-"""Step: train PinSage (torchrun locally; a Kubeflow Trainer job when num_nodes > 1 on a cluster)."""
+"""Step: train PinSage (in the step's process, torchrun for several processes, a Kubeflow Trainer job when
+num_nodes > 1 on a cluster) on the sample_graph step's neighbourhoods."""
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
@@ -8,16 +9,13 @@ from components.steps.images import step
 @step
 def train_pinsage(experiment: str, data: Input[Dataset], graph: Input[Dataset], model: Output[Model],
                   metrics: Output[Metrics], overrides: list = None, num_nodes: int = 1, nproc_per_node: int = 1):
-    """``components.training.pinsage.train(cfg, data, model)`` through ``components.training.launch``.
-
-    ``graph`` orders this step after sample_graph; training re-samples the same seeded neighbourhoods.
-    """
+    """``components.training.pinsage.train(cfg, data, model, neighbourhoods=graph)`` through
+    ``components.launch``: the neighbourhoods sample_graph wrote are used, not sampled again."""
+    from components.launch import launch, train_call
     from components.steps.common import load_config, log_metrics
-    from components.training.launch import TrainCall, launch
 
     _, resolved = load_config(experiment, overrides, model="pinsage")
-    call = TrainCall("components.training.pinsage:train", experiment, list(overrides or []),
-                     {"data_dir": data.path, "out_dir": model.path}, path_kwargs=["data_dir"])
+    call = train_call("pinsage", experiment, overrides, model.path, data_dir=data.path, neighbourhoods=graph.path)
     result = launch(call, num_nodes=num_nodes, nproc_per_node=nproc_per_node)
     model.metadata["config"] = resolved
     model.metadata["num_nodes"] = num_nodes

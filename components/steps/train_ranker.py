@@ -9,19 +9,15 @@ from components.steps.images import step
 def train_ranker(experiment: str, data: Input[Dataset], model: Output[Model], metrics: Output[Metrics],
                  user_embeddings: Input[Dataset] = None, pin_embeddings: Input[Dataset] = None,
                  overrides: list = None, num_nodes: int = 1, nproc_per_node: int = 1):
-    """``components.training.ranker.train(cfg, data, model, user_embeddings, pin_embeddings)`` through the
-    launcher; a missing embedding table falls back to the content baseline."""
+    """``components.training.ranker.train(cfg, data, model, user_embeddings, pin_embeddings)`` through
+    ``components.launch``; a missing embedding table falls back to the content baseline."""
+    from components.launch import launch, train_call
     from components.steps.common import load_config, log_metrics, table_path
-    from components.training.launch import TrainCall, launch
 
     _, resolved = load_config(experiment, overrides, model="ranker")
-    kwargs = {"data_dir": data.path, "out_dir": model.path}
-    if user_embeddings is not None:
-        kwargs["user_embeddings"] = str(table_path(user_embeddings.path))
-    if pin_embeddings is not None:
-        kwargs["pin_embeddings"] = str(table_path(pin_embeddings.path))
-    call = TrainCall("components.training.ranker:train", experiment, list(overrides or []), kwargs,
-                     path_kwargs=[k for k in kwargs if k != "out_dir"])
+    call = train_call("ranker", experiment, overrides, model.path, data_dir=data.path,
+                      user_embeddings=str(table_path(user_embeddings.path)) if user_embeddings is not None else None,
+                      pin_embeddings=str(table_path(pin_embeddings.path)) if pin_embeddings is not None else None)
     result = launch(call, num_nodes=num_nodes, nproc_per_node=nproc_per_node)
     model.metadata["config"] = resolved
     model.metadata["embeddings"] = "trained" if user_embeddings is not None else "content baseline"

@@ -1,7 +1,6 @@
-"""What every training loop shares: seeding, torchrun/gloo process groups, atomic checkpoints with
-resume, a JSONL training log and a data-wait vs compute timer.
-
-The loops themselves live in ``training/<model>.py``, outside nn.Module.
+"""The loop's building blocks: seeding, torchrun/gloo process groups, rank sharding, a JSONL training log,
+a data-wait vs compute timer and the cross-rank parameter check. The loop itself is ``training/loop.py``;
+checkpoint files are ``models/checkpoint.py`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -17,8 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-
-from components.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: F401  (re-exported for the loops)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -65,15 +62,6 @@ def shard(n: int, info: DistInfo) -> slice:
     """This rank's contiguous share of ``n`` items (every rank gets the same count; extras dropped)."""
     per = n // info.world_size
     return slice(info.rank * per, (info.rank + 1) * per)
-
-
-def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    """The ``step-<N>.pt`` with the highest N in ``ckpt_dir``, or None."""
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return None
-    found = sorted(ckpt_dir.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    return found[-1] if found else None
 
 
 @dataclass

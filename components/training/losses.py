@@ -22,10 +22,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from components.layers.temperature import clamped_temperature
 
-def clamped_temperature(log_temperature: torch.Tensor, min_temperature: float) -> torch.Tensor:
-    """tau = max(exp(log_temperature), min_temperature); no gradient flows while clamped."""
-    return torch.clamp(log_temperature.exp(), min=min_temperature)
+__all__ = ["clamped_temperature", "sampled_softmax_loss", "user_weights"]  # the model's temperature is this one
 
 
 def user_weights(users: torch.Tensor) -> torch.Tensor:

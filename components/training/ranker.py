@@ -4,16 +4,11 @@ Training rows are impressions before ``meta["split_timestamp"]``, evaluation row
 features are normalised with statistics of the training rows (saved with the model and exported for
 serving); user and pin embeddings are joined from embedding tables (None -> the content baseline).
 Runs alone or under ``torchrun --nproc_per_node=2`` (gloo DDP; each rank takes its shard of every epoch's
-permutation); checkpoints every ``checkpoint_every`` steps and resumes from the latest.
-
-    python -m components.training.ranker --experiment ranker_tiny --data DIR --out MODEL_DIR [--resume]
+permutation); the loop itself (checkpoints, exact resume, logs) is :func:`components.training.loop.fit`.
 """
 
 from __future__ import annotations
 
-import argparse
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,17 +17,20 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as fn
+from torch import nn
 
-from components import config as config_mod
 from components.config import RankerConfig
 from components.data import io
 from components.data.schemas import SURFACES
 from components.data.validate import DataValidationError, load_table
+from components.data.vocab import vocab_of_frame
+from components.evaluation.metrics import auc, hit_at_k
+from components.inference.baseline import content_embeddings
 from components.inference.tables import EmbeddingTable, VersionedStore, read_table
 from components.models.ranker import FeatureSpec, Ranker
 from components.serving.ranker_io import clamp_sparse, clamp_surface, normalize_dense
-from components.training import common
-from components.training.metrics import auc, hit_at_k
+from components.training.common import DistInfo, shard
+from components.training.loop import TrainTask, fit
 
 EmbeddingSource = str | Path | EmbeddingTable | None
 
@@ -77,8 +75,6 @@ def embedding_tables(data_dir: str | Path, user_embeddings: EmbeddingSource = No
     """(user table, pin table); a missing one is taken from the content baseline."""
     users, pins = read_embeddings(user_embeddings), read_embeddings(pin_embeddings)
     if users is None or pins is None:
-        from components.inference.baseline import content_embeddings
-
         base_pins, base_users = content_embeddings(data_dir)
         users = users if users is not None else base_users
         pins = pins if pins is not None else base_pins
@@ -112,7 +108,7 @@ def dense_stats(df: pd.DataFrame, spec: FeatureSpec) -> tuple[list[float], list[
 def to_arrays(df: pd.DataFrame, spec: FeatureSpec, tasks: list[str], mean: list[float], std: list[float],
               users: EmbeddingTable, pins: EmbeddingTable) -> tuple[RankerData, dict[str, int]]:
     """Impressions -> model inputs exactly as serving builds them (ranker_io's normalisation and clamps)."""
-    surface = pd.Categorical(df["surface"], categories=list(SURFACES)).codes.astype(np.int64)
+    surface = vocab_of_frame(df).surface_codes(df["surface"])  # the dataset's surfaces (meta.json)
     user, user_found = users.lookup(df["user_id"].to_numpy())
     pin, pin_found = pins.lookup(df["pin_id"].to_numpy())
     data = RankerData(
@@ -146,6 +142,7 @@ def prepare_data(cfg: RankerConfig, data_dir: str | Path, user_embeddings: Embed
     evaluation, miss_eval = to_arrays(df[~is_train], spec, cfg.tasks, mean, std, users, pins)
     extra = {"spec": spec.__dict__.copy(), "dense_mean": mean, "dense_std": std, "tasks": list(cfg.tasks),
              "score_weights": list(cfg.score_weights), "dataset": meta.get("dataset"), "split_timestamp": split,
+             "surfaces": list(vocab_of_frame(df).surfaces),
              "user_embeddings": users.model_version, "pin_embeddings": pins.model_version,
              "data_dir": str(Path(data_dir).resolve()),
              "user_embeddings_path": _path_or_none(user_embeddings), "pin_embeddings_path": _path_or_none(pin_embeddings),
@@ -198,99 +195,55 @@ def evaluate(model: Ranker, data: RankerData, tasks: list[str], weights: list[fl
     return out
 
 
+class RankerTask(TrainTask):
+    """The ranker's part of the loop: one seeded permutation per epoch (the same on every rank, then sharded),
+    weighted multi-task BCE, and evaluation on the impressions after the split."""
+
+    name = "ranker"
+
+    def __init__(self, cfg: RankerConfig, data_dir: str | Path, user_embeddings: EmbeddingSource = None,
+                 pin_embeddings: EmbeddingSource = None):
+        super().__init__(cfg)
+        self.sources = (data_dir, user_embeddings, pin_embeddings)
+        self.weights = torch.tensor(cfg.task_weights, dtype=torch.float32)
+
+    def setup(self, info: DistInfo) -> None:
+        super().setup(info)
+        self.train_data, self.eval_data, self.extra = prepare_data(self.cfg, *self.sources)
+        self.local_batch = max(1, self.cfg.batch_size // info.world_size)
+
+    def build_model(self) -> nn.Module:
+        return Ranker(self.cfg, FeatureSpec.from_dict(self.extra["spec"]))
+
+    def batches(self, epoch: int, start: int):
+        n = len(self.train_data)
+        perm = np.random.default_rng(self.cfg.seed * 100_003 + epoch).permutation(n)[shard(n, self.info)]
+        for i in range(start * self.local_batch, len(perm), self.local_batch):
+            rows = perm[i:i + self.local_batch]
+            yield self.train_data.inputs(rows), torch.from_numpy(self.train_data.labels[rows])
+
+    def loss(self, module: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        inputs, labels = batch
+        return loss_fn(module(*inputs), labels, self.weights), {}
+
+    def count(self, batch: Any) -> int:
+        return len(batch[1])
+
+    def start_record(self) -> dict[str, Any]:
+        return {"rows_train": len(self.train_data), "rows_eval": len(self.eval_data), "arch": self.cfg.arch,
+                "pepnet": self.cfg.pepnet}
+
+    def model_extra(self) -> dict[str, Any]:
+        return self.extra
+
+    def finish(self, model: nn.Module) -> dict[str, Any]:
+        cfg = self.cfg
+        return {**evaluate(model, self.eval_data, cfg.tasks, cfg.task_weights, cfg.eval_batch_size),
+                "rows_train": len(self.train_data), "rows_eval": len(self.eval_data)}
+
+
 def train(cfg: RankerConfig, data_dir: str | Path, out_dir: str | Path, user_embeddings: EmbeddingSource = None,
           pin_embeddings: EmbeddingSource = None, resume: bool = False) -> dict[str, Any]:
-    """Train the ranker; write MODEL_DIR (model.pt, config.yaml, checkpoints/, train_log.jsonl, metrics.json).
-
-    Returns the metrics (on rank 0; other ranks return {}).
-    """
-    info = common.init_distributed()
-    out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    common.seed_everything(cfg.seed)
-    train_data, eval_data, extra = prepare_data(cfg, data_dir, user_embeddings, pin_embeddings)
-    model = Ranker(cfg, FeatureSpec.from_dict(extra["spec"]))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step = 0
-    if resume and (latest := common.latest_checkpoint(ckpt_dir)) is not None:
-        step = int(common.load_checkpoint(latest, model, optimizer)["step"])
-    elif not resume and info.is_main:  # a fresh run: no stale checkpoint to resume from later, a new log
-        for old in ckpt_dir.glob("step-*.pt") if ckpt_dir.exists() else []:
-            old.unlink()
-        (out_dir / "train_log.jsonl").unlink(missing_ok=True)
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
-
-    local_batch = max(1, cfg.batch_size // info.world_size)
-    per_rank = len(train_data) // info.world_size
-    steps_per_epoch = max(1, math.ceil(per_rank / local_batch))
-    total = cfg.epochs * steps_per_epoch
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps)
-    weights = torch.tensor(cfg.task_weights, dtype=torch.float32)
-    log = common.TrainLog(out_dir / "train_log.jsonl", info)
-    log.log(event="start", step=step, total_steps=total, world_size=info.world_size, rows_train=len(train_data),
-            rows_eval=len(eval_data), arch=cfg.arch, pepnet=cfg.pepnet)
-    timer = common.StepTimer()
-    ddp.train()
-    t0, examples, perm, perm_epoch = time.perf_counter(), 0, None, -1
-    while step < total:
-        epoch, i = divmod(step, steps_per_epoch)
-        if epoch != perm_epoch:  # the same permutation on every rank, resumable from any step
-            perm = np.random.default_rng(cfg.seed * 100_003 + epoch).permutation(len(train_data))
-            perm = perm[common.shard(len(train_data), info)]
-            perm_epoch = epoch
-        rows = perm[i * local_batch:(i + 1) * local_batch]
-        inputs, labels = train_data.inputs(rows), torch.from_numpy(train_data.labels[rows])
-        timer.data_ready()
-        loss = loss_fn(ddp(*inputs), labels, weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        timer.step_done()
-        step += 1
-        examples += len(rows)
-        if step % cfg.log_every == 0 or step == total:
-            log.log(event="step", step=step, epoch=epoch, loss=float(loss.detach()))
-        if step % cfg.checkpoint_every == 0 or step == total:
-            if info.is_main:
-                common.save_checkpoint(ckpt_dir / f"step-{step}.pt", model, optimizer, step, cfg, extra)
-            if info.enabled:
-                torch.distributed.barrier()
-    train_s = time.perf_counter() - t0
-
-    in_sync = common.params_equal_across_ranks(model) if info.enabled else True  # a collective: every rank
-    metrics: dict[str, Any] = {}
-    if info.is_main:
-        metrics = evaluate(model, eval_data, cfg.tasks, cfg.task_weights, cfg.eval_batch_size)
-        metrics.update({"steps": step, "world_size": info.world_size, "train_seconds": round(train_s, 3),
-                        "train_examples_per_s": round(examples * info.world_size / max(train_s, 1e-9), 1),
-                        "params_in_sync": in_sync,
-                        "parameters": sum(p.numel() for p in model.parameters()),
-                        "rows_train": len(train_data), "rows_eval": len(eval_data), **timer.as_dict()})
-        common.save_checkpoint(out_dir / "model.pt", model, None, step, cfg, extra)
-        config_mod.save(cfg, out_dir)
-        io.atomic_write_json(metrics, out_dir / "metrics.json")
-        log.log(event="done", **{k: v for k, v in metrics.items() if isinstance(v, int | float)})
-    common.cleanup_distributed()
-    return metrics
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m components.training.ranker", description=__doc__.splitlines()[0])
-    p.add_argument("--experiment", default="ranker")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--user-embeddings", default=None, help="user embedding table (default: content baseline)")
-    p.add_argument("--pin-embeddings", default=None, help="pin embedding table (default: content baseline)")
-    p.add_argument("--resume", action="store_true")
-    args = p.parse_args(argv)
-    cfg = config_mod.load(args.experiment, args.overrides, model="ranker")
-    metrics = train(cfg, args.data, args.out, args.user_embeddings, args.pin_embeddings, resume=args.resume)
-    if metrics:
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    """Train the ranker into ``out_dir`` (model.pt, config.yaml, checkpoints/, train_log.jsonl, metrics.json);
+    a missing embedding table falls back to the content baseline. Returns the metrics."""
+    return fit(RankerTask(cfg, data_dir, user_embeddings, pin_embeddings), out_dir, resume=resume)

@@ -14,7 +14,8 @@ import pytest
 
 from components import config
 from components.data.prepare import prepare
-from components.training.launch import TrainCall, run_local
+from components.launch import TrainCall
+from components.launch.local import run_local
 
 REPS = 3
 STEPS = 40
