@@ -13,11 +13,11 @@ import pytest
 
 from components import config
 from components.data.prepare import prepare
+from components.evaluation.pinnerformer import recall_at_split
 from components.inference.baseline import content_embeddings
 from components.inference.tables import write_table
 from components.models.pinnerformer import load_model
 from components.training.pinnerformer import load_pin_table, train
-from components.training.pinnerformer_eval import recall_at_split
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""``homefeed eval ranker``: trains each experiment with several seeds in fresh processes and writes the
-comparison (JSON, Markdown, PNG) with HIT@3/save, AUC per task, memory, latency, parameters and seed std."""
+"""``homefeed eval ranker``: trains each experiment once per seed in fresh processes, scores the baselines
+(popularity, logistic regression, LightGBM) on the same split, and writes one EvalResult (JSON, Markdown)
+plus a PNG, with HIT@3/save, AUC per task, memory, latency, parameters and a 95% interval over seeds."""
 
 from __future__ import annotations
 
@@ -7,36 +8,57 @@ import json
 
 import pytest
 
+from components import config
 from components.cli import main as cli_main
 from components.config import ConfigError
-from components.training import ranker_eval
+from components.evaluation import ranker as ranker_eval
+from components.evaluation.result import read_results
 
 
-def test_eval_ranker_cli_writes_json_markdown_and_png(tiny_data, tmp_path, capsys):
+def test_eval_ranker_cli_writes_result_markdown_and_png(tiny_data, tmp_path, capsys):
     out = tmp_path / "eval"
-    rc = cli_main(["eval", "ranker", "--experiments", "ranker_mlp_tiny,ranker_dcnv2_lowrank_pepnet_tiny",
-                   "--seeds", "2", "--data", str(tiny_data), "--out", str(out), "--set", "max_steps=4"])
+    exps = ["ranker_mlp_tiny", "ranker_dcnv2_lowrank_pepnet_tiny"]
+    rc = cli_main(["eval", "ranker", "--experiments", ",".join(exps),
+                   "--seeds", "0,1", "--data", str(tiny_data), "--out", str(out), "--set", "max_steps=4",
+                   "--no-baselines"])
     assert rc == 0
-    result = json.loads((out / "ranker_synthetic.json").read_text())
-    assert result["model"] == "ranker" and result["dataset"] == "synthetic" and result["seeds"] == 2
-    assert "--experiments ranker_mlp_tiny,ranker_dcnv2_lowrank_pepnet_tiny" in result["command"]
-    assert [r["experiment"] for r in result["rows"]] == ["ranker_mlp_tiny", "ranker_dcnv2_lowrank_pepnet_tiny"]
-    assert len(result["runs"]) == 4 and {r["seed"] for r in result["runs"]} == {0, 1}
-    for row in result["rows"]:
+    [result] = read_results(out)
+    assert result.model == "ranker" and result.dataset == "synthetic" and result.seeds() == [0, 1]
+    assert "--experiments ranker_mlp_tiny,ranker_dcnv2_lowrank_pepnet_tiny" in result.command
+    assert result.variants == exps and len(result.runs) == 2 * 2
+    for v in result.variants:
         for key in ("auc_save", "auc_closeup", "auc_click", "auc_hide"):
-            assert 0.0 <= row[key] <= 1.0
-        assert row["hit3_save_mean"] > 0 and row["hit3_save_std"] >= 0
-        assert row["latency_ms_b512"] > 0 and row["latency_ms_b1"] > 0
-        assert row["peak_rss_mb"] > 50 and row["parameters"] > 0
+            assert all(0.0 <= x <= 1.0 for x in result.values(v, key).values())
+        hit = result.stat(v, "hit3_save")
+        assert hit.n == 2 and hit.mean > 0 and hit.std >= 0
+    for exp in exps:
+        assert result.values(exp, "latency_ms_b512")[0] > 0 and result.values(exp, "latency_ms_b1")[0] > 0
+        assert result.values(exp, "peak_rss_mb")[0] > 50 and result.values(exp, "parameters")[0] > 0
     # the two seeds are real, different trainings
-    mlp_runs = [r for r in result["runs"] if r["experiment"] == "ranker_mlp_tiny"]
-    assert mlp_runs[0]["auc_save"] != mlp_runs[1]["auc_save"]
+    mlp = result.values("ranker_mlp_tiny", "auc_save")
+    assert mlp[0] != mlp[1]
     # the pepnet variant has more parameters than the plain MLP
-    assert result["rows"][1]["parameters"] > result["rows"][0]["parameters"]
+    assert result.values(exps[1], "parameters")[0] > result.values(exps[0], "parameters")[0]
+    assert result.comparisons == []  # no PEPNet twin, no baselines: nothing to pair
+    # keep-last: one checkpoint file per run at most
+    assert all(len(list(d.glob("checkpoints/step-*.pt"))) <= 1 for d in (out / "runs" / "ranker_synthetic").glob("*/seed-*"))
     md = (out / "ranker_synthetic.md").read_text()
-    assert "| ranker_mlp_tiny | mlp | no |" in md and "HIT@3/save" in md
+    assert "| ranker_mlp_tiny |" in md and "hit3_save" in md
     assert (out / "ranker_synthetic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "ranker_dcnv2_lowrank_pepnet_tiny" in capsys.readouterr().out
+    assert json.loads((out / "ranker_synthetic.json").read_text())["metrics"]["latency_ms_b1"] == "lower"
+
+
+def test_ranker_baselines_on_the_rankers_split(tiny_data):
+    cfg = config.load("ranker_mlp_tiny", {"max_train_rows": 3000})
+    runs = ranker_eval.baseline_runs(cfg, tiny_data, [0], None, None, gbdt_rounds=20)
+    assert [name for name, _, _ in runs] == list(ranker_eval.BASELINES)
+    m = {name: metrics for name, _, metrics in runs}
+    for name, metrics in m.items():
+        assert 0.0 <= metrics["auc_save"] <= 1.0 and metrics["hit3_save"] > 0, name
+    # the synthetic labels depend on the features: the learned baselines beat per-pin popularity on AUC
+    assert m["GBDT (LightGBM)"]["auc_save"] > m["popularity (per-pin rate)"]["auc_save"]
+    assert m["logistic regression"]["auc_save"] > m["popularity (per-pin rate)"]["auc_save"]
 
 
 def test_eval_ranker_rejects_unknown_experiments_before_training(tiny_data, tmp_path):
@@ -44,4 +66,6 @@ def test_eval_ranker_rejects_unknown_experiments_before_training(tiny_data, tmp_
         ranker_eval.evaluate(["ranker_mlp_tiny", "ranker_nope"], tiny_data, tmp_path)
     with pytest.raises(ConfigError, match="is a pinsage experiment"):
         ranker_eval.evaluate(["pinsage_tiny"], tiny_data, tmp_path)
+    with pytest.raises(ConfigError, match="--seeds"):
+        ranker_eval.evaluate(["ranker_mlp_tiny"], tiny_data, tmp_path, seeds="two")
     assert not (tmp_path / "runs").exists()

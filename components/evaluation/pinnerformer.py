@@ -12,44 +12,31 @@ ranked in the top 10, averaged per user, then over users (every user weighs the 
   split; the real-time embedding includes every action up to the query, the daily one only the
   actions before the start of that day (the batch job ran at midnight); both predict the same
   14-day targets after the query.
-- ``run_eval``: trains the objective / negative-sampling / logQ variants on one data directory and
-  writes ``pinnerformer_<dataset>.json`` and ``.md``.
+- ``popularity_recall``: the popularity baseline on the same queries and pool.
+
+The harness that trains the variants is :mod:`components.evaluation.pinnerformer_harness` (this module is
+imported by training, for its in-training Recall@10, and so never imports a trainer).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from components import config as config_mod
 from components.config import PinnerFormerConfig
 from components.data import io
 from components.data.validate import load_events
-from components.inference.tables import EmbeddingTable, write_table
+from components.evaluation.baselines import popularity_counts
+from components.evaluation.metrics import recall_at_k, recall_at_k_scores
+from components.evaluation.protocol import SPLIT_SEED
+from components.inference.tables import EmbeddingTable
 from components.models.pinnerformer import PinnerFormer
-from components.training.pinnerformer_data import UserSequences, build_sequences, collate
+from components.training.pinnerformer_data import UserSequences, build_sequences, embed_windows
 
 DAY = 86_400
 K = 10
-
-
-@torch.no_grad()
-def embed_windows(model: PinnerFormer, pins: torch.Tensor, seqs: UserSequences, windows: list[tuple[int, int]],
-                  batch_size: int = 256) -> np.ndarray:
-    """User embeddings (n, D) at the last action of each window [(start, end inclusive), ...]."""
-    model.eval()
-    out = []
-    for i in range(0, len(windows), batch_size):
-        b = collate(seqs, windows[i:i + batch_size])
-        emb = model(pins[b["pin_row"]], b["action"], b["surface"], b["duration"], b["timestamp"], b["valid"])
-        out.append(model.last_valid(emb, b["valid"]).numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.user_head.out_dim), np.float32)
 
 
 @torch.no_grad()
@@ -59,23 +46,10 @@ def pin_space(model: PinnerFormer, pins: torch.Tensor, chunk: int = 8192) -> np.
     return np.concatenate([model.embed_pins(pins[i:i + chunk]).numpy() for i in range(0, len(pins), chunk)])
 
 
-def recall_at_k(user_emb: np.ndarray, targets: list[np.ndarray], pin_emb: np.ndarray, pool: np.ndarray,
-                k: int = K) -> np.ndarray:
-    """Per-query recall@k: the share of each query's target pins (rows of ``pin_emb``) that rank in the
-    top k against the ``pool`` rows (targets removed from the pool). Returns (Q,)."""
-    pool_scores = user_emb @ pin_emb[pool].T  # (Q, Npool)
-    out = np.zeros(len(targets))
-    for q, rows in enumerate(targets):
-        rows = np.unique(rows)
-        s_pool = pool_scores[q][~np.isin(pool, rows)]
-        s_t = pin_emb[rows] @ user_emb[q]  # (T,)
-        beaten_by = (s_pool[None, :] > s_t[:, None]).sum(1)  # (T,)
-        out[q] = float((beaten_by < k).mean())
-    return out
-
-
-def _pool(n_pins: int, size: int, seed: int) -> np.ndarray:
-    return np.sort(np.random.default_rng([seed, 11]).choice(n_pins, size=min(size, n_pins), replace=False))
+def _pool(n_pins: int, size: int) -> np.ndarray:
+    """The candidate pool: ``size`` random pin rows drawn with the protocol's SPLIT_SEED (every seed and
+    every variant ranks against the same pins)."""
+    return np.sort(np.random.default_rng([SPLIT_SEED, 11]).choice(n_pins, size=min(size, n_pins), replace=False))
 
 
 def _targets(seqs: UserSequences, a: int, b: int, after: int, until: int) -> np.ndarray:
@@ -105,6 +79,18 @@ def recall_at_split(model: PinnerFormer, cfg: PinnerFormerConfig, data_dir: str 
     split = int(io.read_meta(data_dir)["split_timestamp"])
     seqs = seqs if seqs is not None else build_sequences(load_events(data_dir), table.ids)
     pins = torch.from_numpy(np.ascontiguousarray(table.embeddings, dtype=np.float32))
+    windows, targets = split_queries(cfg, seqs, users, split)
+    if not windows:
+        return {"recall@10": None, "eval_users_scored": 0}
+    recall = recall_at_k(embed_windows(model, pins, seqs, windows), targets, pin_space(model, pins),
+                         _pool(len(pins), cfg.eval_pool))
+    return {"recall@10": float(recall.mean()), "eval_users_scored": len(windows)}
+
+
+def split_queries(cfg: PinnerFormerConfig, seqs: UserSequences, users: np.ndarray, split: int
+                  ) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
+    """For each held-out user with a positive in the window: (its action window up to the embedding time,
+    its target pin rows in the ``future_window_days`` after it)."""
     windows, targets = [], []
     for u in seqs.index_of(np.asarray(users, np.int64)):
         if u < 0:
@@ -119,10 +105,22 @@ def recall_at_split(model: PinnerFormer, cfg: PinnerFormerConfig, data_dir: str 
             continue
         windows.append((max(a, e - cfg.max_seq_len + 1), e))
         targets.append(tg)
+    return windows, targets
+
+
+def popularity_recall(cfg: PinnerFormerConfig, seqs: UserSequences, users: np.ndarray, split: int,
+                      n_pins: int) -> dict:
+    """Recall@10 of the popularity baseline: every user gets the pins with the most positive engagements
+    before the split (all users' training-period actions), on the same queries and pool as the models."""
+    windows, targets = split_queries(cfg, seqs, users, split)
     if not windows:
         return {"recall@10": None, "eval_users_scored": 0}
-    recall = recall_at_k(embed_windows(model, pins, seqs, windows), targets, pin_space(model, pins),
-                         _pool(len(pins), cfg.eval_pool, cfg.seed))
+    before = seqs.timestamp < split
+    pop = popularity_counts(np.where(before & seqs.positive, seqs.pin_row, -1), n_pins)  # (N,)
+    pop = pop + 1e-6 * np.random.default_rng([SPLIT_SEED, 19]).random(n_pins)  # ties: a fixed random order
+    pool = _pool(n_pins, cfg.eval_pool)
+    recall = recall_at_k_scores(np.broadcast_to(pop[pool], (len(targets), len(pool))),
+                                [pop[np.unique(t)] for t in targets], [np.isin(pool, t) for t in targets])
     return {"recall@10": float(recall.mean()), "eval_users_scored": len(windows)}
 
 
@@ -134,7 +132,7 @@ def daily_vs_realtime(model: PinnerFormer, cfg: PinnerFormerConfig, data_dir: st
     split = int(io.read_meta(data_dir)["split_timestamp"])
     seqs = seqs if seqs is not None else build_sequences(load_events(data_dir), table.ids)
     pins = torch.from_numpy(np.ascontiguousarray(table.embeddings, dtype=np.float32))
-    rng = np.random.default_rng([cfg.seed, 13])
+    rng = np.random.default_rng([SPLIT_SEED, 13])
     rt_windows, daily_windows, targets, owner = [], [], [], []
     for u in seqs.index_of(np.asarray(users, np.int64)):
         if u < 0:
@@ -160,7 +158,7 @@ def daily_vs_realtime(model: PinnerFormer, cfg: PinnerFormerConfig, data_dir: st
     if not targets:
         return {"recall@10_daily": None, "recall@10_realtime": None, "queries": 0}
     space = pin_space(model, pins)
-    pool = _pool(len(pins), cfg.eval_pool, cfg.seed)
+    pool = _pool(len(pins), cfg.eval_pool)
     owner_arr = np.asarray(owner)
 
     def per_user_mean(r: np.ndarray) -> float:
@@ -175,93 +173,3 @@ def daily_vs_realtime(model: PinnerFormer, cfg: PinnerFormerConfig, data_dir: st
 # ----------------------------------------------------------------------------------------------
 # The comparison harness behind `homefeed eval pinnerformer`.
 # ----------------------------------------------------------------------------------------------
-
-OBJECTIVE_ROWS = [("next_action", "mixed", True), ("all_action", "mixed", True), ("dense_all_action", "mixed", True)]
-NEGATIVE_ROWS = [("dense_all_action", neg, logq) for neg in ("in_batch", "random", "mixed") for logq in (False, True)]
-PAPER = {  # arXiv 2205.04507, Recall@10 on Pinterest homefeed (1M random pins)
-    ("dense_all_action", "mixed", True): 0.229,
-    ("dense_all_action", "mixed", False): 0.138,
-}
-PAPER_DAILY_REALTIME = {"next_action": (0.216, 0.251), "dense_all_action": (0.243, 0.264)}
-
-
-def content_pin_table(data_dir: str | Path, out: Path) -> Path:
-    """Write the content-baseline pin table (a stand-in for PinSage output) and return its path."""
-    from components.inference.baseline import content_embeddings
-
-    pins, _ = content_embeddings(data_dir)
-    return write_table(pins, out)
-
-
-def _markdown(result: dict) -> str:
-    lines = [f"# PinnerFormer evaluation: {result['dataset']}", "",
-             f"Command: `{result['command']}`", "",
-             f"Recall@10 of all positives in the {result['future_window_days']} days after the embedding time "
-             f"({result['eval_at']}), "
-             f"for {result['eval_users']} held-out users, each positive ranked against "
-             f"{result['eval_pool']} random pins. Pin input: {result['pin_embeddings']}.", "",
-             "| objective | negatives | logQ | Recall@10 | daily R@10 | real-time R@10 | paper R@10 | train s |",
-             "|---|---|---|---|---|---|---|---|"]
-
-    def f(x):
-        return "-" if x is None else f"{x:.3f}"
-
-    for r in result["rows"]:
-        paper = PAPER.get((r["objective"], r["negatives"], r["logq"]))
-        lines.append(f"| {r['objective']} | {r['negatives']} | {'yes' if r['logq'] else 'no'} | {f(r['recall@10'])} | "
-                     f"{f(r.get('recall@10_daily'))} | {f(r.get('recall@10_realtime'))} | {f(paper)} | "
-                     f"{r['train_s']:.0f} |")
-    lines += ["", "Paper (arXiv 2205.04507): PinnerFormer Recall@10 0.229; daily inference SASRec 0.216 vs "
-              "PinnerFormer 0.243, real-time 0.251 vs 0.264; logQ with mixed negatives 0.138 -> 0.229.", ""]
-    return "\n".join(lines)
-
-
-def run_eval(data_dir: str | Path, out_dir: str | Path, pin_embeddings: str | Path | None = None,
-             experiment: str = "pinnerformer_eval", overrides: list[str] | None = None,
-             rows: list[tuple[str, str, bool]] | None = None, command: str | None = None) -> dict:
-    """Train each (objective, negatives, logQ) variant and report Recall@10; write JSON + Markdown."""
-    from components.training.pinnerformer import load_pin_table, train
-
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    dataset = str(io.read_meta(data_dir).get("dataset", data_dir.name))
-    work = out_dir / f"pinnerformer_{dataset}_runs"
-    if pin_embeddings is None:
-        pin_embeddings = content_pin_table(data_dir, work / "content_pins.parquet")
-        pin_source = "content baseline (components.inference.baseline)"
-    else:
-        pin_source = str(pin_embeddings)
-    table = load_pin_table(pin_embeddings)
-    base = config_mod.load(experiment, overrides, model="pinnerformer")
-    seqs = build_sequences(load_events(data_dir), table.ids)
-    todo = rows if rows is not None else list(dict.fromkeys(OBJECTIVE_ROWS + NEGATIVE_ROWS))
-    results = []
-    n_eval_users = 0
-    for objective, negatives, logq in todo:
-        cfg = dataclasses.replace(base, objective=objective, negatives=negatives, logq=logq)
-        object.__setattr__(cfg, "_experiment", experiment)
-        run_dir = work / f"{objective}-{negatives}-{'logq' if logq else 'nologq'}"
-        t0 = time.perf_counter()
-        metrics = train(cfg, data_dir, pin_embeddings, run_dir, evaluate=False)
-        train_s = time.perf_counter() - t0
-        from components.models.pinnerformer import load_model
-
-        model, cfg_saved, extra = load_model(run_dir)
-        users = np.asarray(extra["eval_users"], np.int64)
-        n_eval_users = len(users)
-        row = {"objective": objective, "negatives": negatives, "logq": logq, "train_s": train_s,
-               "steps": metrics["steps"], "sequences_per_s": metrics["sequences_per_s"]}
-        row.update(recall_at_split(model, cfg_saved, data_dir, table, users, seqs))
-        if (objective, negatives, logq) in OBJECTIVE_ROWS:
-            row.update(daily_vs_realtime(model, cfg_saved, data_dir, table, users, seqs))
-        results.append(row)
-        print(json.dumps(row), flush=True)
-    result = {"model": "pinnerformer", "dataset": dataset, "command": command or " ".join(sys.argv),
-              "experiment": experiment, "overrides": list(overrides or []), "pin_embeddings": pin_source,
-              "future_window_days": base.future_window_days, "eval_pool": base.eval_pool, "eval_at": base.eval_at,
-              "eval_users": n_eval_users,
-              "rows": results, "paper": {"recall@10": 0.229, "daily": PAPER_DAILY_REALTIME,
-                                         "logq_mixed": [0.138, 0.229]}}
-    io.atomic_write_json(result, out_dir / f"pinnerformer_{dataset}.json")
-    io.atomic_write_bytes(out_dir / f"pinnerformer_{dataset}.md", _markdown(result).encode())
-    return result
-

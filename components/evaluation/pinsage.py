@@ -1,25 +1,27 @@
-"""Related-pin evaluation of PinSage (the paper's Table 1 metrics) and the four-way comparison.
+"""Related-pin evaluation of PinSage (the paper's Table 1 metrics), its variants and baselines.
 
-Held-out pairs: co-engagement pairs (q, i) from events at or after ``meta.json: split_timestamp`` (the same
-definition as training pairs), at most ``eval_max_queries`` drawn with the seed. For each pair the positive i
-is ranked by dot product with q against a candidate pool: every other pin when the corpus has at most
-``eval_pool`` pins, otherwise ``eval_pool`` random pins shared by all queries. Metrics:
+Protocol (:mod:`components.evaluation.protocol`): held-out pairs are co-engagement pairs (q, i) from the
+events of one evaluation *period* (``val``: the first half of the days after ``meta.json: split_timestamp``,
+``test``: the second half, ``all``: both), deduplicated, at most ``eval_max_queries`` drawn with the fixed
+``SPLIT_SEED``. Each positive i is ranked against a candidate pool: every other pin when the corpus has at
+most ``eval_pool`` pins, otherwise ``eval_pool`` random pins (``SPLIT_SEED``) shared by all queries. The
+same pairs and pool for every variant and every training seed.
 
-- hit@K: fraction of pairs whose positive ranks in the top K (K = 10, 50);
-- MRR: mean of 1/rank (plain, not the paper's rank/100 scaling);
-- hit@10_se, mrr_se: their standard errors over the held-out pairs;
-- topic@10 (synthetic data only): fraction of each pin's 10 nearest pins that share its planted topic
-  (``ground_truth/pin_topics.parquet``).
+Metrics (:mod:`components.evaluation.metrics`): hit@10, hit@50, MRR (plain 1/rank) and, on synthetic data,
+topic@10 (the share of each pin's 10 nearest pins sharing its planted topic).
 
-:func:`compare` trains, on one split and one seed: content-only (the dense network on features, K = 0),
-PinSage with uniform mean pooling, PinSage without hard negatives and full PinSage; plus the raw content
-features untrained as a floor. It writes ``<out>/pinsage_<dataset>.json`` and ``.md``.
+Rows: baselines (content features untrained, popularity, item co-occurrence, Pixie-style random-walk
+visit counts) and the trained variants (content-only MLP, mean pooling, no hard negatives, full PinSage),
+each trained once per seed with ``checkpoint_every: 0``. :func:`compare` returns an :class:`EvalResult`
+and writes ``<out>/pinsage_<dataset>.json`` and ``.md``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,14 @@ import pandas as pd
 from components.config import PinSageConfig
 from components.data import io
 from components.data.validate import load_events
-from components.graph.graph import build_graph
+from components.evaluation import papers
+from components.evaluation.baselines import cooccurrence_scores, popularity_counts, random_walk_scores
+from components.evaluation.metrics import rank_metrics, rank_of_positive
+from components.evaluation.protocol import SPLIT_SEED, Period, in_period, period_bounds
+from components.evaluation.result import EvalResult, write_result
+from components.graph.graph import PinBoardGraph, build_graph
+from components.inference.pinsage import embed_data
+from components.training.pinsage import graph_features, train
 from components.training.pinsage_data import coengagement_pairs
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -38,49 +47,58 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "PinSage, no hard negatives": {"hard_negatives": False},
     "PinSage (full)": {},
 }
+BASELINES = ("content features, untrained (cosine)", "popularity", "item co-occurrence",
+             "random-walk visit counts (Pixie)")
 HIT_KS = (10, 50)
+METRICS = {"hit@10": "higher", "hit@50": "higher", "mrr": "higher", "topic@10": "higher", "train_seconds": "lower"}
+EVAL_OVERRIDES = {"checkpoint_every": 0}  # evaluation runs keep model.pt only, never thousands of step files
 
 
-def heldout_pairs(data_dir: str | Path, pin_ids: np.ndarray, cfg: PinSageConfig) -> np.ndarray:
-    """(n, 2) pin-index pairs of co-engagement at or after the split (deduplicated, sampled with the seed)."""
-    split = io.read_meta(data_dir)["split_timestamp"]
+def heldout_pairs(data_dir: str | Path, pin_ids: np.ndarray, cfg: PinSageConfig, period: Period = "all") -> np.ndarray:
+    """(n, 2) pin-index pairs of co-engagement in an evaluation period (deduplicated, sampled with
+    ``SPLIT_SEED``: the same pairs whatever the training seed)."""
     ev = load_events(data_dir)
-    pairs = coengagement_pairs(ev[ev["timestamp"] >= split], pin_ids, cfg.pair_window_s)
+    ev = ev[in_period(ev["timestamp"].to_numpy(), period_bounds(data_dir, period))]
+    pairs = coengagement_pairs(ev, pin_ids, cfg.pair_window_s)
     pairs = np.unique(pairs, axis=0) if len(pairs) else pairs
     if len(pairs) == 0:
-        raise ValueError(f"{data_dir}: no co-engagement pairs after meta.json split_timestamp to evaluate on")
-    rng = np.random.default_rng([cfg.seed, 5])
+        raise ValueError(f"{data_dir}: no co-engagement pairs in the '{period}' evaluation period to evaluate on")
     if len(pairs) > cfg.eval_max_queries:
+        rng = np.random.default_rng([SPLIT_SEED, 5])
         pairs = pairs[np.sort(rng.choice(len(pairs), cfg.eval_max_queries, replace=False))]
     return pairs
 
 
-def ranking_metrics(emb: np.ndarray, pairs: np.ndarray, pool_size: int, seed: int) -> dict[str, float]:
-    """hit@K and MRR of each pair's positive against the candidate pool (see the module doc)."""
-    P = len(emb)
-    q, pos = emb[pairs[:, 0]], emb[pairs[:, 1]]
-    s_pos = (q * pos).sum(1)  # (n,)
-    if P - 1 <= pool_size:
-        scores = q @ emb.T  # (n, P)
-        scores[np.arange(len(pairs)), pairs[:, 0]] = -np.inf  # the query is not a candidate
-        scores[np.arange(len(pairs)), pairs[:, 1]] = -np.inf  # counted once, as s_pos
+def candidate_pool(num_pins: int, pool_size: int) -> np.ndarray | None:
+    """None (every other pin is a candidate) or ``pool_size`` random pin indices (``SPLIT_SEED``)."""
+    if num_pins - 1 <= pool_size:
+        return None
+    return np.random.default_rng([SPLIT_SEED, 6]).choice(num_pins, pool_size, replace=False)
+
+
+def ranks_from_scores(scores: np.ndarray, pairs: np.ndarray, pool: np.ndarray | None) -> np.ndarray:
+    """1-based rank of each pair's positive: ``scores`` (n, P) over all pins; the query itself and (if in the
+    pool) the positive are not candidates; with a pool only its pins compete."""
+    n = len(pairs)
+    s_pos = scores[np.arange(n), pairs[:, 1]].astype(np.float64)  # (n,)
+    if pool is None:
+        cand = scores.astype(np.float64, copy=True)  # (n, P)
+        cand[np.arange(n), pairs[:, 0]] = -np.inf
+        cand[np.arange(n), pairs[:, 1]] = -np.inf  # counted once, as s_pos
     else:
-        pool = np.random.default_rng([seed, 6]).choice(P, pool_size, replace=False)
-        scores = q @ emb[pool].T  # (n, pool)
-        scores[(pool[None, :] == pairs[:, :1]) | (pool[None, :] == pairs[:, 1:])] = -np.inf
-    rank = 1 + (scores > s_pos[:, None]).sum(1)  # (n,)
-    n = len(rank)
-    out: dict[str, float] = {}
-    for k in HIT_KS:
-        out[f"hit@{k}"] = float((rank <= k).mean())
-    out["mrr"] = float((1.0 / rank).mean())
-    # standard errors over the held-out pairs, to read differences between rows against
-    out["hit@10_se"] = float(np.sqrt(out["hit@10"] * (1 - out["hit@10"]) / n))
-    out["mrr_se"] = float((1.0 / rank).std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
-    return out
+        cand = scores[:, pool].astype(np.float64)  # (n, pool)
+        cand[(pool[None, :] == pairs[:, :1]) | (pool[None, :] == pairs[:, 1:])] = -np.inf
+    return rank_of_positive(s_pos, cand)
 
 
-def topic_purity(emb: np.ndarray, topics: np.ndarray, k: int = 10, max_pins: int = 3000, seed: int = 0) -> float:
+def ranking_metrics(emb: np.ndarray, pairs: np.ndarray, pool_size: int, seed: int = SPLIT_SEED) -> dict[str, float]:
+    """hit@K and MRR of each pair's positive against the candidate pool, by dot product of embeddings.
+    (``seed`` is ignored: the pool is fixed by the protocol; kept for callers.)"""
+    pool = candidate_pool(len(emb), pool_size)
+    return rank_metrics(ranks_from_scores(emb[pairs[:, 0]] @ emb.T, pairs, pool), HIT_KS)  # scores (n, P)
+
+
+def topic_purity(emb: np.ndarray, topics: np.ndarray, k: int = 10, max_pins: int = 3000, seed: int = SPLIT_SEED) -> float:
     """Mean fraction of a pin's k nearest other pins (dot product) that share its planted topic."""
     rng = np.random.default_rng([seed, 8])
     rows = rng.choice(len(emb), min(max_pins, len(emb)), replace=False)
@@ -91,10 +109,9 @@ def topic_purity(emb: np.ndarray, topics: np.ndarray, k: int = 10, max_pins: int
 
 
 def evaluate_embeddings(emb: np.ndarray, pairs: np.ndarray, cfg: PinSageConfig,
-                        topics: np.ndarray | None) -> dict[str, float]:
-    out = ranking_metrics(emb, pairs, cfg.eval_pool, cfg.seed)
-    if topics is not None:
-        out["topic@10"] = topic_purity(emb, topics, seed=cfg.seed)
+                        topics: np.ndarray | None) -> dict[str, float | None]:
+    out: dict[str, float | None] = dict(ranking_metrics(emb, pairs, cfg.eval_pool))
+    out["topic@10"] = topic_purity(emb, topics) if topics is not None else None
     return out
 
 
@@ -110,80 +127,86 @@ def planted_topics(data_dir: str | Path, pin_ids: np.ndarray) -> np.ndarray | No
 
 
 def train_and_embed(cfg: PinSageConfig, data_dir: str | Path, model_dir: str | Path) -> tuple[np.ndarray, dict]:
-    from components.inference.pinsage import embed_data
-    from components.training.pinsage import train
-
     metrics = train(cfg, data_dir, model_dir)
     return embed_data(model_dir, data_dir)[1], metrics
 
 
-def _fmt(col: str, v: Any) -> str:
-    if not isinstance(v, float):
-        return str(v)
-    return f"{v:.1f}" if col.endswith("_s") else f"{v:.4f}"
+def baseline_scorers(graph: PinBoardGraph, data_dir: str | Path, cfg: PinSageConfig
+                     ) -> dict[str, Callable[[np.ndarray, int], np.ndarray]]:
+    """Baseline name -> f(query pin indices, seed) -> (Q, P) scores, all from the training period only."""
+    split = int(io.read_meta(data_dir)["split_timestamp"])
+    train_ev = load_events(data_dir)
+    train_ev = train_ev[train_ev["timestamp"] < split]
+    pin_idx = np.searchsorted(graph.pin_ids, train_ev["pin_id"].to_numpy()).clip(0, graph.num_pins - 1)
+    known = graph.pin_ids[pin_idx] == train_ev["pin_id"].to_numpy()
+    pop = popularity_counts(np.where(known, pin_idx, -1), graph.num_pins)
+    train_pairs = coengagement_pairs(train_ev, graph.pin_ids, cfg.pair_window_s)
+    feats = graph_features(graph, data_dir)
+    raw = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-8)
+    tiebreak = 1e-6 * pop / max(float(pop.max()), 1.0)  # count ties broken by popularity (never reorders counts)
+    return {
+        BASELINES[0]: lambda q, seed: raw[q] @ raw.T,
+        BASELINES[1]: lambda q, seed: np.broadcast_to(pop, (len(q), len(pop))),
+        BASELINES[2]: lambda q, seed: cooccurrence_scores(train_pairs, q, graph.num_pins) + tiebreak,
+        BASELINES[3]: lambda q, seed: random_walk_scores(graph, q, cfg.walks_per_node, cfg.walk_length,
+                                                         cfg.restart_prob, seed) + tiebreak,
+    }
 
 
-def to_markdown(result: dict[str, Any]) -> str:
-    rows = result["rows"]
-    cols = [c for c in rows[0] if c != "variant"]
-    lines = [f"# PinSage related-pin evaluation: {result['dataset']}", "",
-             f"`{result['command']}`", "",
-             f"{result['pairs']} held-out co-engagement pairs (events after the split); candidate pool: "
-             f"{result['pool']}; experiment `{result['experiment']}`, seeds {result['seeds']}"
-             + (" (mean over seeds; *_std across seeds)" if len(result["seeds"]) > 1 else "")
-             + "; train_s per seed.", "",
-             "| variant | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    lines += ["| " + r["variant"] + " | " + " | ".join(_fmt(c, r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _summarise(name: str, runs: list[dict[str, float]], train_s: float) -> dict[str, Any]:
-    """One table row: metrics of a single run, or their mean over seeds with the std across seeds."""
-    if len(runs) == 1:
-        return {"variant": name, **runs[0], "train_s": round(train_s, 1)}
-    keys = [k for k in runs[0] if not k.endswith("_se")]
-    row: dict[str, Any] = {"variant": name}
-    row.update({k: float(np.mean([r[k] for r in runs])) for k in keys})
-    row.update({f"{k}_std": float(np.std([r[k] for r in runs], ddof=1)) for k in ("hit@10", "mrr")})
-    row["train_s"] = round(train_s, 1)
-    return row
+def _score_metrics(scores: np.ndarray, pairs: np.ndarray, pool: np.ndarray | None) -> dict[str, float]:
+    m = rank_metrics(ranks_from_scores(scores, pairs, pool), HIT_KS)
+    return {k: m[k] for k in ("hit@10", "hit@50", "mrr")}
 
 
 def compare(cfg: PinSageConfig, data_dir: str | Path, out_dir: str | Path, command: str = "",
-            variants: dict[str, dict[str, Any]] | None = None, seeds: list[int] | None = None) -> dict[str, Any]:
-    """Train and evaluate every variant on the same split (and held-out pairs, and candidate pool) for each
-    seed; write ``pinsage_<dataset>.json`` (with per-seed runs) and ``.md`` (mean, std across seeds)."""
+            variants: dict[str, dict[str, Any]] | None = None, seeds: list[int] | None = None,
+            period: Period = "all", baselines: bool = True) -> EvalResult:
+    """Every baseline and every variant, once per seed, on the same pairs and candidate pool; writes the
+    :class:`EvalResult` as ``pinsage_<dataset>.json`` / ``.md`` in ``out_dir`` and returns it."""
     out_dir = Path(out_dir)
     seeds = [cfg.seed] if not seeds else list(seeds)
-    dataset = io.read_meta(data_dir).get("dataset", Path(data_dir).name)
+    dataset = str(io.read_meta(data_dir).get("dataset", Path(data_dir).name))
     graph = build_graph(data_dir, cfg.use_engagement_edges)
-    pairs = heldout_pairs(data_dir, graph.pin_ids, cfg)
+    pairs = heldout_pairs(data_dir, graph.pin_ids, cfg, period)
+    pool = candidate_pool(graph.num_pins, cfg.eval_pool)
     topics = planted_topics(data_dir, graph.pin_ids)
-    from components.training.pinsage import graph_features
-
-    feats = graph_features(graph, data_dir)
-    raw = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-8)
-    raw_metrics = evaluate_embeddings(raw, pairs, cfg, topics)
-    rows = [_summarise("content features, untrained (cosine)", [raw_metrics] * (1 if len(seeds) == 1 else 2), 0.0)]
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for name, overrides in (variants or VARIANTS).items():
+    result = EvalResult(
+        model="pinsage", dataset=dataset, command=command,
+        protocol={"task": "related pins: rank the co-engaged pin i of each held-out pair (q, i)",
+                  "split": f"period '{period}' of the events after meta.json split_timestamp (protocol.period_bounds)",
+                  "queries": f"{len(pairs)} co-engagement pairs (window {cfg.pair_window_s} s), sampled with SPLIT_SEED",
+                  "candidate pool": "all other pins" if pool is None else f"{len(pool)} random pins (SPLIT_SEED)",
+                  "num_pins": graph.num_pins, "seeds": seeds, "experiment": cfg_experiment(cfg)},
+        metrics={k: v for k, v in METRICS.items() if k != "topic@10" or topics is not None})
+    if baselines:
+        for name, scorer in baseline_scorers(graph, data_dir, cfg).items():
+            for seed in seeds:
+                m = _score_metrics(scorer(pairs[:, 0], seed), pairs, pool)
+                if topics is not None and name == BASELINES[0]:
+                    feats = graph_features(graph, data_dir)
+                    m["topic@10"] = topic_purity(feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-8), topics)
+                result.add(name, seed, details={"baseline": True}, **m, train_seconds=0.0)
+    for name, overrides in (variants if variants is not None else VARIANTS).items():
         slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
-        runs[name] = []
-        t0 = time.perf_counter()
         for seed in seeds:
-            vcfg = copy.deepcopy(cfg)
-            for k, v in {**overrides, "seed": seed}.items():
-                setattr(vcfg, k, v)
+            vcfg = dataclasses.replace(copy.deepcopy(cfg), **{**EVAL_OVERRIDES, **overrides, "seed": seed})
             model_dir = out_dir / "models" / f"pinsage_{dataset}" / slug / f"seed-{seed}"
-            emb, _ = train_and_embed(vcfg, data_dir, model_dir)
-            runs[name].append({"seed": seed, **evaluate_embeddings(emb, pairs, cfg, topics)})
-            print(f"{name} (seed {seed}): {runs[name][-1]}", flush=True)
-        per_seed = [{k: v for k, v in r.items() if k != "seed"} for r in runs[name]]
-        rows.append(_summarise(name, per_seed, (time.perf_counter() - t0) / len(seeds)))
-    pool = "all other pins" if graph.num_pins - 1 <= cfg.eval_pool else f"{cfg.eval_pool} random pins"
-    result = {"model": "pinsage", "dataset": dataset, "command": command, "experiment": getattr(cfg, "_experiment", None),
-              "seeds": seeds, "pairs": int(len(pairs)), "pool": pool, "num_pins": graph.num_pins, "rows": rows,
-              "runs": runs}
-    io.atomic_write_json(result, out_dir / f"pinsage_{dataset}.json")
-    io.atomic_write_bytes(out_dir / f"pinsage_{dataset}.md", to_markdown(result).encode())
+            t0 = time.perf_counter()
+            emb, tm = train_and_embed(vcfg, data_dir, model_dir)
+            m = evaluate_embeddings(emb, pairs, cfg, topics)
+            m = {k: v for k, v in m.items() if k in result.metrics}
+            result.add(name, seed, details={"steps": tm.get("steps")}, **m, train_seconds=time.perf_counter() - t0)
+            print(f"{name} (seed {seed}): {m}", flush=True)
+    if len(seeds) > 1 and not variants:
+        for better, worse in [("PinSage (full)", "PinSage, no hard negatives"), ("PinSage (full)", "PinSage, mean pooling"),
+                              ("PinSage (full)", "content-only (MLP on features)")] + (
+                [("PinSage (full)", b) for b in BASELINES[1:]] if baselines else []):
+            result.compare(better, worse, "mrr")
+    result.papers = papers.for_result("pinsage", result.protocol)
+    write_result(result, out_dir)
     return result
+
+
+def cfg_experiment(cfg: Any) -> str | None:
+    """The experiment a config was loaded from (a field in newer configs, a hidden attribute before)."""
+    return getattr(cfg, "experiment", None) or getattr(cfg, "_experiment", None)

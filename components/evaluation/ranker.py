@@ -2,9 +2,10 @@
 in one run, HIT@3/save, AUC per task, peak training memory, inference latency (batch 512 and 1), parameter
 count and reproducibility (mean and std of HIT@3/save over seeds).
 
-    homefeed eval ranker --experiments a,b,c --seeds 3 --data DIR --out out/eval
+    homefeed eval ranker --experiments a,b,c --seeds 0,1,2 --data DIR --out out/eval
 
-writes ``OUT/ranker_<dataset>.json``, ``.md`` and ``.png``. Each (experiment, seed) trains in a fresh
+writes an :class:`EvalResult` as ``OUT/ranker_<dataset>.json`` and ``.md``, plus ``.png``; with the
+baselines (per-pin popularity, logistic regression, LightGBM) on the same split and features. Each (experiment, seed) trains in a fresh
 process so that its peak memory is its own: peak RSS is sampled every 5 ms while ``train`` runs.
 """
 
@@ -24,6 +25,15 @@ import torch
 
 from components import config as config_mod
 from components.data import io
+from components.evaluation import papers
+from components.evaluation.metrics import auc, hit_at_k
+from components.evaluation.protocol import parse_seeds
+from components.evaluation.ranker_baselines import gbdt, logistic_regression, popularity_scores
+from components.evaluation.result import EvalResult, write_result
+from components.models.ranker import FeatureSpec, load_model
+from components.serving.export import random_inputs
+from components.serving.ranker_io import MODEL_INPUTS
+from components.training.ranker import load_impressions, prepare_data, train
 
 
 def _rss_bytes() -> int:
@@ -59,8 +69,6 @@ def _train_worker(experiment: str, overrides: dict[str, Any], data_dir: str, mod
                   user_embeddings: str | None, pin_embeddings: str | None, queue: Any) -> None:
     try:
         torch.set_num_threads(1)
-        from components.training.ranker import train
-
         cfg = config_mod.load(experiment, overrides, model="ranker")
         with RSSSampler() as mem:
             metrics = train(cfg, data_dir, model_dir, user_embeddings, pin_embeddings)
@@ -89,10 +97,6 @@ def train_isolated(experiment: str, overrides: dict[str, Any], data_dir: str | P
 def inference_latency(model_dir: str | Path, batch_sizes: tuple[int, ...] = (512, 1), reps: int = 30,
                       warmup: int = 3) -> dict[str, float]:
     """Median eager-PyTorch latency (ms, one thread) of the serving forward for each batch size."""
-    from components.models.ranker import load_model
-    from components.serving.export import random_inputs
-    from components.serving.ranker_io import MODEL_INPUTS
-
     model, _, extra = load_model(model_dir)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -114,121 +118,134 @@ def inference_latency(model_dir: str | Path, batch_sizes: tuple[int, ...] = (512
     return out
 
 
-def _mean(xs: list[float]) -> float:
-    xs = [x for x in xs if x == x]
-    return float(np.mean(xs)) if xs else float("nan")
+METRIC_DIRECTIONS: dict[str, str] = {"hit3_save": "higher", "hit3_save_norm": "higher", "train_seconds": "lower",
+                                      "peak_rss_mb": "lower", "parameters": "lower", "latency_ms_b512": "lower",
+                                      "latency_ms_b1": "lower"}
+BASELINES = ("popularity (per-pin rate)", "logistic regression", "GBDT (LightGBM)")
+EVAL_OVERRIDES = {"checkpoint_every": 1_000_000_000}  # one checkpoint at the last step: keep-last
 
 
-def _std(xs: list[float]) -> float:
-    xs = [x for x in xs if x == x]
-    return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+def baseline_runs(cfg: Any, data_dir: str | Path, seeds: list[int], user_embeddings: str | None,
+                  pin_embeddings: str | None, gbdt_rounds: int = 200) -> list[tuple[str, int, dict[str, float | None]]]:
+    """(name, seed, metrics) of each ranker baseline on the ranker's own split and features."""
+    train, evaluation, extra = prepare_data(cfg, data_dir, user_embeddings, pin_embeddings)
+    spec = FeatureSpec.from_dict(extra["spec"])
+    df = load_impressions(data_dir, spec, cfg.tasks)
+    is_train = df["timestamp"].to_numpy() < extra["split_timestamp"]
+    train_pins = df["pin_id"].to_numpy()[is_train][-len(train):]  # prepare_data keeps the latest rows
+    eval_pins = df["pin_id"].to_numpy()[~is_train]
+    out = []
+    for seed in seeds:
+        for name, fn in ((BASELINES[0], lambda s: popularity_scores(train_pins, train.labels, eval_pins)),
+                         (BASELINES[1], lambda s: logistic_regression(train, evaluation, s)),
+                         (BASELINES[2], lambda s: gbdt(train, evaluation, s, rounds=gbdt_rounds))):
+            t0 = time.perf_counter()
+            probs = fn(seed)  # (n_eval, K)
+            m: dict[str, float | None] = {f"auc_{t}": auc(evaluation.labels[:, k], probs[:, k]) for k, t in enumerate(cfg.tasks)}
+            if "save" in cfg.tasks:
+                save = evaluation.labels[:, cfg.tasks.index("save")]
+                hit = hit_at_k(evaluation.request_id, probs[:, cfg.tasks.index("save")], save, k=3)
+                m.update(hit3_save=hit["hit"], hit3_save_norm=hit["hit_norm"])
+            m["train_seconds"] = time.perf_counter() - t0
+            out.append((name, seed, m))
+            print(f"[eval ranker] baseline {name} seed {seed}: HIT@3/save {m.get('hit3_save')}, "
+                  f"AUC save {m.get('auc_save')}", flush=True)
+    return out
 
 
-def evaluate(experiments: list[str], data_dir: str | Path, out_dir: str | Path = "out/eval", seeds: int = 3,
-             overrides: list[str] | dict[str, Any] | None = None, command: str | None = None,
-             user_embeddings: str | None = None, pin_embeddings: str | None = None) -> dict[str, Any]:
-    """Train every experiment with ``seeds`` seeds on ``data_dir``'s split; write and return the comparison."""
+def evaluate(experiments: list[str], data_dir: str | Path, out_dir: str | Path = "out/eval",
+             seeds: list[int] | str | int | None = None, overrides: list[str] | dict[str, Any] | None = None,
+             command: str | None = None, user_embeddings: str | None = None, pin_embeddings: str | None = None,
+             baselines: bool = True) -> EvalResult:
+    """Train every experiment once per seed on ``data_dir``'s split (plus the baselines); write and return
+    the :class:`EvalResult` (``ranker_<dataset>.json``, ``.md``, ``.png``)."""
     if not experiments:
         raise config_mod.ConfigError("eval ranker: no experiments given")
-    if seeds < 1:
-        raise config_mod.ConfigError(f"eval ranker: --seeds must be >= 1, got {seeds}")
+    seeds = parse_seeds(seeds if seeds is not None else "0,1,2")
     extra = overrides if isinstance(overrides, dict) else config_mod.parse_overrides(overrides)
     cfgs = {e: config_mod.load(e, extra, model="ranker") for e in experiments}  # fail fast on any bad name
     meta = io.read_meta(data_dir)
     dataset = str(meta.get("dataset", Path(data_dir).name))
     out_dir = Path(out_dir)
     runs_root = out_dir / "runs" / f"ranker_{dataset}"
-    tasks = cfgs[experiments[0]].tasks
-    rows, runs = [], []
+    tasks = list(cfgs[experiments[0]].tasks)
+    result = EvalResult(
+        model="ranker", dataset=dataset,
+        command=command or _default_command(experiments, data_dir, out_dir, seeds, overrides),
+        protocol={"split": "impressions before meta.json split_timestamp train, after it evaluate",
+                  "queries": "every evaluation request with at least one save (HIT@3/save); every row (AUC)",
+                  "candidate pool": "each request's logged impressions", "seeds": seeds,
+                  "overrides": extra, "tasks": tasks},
+        metrics={**{k: v for k, v in METRIC_DIRECTIONS.items() if k.startswith("hit")},
+                 **{f"auc_{t}": "higher" for t in tasks},
+                 **{k: v for k, v in METRIC_DIRECTIONS.items() if not k.startswith("hit")}})
+    if baselines:
+        for name, seed, m in baseline_runs(cfgs[experiments[0]], data_dir, seeds, user_embeddings, pin_embeddings):
+            result.add(name, seed, details={"baseline": True}, **m)
     for exp in experiments:
-        per_seed = []
-        for s in range(seeds):
-            seed = cfgs[exp].seed + s
+        for i, seed in enumerate(seeds):
             model_dir = runs_root / exp / f"seed-{seed}"
-            m = train_isolated(exp, {**extra, "seed": seed}, data_dir, model_dir, user_embeddings, pin_embeddings)
-            m.update({"experiment": exp, "seed": seed, "model_dir": str(model_dir)})
-            if s == 0:
+            m = train_isolated(exp, {**extra, **EVAL_OVERRIDES, "seed": seed}, data_dir, model_dir,
+                               user_embeddings, pin_embeddings)
+            if i == 0:
                 m.update(inference_latency(model_dir))
-            per_seed.append(m)
-            runs.append(m)
-            print(f"[eval ranker] {exp} seed {seed}: HIT@3/save {m.get('hit3_save', float('nan')):.4f}, "
-                  f"AUC save {m.get('auc_save', float('nan')):.4f}, {m['train_seconds']:.1f} s", flush=True)
-        hits = [r.get("hit3_save", float("nan")) for r in per_seed]
-        row = {"experiment": exp, "arch": cfgs[exp].arch, "pepnet": cfgs[exp].pepnet,
-               "hit3_save_mean": _mean(hits), "hit3_save_std": _std(hits),
-               "hit3_save_norm_mean": _mean([r.get("hit3_save_norm", float("nan")) for r in per_seed]),
-               **{f"auc_{t}": _mean([r[f"auc_{t}"] for r in per_seed]) for t in tasks},
-               "parameters": per_seed[0]["parameters"],
-               "peak_rss_mb": max(r["peak_rss_mb"] for r in per_seed),
-               "train_rss_increase_mb": max(r["train_rss_increase_mb"] for r in per_seed),
-               "latency_ms_b512": per_seed[0]["latency_ms_b512"], "latency_ms_b1": per_seed[0]["latency_ms_b1"],
-               "train_examples_per_s": _mean([r["train_examples_per_s"] for r in per_seed]),
-               "seeds": seeds}
-        rows.append(row)
-    result = {"model": "ranker", "dataset": dataset, "data_dir": str(Path(data_dir).resolve()),
-              "command": command or _default_command(experiments, data_dir, out_dir, seeds, overrides),
-              "tasks": tasks, "seeds": seeds, "overrides": extra, "rows_train": runs[0]["rows_train"],
-              "rows_eval": runs[0]["rows_eval"], "rows": rows, "runs": runs,
-              "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    stem = out_dir / f"ranker_{dataset}"
-    io.atomic_write_json(result, stem.with_suffix(".json"))
-    io.atomic_write_bytes(stem.with_suffix(".md"), to_markdown(result).encode())
-    plot(result, stem.with_suffix(".png"))
+            result.add(exp, seed, details={"arch": cfgs[exp].arch, "pepnet": cfgs[exp].pepnet,
+                                           "model_dir": str(model_dir), "rows_train": m.get("rows_train"),
+                                           "rows_eval": m.get("rows_eval")},
+                       **{k: m.get(k) for k in result.metrics})
+            print(f"[eval ranker] {exp} seed {seed}: HIT@3/save {m.get('hit3_save')}, AUC save {m.get('auc_save')}, "
+                  f"{m['train_seconds']:.1f} s", flush=True)
+    if len(seeds) > 1:
+        for exp in experiments:
+            twin = exp.replace("_pepnet", "")
+            if twin != exp and twin in experiments:
+                result.compare(exp, twin, "hit3_save")
+            if baselines:
+                result.compare(exp, BASELINES[2], "hit3_save")
+    result.papers = papers.for_result("ranker", result.protocol)
+    result.notes.append("Baselines score requests by p(save); the models by the serving score (score_weights). "
+                        "Latency: eager PyTorch, one thread, median, first seed only. Peak RSS: the training "
+                        "process (spawned per run) including data loading.")
+    write_result(result, out_dir)
+    plot(result, out_dir / f"ranker_{dataset}.png")
     return result
 
 
-def _default_command(experiments: list[str], data_dir: str | Path, out_dir: Path, seeds: int,
+def _default_command(experiments: list[str], data_dir: str | Path, out_dir: Path, seeds: list[int],
                      overrides: list[str] | dict[str, Any] | None) -> str:
     sets = overrides.items() if isinstance(overrides, dict) else (o.split("=", 1) for o in overrides or [])
-    return (f"homefeed eval ranker --experiments {','.join(experiments)} --seeds {seeds} --data {data_dir} "
-            f"--out {out_dir}" + "".join(f" --set {k}={json.dumps(v) if not isinstance(v, str) else v}"
-                                          for k, v in sets))
+    return (f"homefeed eval ranker --experiments {','.join(experiments)} --seeds {','.join(map(str, seeds))} "
+            f"--data {data_dir} --out {out_dir}" + "".join(f" --set {k}={json.dumps(v) if not isinstance(v, str) else v}"
+                                                        for k, v in sets))
 
 
-def to_markdown(result: dict[str, Any]) -> str:
-    tasks = result["tasks"]
-    head = ["experiment", "arch", "PEPNet", "HIT@3/save (mean ± std)", *[f"AUC {t}" for t in tasks], "params",
-            "peak RSS MB", "latency b512 ms", "latency b1 ms", "train ex/s"]
-    lines = [f"### Ranker comparison on {result['dataset']} ({result['rows_train']:,} train / "
-             f"{result['rows_eval']:,} eval impressions, {result['seeds']} seeds)", "",
-             f"`{result['command']}`", "",
-             "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
-    for r in result["rows"]:
-        cells = [r["experiment"], r["arch"], "yes" if r["pepnet"] else "no",
-                 f"{r['hit3_save_mean']:.4f} ± {r['hit3_save_std']:.4f}",
-                 *[f"{r[f'auc_{t}']:.4f}" for t in tasks], f"{r['parameters']:,}", f"{r['peak_rss_mb']:.0f}",
-                 f"{r['latency_ms_b512']:.2f}", f"{r['latency_ms_b1']:.3f}", f"{r['train_examples_per_s']:,.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "HIT@3/save: saves among each request's top 3 by the serving score, averaged over eval requests "
-              "with a save. AUC: mean over seeds. Latency: eager PyTorch, one thread, median. Peak RSS: the "
-              "training process (spawned per run) including data loading."]
-    return "\n".join(lines) + "\n"
-
-
-def plot(result: dict[str, Any], path: str | Path) -> Path:
-    """A PNG bar chart: HIT@3/save mean ± std and AUC(save) per experiment."""
+def plot(result: EvalResult, path: str | Path) -> Path:
+    """A PNG bar chart: HIT@3/save mean with its 95% interval, and AUC(save), per variant."""
     import io as _io
 
-    import matplotlib
+    import matplotlib  # a heavy import, needed only for this chart
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = result["rows"]
-    names = [r["experiment"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, max(3.5, 0.35 * len(rows) + 1.5)))
-    y = np.arange(len(rows))
-    axes[0].barh(y, [r["hit3_save_mean"] for r in rows], xerr=[r["hit3_save_std"] for r in rows], color="#c8102e")
-    axes[0].set_title(f"HIT@3/save ({result['seeds']} seeds)")
-    auc_key = "auc_save" if "auc_save" in rows[0] else f"auc_{result['tasks'][0]}"
-    axes[1].barh(y, [r[auc_key] for r in rows], color="#555555")
+    names = list(result.variants)
+    hit = [result.stat(v, "hit3_save") for v in names]
+    auc_key = "auc_save" if "auc_save" in result.metrics else next(k for k in result.metrics if k.startswith("auc_"))
+    aucs = [result.stat(v, auc_key).mean for v in names]
+    fig, axes = plt.subplots(1, 2, figsize=(11, max(3.5, 0.35 * len(names) + 1.5)))
+    y = np.arange(len(names))
+    means = [s.mean if s.mean is not None else 0.0 for s in hit]
+    err = [(s.mean - s.ci_low) if s.ci_low is not None else 0.0 for s in hit]
+    axes[0].barh(y, means, xerr=err, color="#c8102e")
+    axes[0].set_title(f"HIT@3/save (95% CI, seeds {result.seeds()})")
+    axes[1].barh(y, [a if a is not None else 0.0 for a in aucs], color="#555555")
     axes[1].set_title(auc_key.replace("_", " ").upper())
-    lo = min(r[auc_key] for r in rows)
-    axes[1].set_xlim(max(0.0, lo - 0.05), 1.0)
+    defined = [a for a in aucs if a is not None]
+    axes[1].set_xlim(max(0.0, min(defined, default=0.5) - 0.05), 1.0)
     for ax in axes:
-        ax.set_yticks(y, names if ax is axes[0] else [""] * len(rows))
-        ax.invert_yaxis()  # the first experiment on top, as in the Markdown table
-    fig.suptitle(f"homefeed ranker on {result['dataset']}")
+        ax.set_yticks(y, names if ax is axes[0] else [""] * len(names))
+        ax.invert_yaxis()  # the first variant on top, as in the Markdown table
+    fig.suptitle(f"homefeed ranker on {result.dataset}")
     fig.tight_layout()
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

@@ -81,7 +81,7 @@ def embed_users(model_dir: str | Path, data_dir: str | Path, pin_embeddings: str
     instead, each from their latest M actions up to the end of ``date``, in one pass.
     ``before_publish`` (tests, hooks) is called with the merged table right before publishing.
     """
-    from components.training.pinnerformer_eval import embed_windows
+    from components.training.pinnerformer_data import embed_windows
 
     day_start, day_end = io.day_bounds(date)
     days = io.partitions(data_dir, "events")

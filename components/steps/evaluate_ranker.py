@@ -22,7 +22,7 @@ def evaluate_ranker(data: Input[Dataset], model: Input[Model], metrics: Output[M
     _, eval_data, _ = prepare_data(cfg, data.path, table_path(user_embeddings.path) if user_embeddings is not None else None,
                                    table_path(pin_embeddings.path) if pin_embeddings is not None else None)
     result = evaluate(net, eval_data, cfg.tasks, cfg.task_weights)
-    aucs = [v for k, v in result.items() if k.startswith("auc_") and v == v]
+    aucs = [v for k, v in result.items() if k.startswith("auc_") and v is not None]  # None: one class
     result["auc_mean"] = sum(aucs) / len(aucs) if aucs else float("nan")
     result["rows_eval"] = len(eval_data)
     log_metrics(metrics, result)

@@ -25,6 +25,7 @@ import torch
 from components.config import PinnerFormerConfig
 from components.data.schemas import ACTION_TYPES, SURFACES
 from components.inference.baseline import is_positive
+from components.models.pinnerformer import PinnerFormer
 
 OBJECTIVES = ("next_action", "all_action", "dense_all_action")
 NEGATIVES = ("in_batch", "random", "mixed")
@@ -197,3 +198,16 @@ def collate_examples(seqs: UserSequences, examples: list[Example]) -> dict[str, 
     batch["target_row"] = torch.from_numpy(seqs.pin_row[targets])
     batch["pair_user"] = torch.from_numpy(seqs.user_ids[[ex.user for ex in examples]][rows])
     return batch
+
+
+@torch.no_grad()
+def embed_windows(model: PinnerFormer, pins: torch.Tensor, seqs: UserSequences, windows: list[tuple[int, int]],
+                  batch_size: int = 256) -> np.ndarray:
+    """User embeddings (n, D) at the last action of each window [(start, end inclusive), ...]."""
+    model.eval()
+    out = []
+    for i in range(0, len(windows), batch_size):
+        b = collate(seqs, windows[i:i + batch_size])
+        emb = model(pins[b["pin_row"]], b["action"], b["surface"], b["duration"], b["timestamp"], b["valid"])
+        out.append(model.last_valid(emb, b["valid"]).numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.user_head.out_dim), np.float32)

@@ -23,6 +23,7 @@ from components.config import RankerConfig
 from components.data import io
 from components.data.schemas import SURFACES
 from components.data.validate import DataValidationError, load_table
+from components.evaluation.metrics import auc, hit_at_k
 from components.data.vocab import vocab_of_frame
 from components.evaluation.metrics import auc, hit_at_k
 from components.inference.baseline import content_embeddings

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from components.evaluation.ranker import train_isolated
 from components.models.ranker import ARCHS, load_model
 from components.serving.export import export_ranker, random_inputs
 from components.serving.ranker_io import MODEL_INPUTS, ONNX_FILE, OUTPUTS
-from components.training.ranker_eval import train_isolated
 
 TRAIN_STEPS = 10
 REPS = 15

@@ -1,0 +1,129 @@
+"""``homefeed eval pinnerformer``: train the objective / negative-sampling / logQ variants once per seed on one
+data directory and report Recall@10 (:mod:`components.evaluation.pinnerformer`) on the held-out users of a
+period, with the popularity baseline; writes ``pinnerformer_<dataset>.json`` and ``.md`` (an EvalResult).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from components import config as config_mod
+from components.data import io
+from components.data.validate import load_events
+from components.evaluation import papers
+from components.evaluation.pinnerformer import daily_vs_realtime, popularity_recall, recall_at_split
+from components.evaluation.protocol import SPLIT_SEED, Period, parse_seeds
+from components.evaluation.result import EvalResult, write_result
+from components.inference.baseline import content_embeddings
+from components.inference.tables import write_table
+from components.models.pinnerformer import load_model
+from components.training.pinnerformer import load_pin_table, train
+from components.training.pinnerformer_data import build_sequences
+
+OBJECTIVE_ROWS = [("next_action", "mixed", True), ("all_action", "mixed", True), ("dense_all_action", "mixed", True)]
+NEGATIVE_ROWS = [("dense_all_action", neg, logq) for neg in ("in_batch", "random", "mixed") for logq in (False, True)]
+POPULARITY = "popularity (baseline)"
+METRICS = {"recall@10": "higher", "recall@10_daily": "higher", "recall@10_realtime": "higher",
+           "train_seconds": "lower", "sequences_per_s": "higher"}
+EVAL_OVERRIDES = {"checkpoint_every": 0}  # evaluation runs keep model.pt only
+
+
+def variant_name(objective: str, negatives: str, logq: bool) -> str:
+    """``dense_all_action/mixed/logQ``; next_action is the SASRec-style next-item baseline (one positive:
+    the next action, causal transformer), as in the paper's comparison."""
+    return f"{objective}/{negatives}/{'logQ' if logq else 'no logQ'}"
+
+
+def content_pin_table(data_dir: str | Path, out: Path) -> Path:
+    """Write the content-baseline pin table (a stand-in for PinSage output) and return its path."""
+    pins, _ = content_embeddings(data_dir)
+    return write_table(pins, out)
+
+
+def heldout_half(users: np.ndarray, period: Period) -> np.ndarray:
+    """Held-out users of a period: ``val`` and ``test`` are two disjoint halves (SPLIT_SEED), ``all`` both.
+    PinnerFormer's held-out users never train, so tuning on one half and reporting on the other keeps the
+    test users unseen by every choice."""
+    users = np.sort(np.asarray(users, np.int64))
+    if period == "all":
+        return users
+    perm = np.random.default_rng([SPLIT_SEED, 23]).permutation(len(users))
+    half = perm[: len(users) // 2] if period == "val" else perm[len(users) // 2:]
+    return np.sort(users[half])
+
+
+def run_eval(data_dir: str | Path, out_dir: str | Path, pin_embeddings: str | Path | None = None,
+             experiment: str = "pinnerformer_eval", overrides: list[str] | None = None,
+             rows: list[tuple[str, str, bool]] | None = None, command: str | None = None,
+             seeds: list[int] | str | None = None, period: Period = "all", baselines: bool = True) -> EvalResult:
+    """Train each (objective, negatives, logQ) variant once per seed and report Recall@10 on the held-out
+    users of ``period``; write and return the :class:`EvalResult`."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    dataset = str(io.read_meta(data_dir).get("dataset", data_dir.name))
+    work = out_dir / f"pinnerformer_{dataset}_runs"
+    if pin_embeddings is None:
+        pin_embeddings = content_pin_table(data_dir, work / "content_pins.parquet")
+        pin_source = "content baseline (components.inference.baseline)"
+    else:
+        pin_source = str(pin_embeddings)
+    table = load_pin_table(pin_embeddings)
+    base = config_mod.load(experiment, overrides, model="pinnerformer")
+    seeds = parse_seeds(seeds, default=base.seed)
+    split = int(io.read_meta(data_dir)["split_timestamp"])
+    seqs = build_sequences(load_events(data_dir), table.ids)
+    todo = rows if rows is not None else list(dict.fromkeys(OBJECTIVE_ROWS + NEGATIVE_ROWS))
+    result = EvalResult(
+        model="pinnerformer", dataset=dataset, command=command or " ".join(sys.argv),
+        protocol={"task": f"Recall@10 of all positives in the {base.future_window_days} days after the embedding "
+                          f"time ({base.eval_at}), per user, then over users",
+                  "split": f"held-out users (eval_user_fraction {base.eval_user_fraction}, SPLIT_SEED), period "
+                           f"'{period}' (val/test: disjoint halves of them)",
+                  "candidate pool": int(min(base.eval_pool, len(table))), "future window days": base.future_window_days,
+                  "seeds": seeds, "experiment": experiment, "overrides": list(overrides or []),
+                  "pin input": pin_source},
+        metrics=dict(METRICS))
+    users = None
+    for objective, negatives, logq in todo:
+        name = variant_name(objective, negatives, logq)
+        for seed in seeds:
+            cfg = dataclasses.replace(base, objective=objective, negatives=negatives, logq=logq, seed=seed,
+                                      **EVAL_OVERRIDES)
+            object.__setattr__(cfg, "_experiment", experiment)
+            run_dir = work / f"{objective}-{negatives}-{'logq' if logq else 'nologq'}" / f"seed-{seed}"
+            t0 = time.perf_counter()
+            metrics = train(cfg, data_dir, pin_embeddings, run_dir, evaluate=False)
+            train_s = time.perf_counter() - t0
+            model, cfg_saved, extra = load_model(run_dir)
+            users = heldout_half(np.asarray(extra["eval_users"], np.int64), period)
+            m = recall_at_split(model, cfg_saved, data_dir, table, users, seqs)
+            if (objective, negatives, logq) in OBJECTIVE_ROWS:
+                m.update(daily_vs_realtime(model, cfg_saved, data_dir, table, users, seqs))
+            result.add(name, seed, details={"steps": metrics["steps"], "eval_users_scored": m.get("eval_users_scored")},
+                       train_seconds=train_s, sequences_per_s=metrics["train_examples_per_s"],
+                       **{k: m.get(k) for k in ("recall@10", "recall@10_daily", "recall@10_realtime")})
+            print(json.dumps({"variant": name, "seed": seed, **m}, default=str), flush=True)
+    if baselines and users is not None:
+        pop = popularity_recall(base, seqs, users, split, len(table))
+        for seed in seeds:  # deterministic: the same value for every seed, listed per seed for pairing
+            result.add(POPULARITY, seed, details={"baseline": True}, **{"recall@10": pop["recall@10"]})
+    result.details["eval_users"] = 0 if users is None else len(users)
+    if len(seeds) > 1:
+        names = result.variants
+        for better, worse in [(variant_name("dense_all_action", "mixed", True), variant_name("next_action", "mixed", True)),
+                              (variant_name("dense_all_action", "mixed", True), variant_name("all_action", "mixed", True)),
+                              (variant_name("dense_all_action", "mixed", True), variant_name("dense_all_action", "mixed", False)),
+                              (variant_name("dense_all_action", "in_batch", True), variant_name("dense_all_action", "in_batch", False)),
+                              (variant_name("dense_all_action", "mixed", True), POPULARITY)]:
+            if better in names and worse in names:
+                result.compare(better, worse, "recall@10")
+    result.papers = papers.for_result("pinnerformer", result.protocol)
+    result.notes.append("next_action/mixed/logQ is the SASRec-style baseline: the same causal transformer "
+                        "trained to predict only the next positive action.")
+    write_result(result, out_dir)
+    return result

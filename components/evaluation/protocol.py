@@ -1,0 +1,75 @@
+"""The evaluation protocol shared by the three harnesses: seeds, the fixed evaluation split, and the
+validation / test periods.
+
+Seeds. ``--seeds`` is always a comma-separated list of training seeds: ``--seeds 0,1,2`` trains every
+variant three times, with seeds 0, 1 and 2; ``--seeds 3`` trains once, with seed 3. The same seed means the
+same initialisation and sampling in every variant, so variants are compared seed by seed (paired).
+
+The evaluation split is fixed independently of the training seed: held-out pairs, held-out users and
+candidate pools are drawn with :data:`SPLIT_SEED`, never with the training seed, so every seed of every
+variant is measured on the same queries against the same candidates.
+
+Periods (time, never random): events before ``meta.json: split_timestamp`` train; the evaluation events at or
+after it are cut in two at :func:`period_bounds`' midpoint: the first part is the *validation* period
+(hyperparameters, early stopping and tuning look only there) and the later part the *test* period (reported
+once, after every choice was made). ``period="all"`` keeps the whole evaluation range (the former protocol).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from components.config import ConfigError
+from components.data import io
+from components.data.validate import load_events
+
+SPLIT_SEED = 0  # held-out pairs/users and candidate pools: the same for every training seed
+Period = Literal["val", "test", "all"]
+PERIODS: tuple[str, ...] = ("val", "test", "all")
+
+
+def parse_seeds(text: str | int | list[int] | None, default: int = 0) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; ``"3"`` or 3 -> [3]; None -> [default]. Rejects negatives and duplicates."""
+    if text is None or text == "":
+        return [int(default)]
+    if isinstance(text, int):
+        items = [text]
+    elif isinstance(text, list | tuple):
+        items = list(text)
+    else:
+        try:
+            items = [int(x) for x in str(text).split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds: expected a comma-separated list of integers such as 0,1,2, got '{text}'") from None
+    if not items or any(int(s) < 0 for s in items):
+        raise ConfigError(f"--seeds: expected non-negative integers such as 0,1,2, got '{text}'")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"--seeds: a seed is repeated in '{text}'")
+    return [int(s) for s in items]
+
+
+def period_bounds(data_dir: str | Path, period: Period) -> tuple[int, int | None]:
+    """[start, end) unix seconds of an evaluation period; end None = open. Validation is the first half of
+    the evaluation range (by time), test the second half; both after ``split_timestamp``."""
+    if period not in PERIODS:
+        raise ConfigError(f"period '{period}' is not one of {PERIODS}")
+    meta = io.read_meta(data_dir)
+    split = int(meta["split_timestamp"])
+    if period == "all":
+        return split, None
+    end = split + int(meta.get("eval_days", 0)) * 86_400 if meta.get("eval_days") else None
+    if end is None:
+        ts = load_events(data_dir)["timestamp"].to_numpy()
+        end = int(ts.max()) + 1 if len(ts) else split + 1
+    mid = split + (end - split) // 2
+    return (split, mid) if period == "val" else (mid, None)
+
+
+def in_period(timestamps: np.ndarray, bounds: tuple[int, int | None]) -> np.ndarray:
+    """Mask of timestamps in [start, end)."""
+    start, end = bounds
+    ts = np.asarray(timestamps)
+    return (ts >= start) & (ts < end) if end is not None else ts >= start

@@ -1,0 +1,129 @@
+"""Hyperparameter tuning under the validation / test protocol: ``homefeed tune <model>`` with Optuna.
+
+One search space per model (:data:`SPACES`), one fixed trial budget per model (:data:`TRIALS`, the same for
+every variant that is compared), one objective measured on the *validation* period only
+(:mod:`components.evaluation.protocol`): PinSage's MRR on held-out pairs of the validation days, PinnerFormer's
+Recall@10 on the validation half of the held-out users, the ranker's HIT@3/save on the validation days'
+requests. The test period is never scored while tuning; ``homefeed eval ... --period test`` reports it
+once, with the tuned experiment.
+
+The best parameters are written as a YAML experiment (``<experiment>_tuned``, extending the base one) and
+the same search space becomes a Katib ``Experiment`` (:mod:`components.evaluation.katib`) for clusters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import yaml
+
+from components import config as config_mod
+from components.data import io
+from components.data.validate import load_events
+from components.evaluation import pinsage as pinsage_eval
+from components.evaluation.katib import build_experiment
+from components.evaluation.pinnerformer import recall_at_split
+from components.evaluation.pinnerformer_harness import content_pin_table, heldout_half
+from components.evaluation.protocol import Period, in_period, period_bounds
+from components.evaluation.search_space import DEFAULT_EXPERIMENT, OBJECTIVE, SPACES, TRIALS, Model, Param
+from components.graph.graph import build_graph
+from components.models.pinnerformer import load_model as load_pinnerformer
+from components.models.ranker import load_model as load_ranker
+from components.training import pinnerformer as pinnerformer_training
+from components.training import ranker as ranker_training
+from components.training.pinnerformer_data import build_sequences
+
+
+def suggest(trial: optuna.Trial, space: list[Param]) -> dict[str, Any]:
+    """Optuna's suggestion for every parameter of ``space``."""
+    out: dict[str, Any] = {}
+    for p in space:
+        if p.kind == "float":
+            out[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log)
+        elif p.kind == "int":
+            out[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log)
+        else:
+            out[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+    return out
+
+
+def validation_score(model: Model, data_dir: str | Path, experiment: str, params: dict[str, Any], seed: int,
+                     work_dir: str | Path, period: Period = "val", overrides: dict[str, Any] | None = None) -> float:
+    """Train ``experiment`` with ``overrides`` then ``params`` and ``seed``, and return the objective on
+    ``period`` (validation by default: the only period tuning looks at)."""
+    overrides = {**(overrides or {}), **params, "seed": seed,
+                 "checkpoint_every": 0 if model != "ranker" else 1_000_000_000}
+    cfg = config_mod.load(experiment, overrides, model=model)
+    work_dir = Path(work_dir)
+    if model == "pinsage":
+        graph = build_graph(data_dir, cfg.use_engagement_edges)
+        pairs = pinsage_eval.heldout_pairs(data_dir, graph.pin_ids, cfg, period)
+        emb, _ = pinsage_eval.train_and_embed(cfg, data_dir, work_dir / "model")
+        return pinsage_eval.ranking_metrics(emb, pairs, cfg.eval_pool)["mrr"]
+    if model == "pinnerformer":
+        pins_path = content_pin_table(data_dir, work_dir / "content_pins.parquet")
+        pinnerformer_training.train(cfg, data_dir, pins_path, work_dir / "model", evaluate=False)
+        net, cfg_saved, extra = load_pinnerformer(work_dir / "model")
+        table = pinnerformer_training.load_pin_table(pins_path)
+        users = heldout_half(np.asarray(extra["eval_users"], np.int64), period)
+        r = recall_at_split(net, cfg_saved, data_dir, table, users, build_sequences(load_events(data_dir), table.ids))
+        return float(r["recall@10"] or 0.0)
+    ranker_training.train(cfg, data_dir, work_dir / "model")
+    return ranker_period_metrics(work_dir / "model", data_dir, period)["hit3_save"] or 0.0
+
+
+def ranker_period_metrics(model_dir: str | Path, data_dir: str | Path, period: Period) -> dict[str, Any]:
+    """The ranker's metrics (AUC per task, HIT@3/save) on the evaluation requests of one period only."""
+    net, cfg, extra = load_ranker(model_dir)
+    _, evaluation, _ = ranker_training.prepare_data(cfg, data_dir)
+    spec = ranker_training.FeatureSpec.from_dict(extra["spec"])
+    df = ranker_training.load_impressions(data_dir, spec, cfg.tasks)
+    ts = df["timestamp"].to_numpy()
+    ts = ts[ts >= int(io.read_meta(data_dir)["split_timestamp"])]  # the evaluation rows, in prepare_data's order
+    keep = np.flatnonzero(in_period(ts, period_bounds(data_dir, period)))
+    return ranker_training.evaluate(net, evaluation.subset(keep), cfg.tasks, cfg.task_weights)
+
+
+def tune(model: Model, data_dir: str | Path, out_dir: str | Path, experiment: str | None = None,
+         trials: int | None = None, seed: int = 0, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the Optuna study (TPE, seeded) on the validation period; write ``<out>/<experiment>_tuned.yaml``
+    (the best parameters as an experiment), ``<out>/<model>_trials.json`` and the Katib manifest
+    ``<out>/<model>_katib.yaml``. Returns the summary written to the JSON file."""
+    if model not in SPACES:
+        raise config_mod.ConfigError(f"tune: model '{model}' is not one of {sorted(SPACES)}")
+    experiment = experiment or DEFAULT_EXPERIMENT[model]
+    config_mod.load(experiment, overrides, model=model)  # a bad experiment or key fails before any training
+    trials = TRIALS[model] if trials is None else int(trials)
+    if trials < 1:
+        raise config_mod.ConfigError(f"tune: --trials must be >= 1, got {trials}")
+    out_dir = Path(out_dir)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    records: list[dict[str, Any]] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, SPACES[model])
+        value = validation_score(model, data_dir, experiment, params, seed, out_dir / "trials" / f"{model}-{trial.number}",
+                                 overrides=overrides)
+        records.append({"trial": trial.number, "params": params, OBJECTIVE[model]: value})
+        print(f"[tune {model}] trial {trial.number}: {params} -> {OBJECTIVE[model]} {value:.4f} (validation)", flush=True)
+        return value
+
+    study.optimize(objective, n_trials=trials)
+    tuned = f"{experiment}_tuned"
+    best = {k: (float(v) if isinstance(v, float) else v) for k, v in study.best_params.items()}
+    io.atomic_write_bytes(out_dir / f"{tuned}.yaml", yaml.safe_dump({tuned: {"extends": experiment, **(overrides or {}), **best}},
+                                                                     sort_keys=False).encode())
+    manifest = build_experiment(model, experiment, trials, seed=seed)
+    io.atomic_write_bytes(out_dir / f"{model}_katib.yaml", yaml.safe_dump(manifest, sort_keys=False).encode())
+    summary = {"model": model, "experiment": experiment, "tuned_experiment": tuned, "trials": trials, "seed": seed,
+               "objective": f"{OBJECTIVE[model]} on the validation period (higher is better)",
+               "best_params": best, "best_value": float(study.best_value), "records": records,
+               "space": [dataclasses.asdict(p) for p in SPACES[model]]}
+    io.atomic_write_bytes(out_dir / f"{model}_trials.json", json.dumps(summary, indent=2).encode())
+    return summary

@@ -1,0 +1,65 @@
+"""``homefeed eval pinsage``: variants x seeds plus baselines on one fixed set of held-out pairs, one
+EvalResult, no checkpoint files kept."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from components import config
+from components.cli import main as cli_main
+from components.evaluation import pinsage as pinsage_eval
+from components.evaluation.result import read_results
+from components.graph.graph import build_graph
+
+
+def test_eval_pinsage_variants_seeds_and_baselines(tiny_data, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert cli_main(["eval", "pinsage", "--experiment", "pinsage_tiny", "--data", str(tiny_data), "--out", str(out),
+                     "--seeds", "0,1", "--set", "max_steps=3", "--set", "log_every=1000", "--set", "epochs=1",
+                     "--set", "walks_per_node=10"]) == 0
+    [result] = read_results(out)
+    assert result.model == "pinsage" and result.seeds() == [0, 1]
+    assert result.variants == list(pinsage_eval.BASELINES) + list(pinsage_eval.VARIANTS)
+    assert result.metrics["mrr"] == "higher" and result.metrics["train_seconds"] == "lower"
+    for v in result.variants:
+        for seed in (0, 1):
+            m = result.values(v, "hit@10")[seed], result.values(v, "hit@50")[seed], result.values(v, "mrr")[seed]
+            assert 0.0 <= m[0] <= m[1] <= 1.0 and 0.0 < m[2] <= 1.0
+        s = result.stat(v, "mrr")
+        assert s.n == 2 and s.ci_low <= s.mean <= s.ci_high
+    # trained variants differ by seed (two real trainings); popularity does not depend on the seed
+    full = result.values("PinSage (full)", "mrr")
+    assert full[0] != full[1]
+    pop = result.values("popularity", "mrr")
+    assert pop[0] == pop[1]
+    assert {c.verdict for c in result.comparisons} <= {"holds", "reversed", "not significant"}
+    assert len(result.comparisons) == 6
+    # evaluation runs keep model.pt only
+    models = list((out / "models").rglob("model.pt"))
+    assert len(models) == 8 and not list((out / "models").rglob("step-*.pt"))
+    md = (out / "pinsage_synthetic.md").read_text()
+    assert "| PinSage (full) |" in md and "topic@10" in md and "popularity" in md
+    assert "| PinSage (full) |" in capsys.readouterr().out
+    d = json.loads((out / "pinsage_synthetic.json").read_text())
+    assert d["protocol"]["seeds"] == [0, 1] and "SPLIT_SEED" in d["protocol"]["queries"]
+
+
+def test_heldout_pairs_do_not_depend_on_the_training_seed(tiny_data):
+    graph = build_graph(tiny_data)
+    a = pinsage_eval.heldout_pairs(tiny_data, graph.pin_ids, config.load("pinsage_tiny", {"seed": 0, "eval_max_queries": 50}))
+    b = pinsage_eval.heldout_pairs(tiny_data, graph.pin_ids, config.load("pinsage_tiny", {"seed": 7, "eval_max_queries": 50}))
+    assert len(a) == 50 and np.array_equal(a, b)
+
+
+def test_ranks_from_scores_with_and_without_a_pool():
+    scores = np.array([[9.0, 5.0, 7.0, 1.0, 6.0]])  # query pin 0; positive pin 1 (score 5)
+    pairs = np.array([[0, 1]])
+    # every other pin: 2 (7) and 4 (6) beat it; the query itself does not count
+    assert pinsage_eval.ranks_from_scores(scores, pairs, None).tolist() == [3]
+    # a pool {1, 3, 4}: only 4 beats it; the positive inside the pool is not its own competitor
+    assert pinsage_eval.ranks_from_scores(scores, pairs, np.array([1, 3, 4])).tolist() == [2]
+    with pytest.raises(ValueError, match="no queries"):
+        pinsage_eval.rank_metrics(np.array([]))
