@@ -487,23 +487,42 @@ def wait_for(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float 
     raise AssertionError(f"{url} never answered (exit {proc.poll()}):\n{log_path.read_text()[-3000:]}")
 
 
-def test_feature_server_command_starts_feast_and_passes_its_probe(tmp_path):
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL on 127.0.0.1 and a free port (components.stack's server, superuser postgres with a random
+    password), stopped by its process group at the end. Yields (host, port, password)."""
+    from components.stack.servers import alive, start_postgres, stop_group
+
+    password = secrets.token_hex(12)
+    proc = start_postgres(tmp_path_factory.mktemp("postgres"), password)
+    try:
+        host, port = proc.endpoint.rsplit(":", 1)
+        yield host, int(port), password
+    finally:
+        stop_group(proc.pgid, proc.stop_signal)
+        assert not alive(proc.pgid), "PostgreSQL left running"
+
+
+def test_feature_server_command_starts_feast_and_passes_its_probe(tmp_path, postgres):
     """The feature server container as rendered (command, args, feature_store.yaml from the ConfigMap, mounted
-    read-only) starts a real `feast serve` whose readiness probe path answers 200. Only the ConfigMap's mount
-    point (--chdir) and the port are moved to this machine. The registry is Feast's SQL registry (SQLAlchemy),
-    its URL given as FEAST_REGISTRY_URL the way endpoints.registry.urlSecretKey injects it from a Secret; here the
-    URL names an SQLite database instead of PostgreSQL. The Redis online store is only contacted on a feature
-    request, which no probe makes."""
+    read-only, FEAST_REGISTRY_PASSWORD as its Secret would give it) starts a real `feast serve` on Feast's SQL
+    registry in a real PostgreSQL, and its readiness probe path answers 200. Only the ConfigMap's mount point
+    (--chdir), the port and the registry's address are moved to this machine. The Redis online store is only
+    contacted on a feature request, which no probe makes."""
+    import psycopg
+
+    host, pg_port, password = postgres
     port = free_port()
-    text = template("--show-only", "templates/feature-server.yaml", "--set", "endpoints.registry.urlSecretKey=url",
-                    "--set", "featureServer.workers=1", "--set", f"featureServer.service.port={port}").stdout
+    text = template("--show-only", "templates/feature-server.yaml", "--set", f"endpoints.registry.host={host}",
+                    "--set", f"endpoints.registry.port={pg_port}", "--set", "endpoints.registry.user=postgres",
+                    "--set", "endpoints.registry.database=postgres", "--set", "featureServer.workers=1",
+                    "--set", f"featureServer.service.port={port}").stdout
     docs = [d for d in yaml.safe_load_all(text) if d]
     cm = one(docs, "ConfigMap", "feature-server")
     dep = one(docs, "Deployment", "feature-server")
     (c,) = dep["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e for e in c["env"]}
-    assert env["FEAST_REGISTRY_URL"]["valueFrom"]["secretKeyRef"] == {"name": "feast-registry", "key": "url"}
-    assert yaml.safe_load(cm["data"]["feature_store.yaml"])["registry"]["path"] == "${FEAST_REGISTRY_URL}"
+    secret_env = [e["name"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+    assert sorted(secret_env) == ["FEAST_REGISTRY_PASSWORD", "REDIS_PASSWORD"]
     repo = tmp_path / "feature_repo"
     repo.mkdir()
     for name, content in cm["data"].items():
@@ -514,8 +533,8 @@ def test_feature_server_command_starts_feast_and_passes_its_probe(tmp_path):
     args = [str(repo) if a == mount["mountPath"] else a for a in c["args"]]
     assert args != c["args"], "the rendered args no longer --chdir into the ConfigMap mount"
     exe = Path(sys.executable).parent / c["command"][0]
-    run_env = dict(os.environ, HOME=str(tmp_path), REDIS_PASSWORD=secrets.token_hex(8), OMP_NUM_THREADS="1",
-                   FEAST_REGISTRY_URL=f"sqlite:///{tmp_path / 'registry.db'}")
+    run_env = dict(os.environ, HOME=str(tmp_path), OMP_NUM_THREADS="1", REDIS_PASSWORD=secrets.token_hex(8),
+                   FEAST_REGISTRY_PASSWORD=password)
     probe = c["readinessProbe"]["httpGet"]
     log_path = tmp_path / "feast.log"
     try:
@@ -524,7 +543,9 @@ def test_feature_server_command_starts_feast_and_passes_its_probe(tmp_path):
             assert status == 200, log_path.read_text()[-3000:]
     finally:
         repo.chmod(0o755)
-    assert (tmp_path / "registry.db").stat().st_size > 0, "feast serve never opened its SQL registry"
+    with psycopg.connect(host=host, port=pg_port, user="postgres", password=password, dbname="postgres") as conn:
+        tables = {r[0] for r in conn.execute("select tablename from pg_tables where schemaname = 'public'")}
+    assert {"projects", "feature_views", "entities"} <= tables, f"feast serve never created its SQL registry: {tables}"
 
 
 def test_cronjob_submits_the_daily_pipeline(rendered):
