@@ -158,3 +158,24 @@ def test_cli_train_embed_and_a_failed_embed_keeps_the_published_version(tiny_dat
     assert cli_main(["train", "pinsage", "--data", str(tiny_data), "--out", str(tmp_path / "x"),
                      "--set", "pooling=3"]) == 2
     assert "pooling" in capsys.readouterr().err
+
+
+def test_training_uses_the_sample_graph_steps_neighbourhoods(tiny_data, tmp_path):
+    from components.graph.graph import build_graph
+    from components.graph.sampling import build_neighbourhoods
+
+    cfg = tiny(max_steps=5, checkpoint_every=0, num_workers=0)
+    graph = build_graph(tiny_data, cfg.use_engagement_edges)
+    nbr_ids, nbr_w = build_neighbourhoods(graph, cfg)
+    np.savez_compressed(tmp_path / "neighbourhoods.npz", pin_ids=graph.pin_ids, nbr_ids=nbr_ids, nbr_weights=nbr_w)
+    train(cfg, tiny_data, tmp_path / "sampled")
+    train(cfg, tiny_data, tmp_path / "given", neighbourhoods=tmp_path)  # the folder sample_graph writes
+    a, b = _params(tmp_path / "sampled"), _params(tmp_path / "given")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same seeded neighbourhoods, read instead of re-sampled
+    # neighbourhoods of another graph or another num_neighbors are refused, naming the file
+    np.savez_compressed(tmp_path / "other.npz", pin_ids=graph.pin_ids[:-1], nbr_ids=nbr_ids[:-1],
+                        nbr_weights=nbr_w[:-1])
+    with pytest.raises(ValueError, match="other.npz: neighbourhoods of .* pins that differ from the data's graph"):
+        train(cfg, tiny_data, tmp_path / "x", neighbourhoods=tmp_path / "other.npz")
+    with pytest.raises(ValueError, match="neighbourhoods.npz: nbr_ids .* expected .*num_neighbors=3"):
+        train(tiny(max_steps=5, num_neighbors=3), tiny_data, tmp_path / "y", neighbourhoods=tmp_path)

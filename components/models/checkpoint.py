@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import pickle
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,21 @@ def load_saved_config(model_dir: Path, state: dict[str, Any], expected: type) ->
     if not isinstance(cfg, expected):
         raise CheckpointError(f"{model_dir}/config.yaml: expected a {expected.__name__}, got {type(cfg).__name__}")
     return cfg
+
+
+def load_trained(model_dir: str | Path, expected: type, build: Callable[[Any, dict[str, Any]], torch.nn.Module],
+                 command: str) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """(model in eval mode, its config, extra) from a training output directory's ``model.pt``.
+
+    ``build(cfg, extra)`` makes the empty model; ``command`` is what writes such a directory (for the error).
+    """
+    path = Path(model_dir) / "model.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no {command.split()[-1]} model (train one with `{command}`)")
+    state = read_checkpoint(path)
+    cfg = load_saved_config(Path(model_dir), state, expected)
+    extra = state.get("extra") or {}
+    model = build(cfg, extra)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, cfg, extra

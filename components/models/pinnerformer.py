@@ -30,7 +30,7 @@ from components.data.schemas import ACTION_TYPES, SURFACES
 from components.layers.mlp import MLP
 from components.layers.temperature import clamped_temperature
 from components.layers.time_encoding import TimeEncoding
-from components.models.checkpoint import load_saved_config, read_checkpoint
+from components.models.checkpoint import load_trained
 
 HOUR, DAY, WEEK = 3600.0, 86_400.0, 604_800.0
 
@@ -113,10 +113,5 @@ class PinnerFormer(nn.Module):
 
 def load_model(model_dir: str | Path) -> tuple[PinnerFormer, PinnerFormerConfig, dict]:
     """(model in eval mode, config, extra) from a training output directory (its ``model.pt``)."""
-    model_dir = Path(model_dir)
-    state = read_checkpoint(model_dir / "model.pt")
-    cfg = load_saved_config(model_dir, state, PinnerFormerConfig)
-    model = PinnerFormer(cfg)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, cfg, state.get("extra", {})
+    return load_trained(model_dir, PinnerFormerConfig, lambda cfg, extra: PinnerFormer(cfg),
+                        "homefeed train pinnerformer")

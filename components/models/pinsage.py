@@ -26,7 +26,7 @@ from torch import nn
 
 from components.config import PinSageConfig
 from components.layers.mlp import MLP
-from components.models.checkpoint import load_saved_config, read_checkpoint
+from components.models.checkpoint import load_trained
 
 
 class Convolve(nn.Module):
@@ -103,12 +103,4 @@ def build_model(cfg: PinSageConfig) -> PinSage:
 
 def load_model(model_dir: str | Path) -> tuple[PinSage, PinSageConfig, dict[str, Any]]:
     """(model in eval mode, cfg, extra) from a training output directory (``model.pt`` + ``config.yaml``)."""
-    model_dir = Path(model_dir)
-    if not (model_dir / "model.pt").exists():
-        raise FileNotFoundError(f"{model_dir / 'model.pt'}: no trained PinSage model (run `homefeed train pinsage`)")
-    state = read_checkpoint(model_dir / "model.pt")
-    cfg = load_saved_config(model_dir, state, PinSageConfig)
-    model = build_model(cfg)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, cfg, state.get("extra", {})
+    return load_trained(model_dir, PinSageConfig, lambda cfg, extra: build_model(cfg), "homefeed train pinsage")

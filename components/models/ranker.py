@@ -39,7 +39,7 @@ from components.layers.gates import EPNet, PPNet
 from components.layers.interactions import DHENLayer, FeatureTokenizer, FinalMLP, TransformerInteraction
 from components.layers.masknet import ParallelMaskNet
 from components.layers.mlp import MLP
-from components.models.checkpoint import CheckpointError, load_saved_config, read_checkpoint
+from components.models.checkpoint import CheckpointError, load_trained
 
 
 @dataclass(frozen=True)
@@ -282,19 +282,13 @@ def build(cfg: RankerConfig, spec: FeatureSpec) -> Ranker:
 
 def load_model(model_dir: str | Path) -> tuple[Ranker, RankerConfig, dict[str, Any]]:
     """(Ranker in eval mode, its config, extra) from a model directory written by training.ranker."""
-    model_dir = Path(model_dir)
-    path = model_dir / "model.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no ranker model (train one with `homefeed train ranker`)")
-    state = read_checkpoint(path)
-    cfg = load_saved_config(model_dir, state, RankerConfig)
-    extra = state.get("extra") or {}
-    if "spec" not in extra:
-        raise CheckpointError(f"{path}: checkpoint has no feature spec in 'extra' (not a ranker model?)")
-    model = Ranker(cfg, FeatureSpec.from_dict(extra["spec"]))
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, cfg, extra
+
+    def build_from(cfg: RankerConfig, extra: dict[str, Any]) -> Ranker:
+        if "spec" not in extra:
+            raise CheckpointError(f"{model_dir}/model.pt: checkpoint has no feature spec in 'extra' (not a ranker?)")
+        return Ranker(cfg, FeatureSpec.from_dict(extra["spec"]))
+
+    return load_trained(model_dir, RankerConfig, build_from, "homefeed train ranker")
 
 
 def spec_dict(spec: FeatureSpec) -> dict[str, Any]:
