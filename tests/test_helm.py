@@ -1445,6 +1445,12 @@ def test_dashboard_configmap_for_the_grafana_sidecar(rendered):
     assert {v["name"] for v in board["templating"]["list"]} == {"datasource", "namespace"}
     proc = template("--set", "dashboard.enabled=false")
     assert "grafana_dashboard" not in proc.stdout
+    sys.path.insert(0, str(REPO / "helm"))
+    try:
+        import dashboard
+    finally:
+        sys.path.remove(str(REPO / "helm"))
+    assert DASHBOARD.read_text() == dashboard.render(), "dashboards/homefeed.json is stale: run helm/dashboard.py"
 
 
 def test_dashboard_queries_name_metrics_that_are_exported(restricted_triton):
