@@ -11,7 +11,8 @@ objective:
   of the next K days;
 - ``dense_all_action``: random positions each predict one random positive of their own next K days.
 
-Positives are repin, closeup > 10 s and click > 10 s (``components.inference.baseline.is_positive``).
+Positives follow the dataset's rule (``components.data.vocab``; homefeed's default: repin, closeup > 10 s
+and click > 10 s), read from ``meta.json`` by ``load_events``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ import pandas as pd
 import torch
 
 from components.config import PinnerFormerConfig
-from components.data.schemas import ACTION_TYPES, SURFACES
-from components.inference.baseline import is_positive
+from components.data.vocab import vocab_of_frame
 from components.models.pinnerformer import PinnerFormer
 
 OBJECTIVES = ("next_action", "all_action", "dense_all_action")
@@ -38,8 +38,8 @@ class UserSequences:
     user_ids: np.ndarray  # (U,) int64, sorted
     offsets: np.ndarray  # (U+1,) int64
     pin_row: np.ndarray  # (A,) row of the pin in the pin embedding table
-    action: np.ndarray  # (A,) index into ACTION_TYPES
-    surface: np.ndarray  # (A,) index into SURFACES
+    action: np.ndarray  # (A,) index into the dataset's action types (vocab.Vocab)
+    surface: np.ndarray  # (A,) index into the dataset's surfaces
     duration: np.ndarray  # (A,) float32 seconds
     timestamp: np.ndarray  # (A,) int64 unix seconds
     positive: np.ndarray  # (A,) bool
@@ -73,16 +73,17 @@ def build_sequences(events: pd.DataFrame, table_pin_ids: np.ndarray) -> UserSequ
     users = ev_sorted["user_id"].to_numpy()
     uniq, starts = np.unique(users, return_index=True)
     offsets = np.append(starts, len(users)).astype(np.int64)
-    action = pd.Categorical(ev_sorted["action_type"], categories=ACTION_TYPES).codes.astype(np.int64)
-    surface = pd.Categorical(ev_sorted["surface"], categories=SURFACES).codes.astype(np.int64)
+    vocab = vocab_of_frame(events)  # the dataset's meta.json vocabularies and positive rule (load_events)
+    action = vocab.action_codes(ev_sorted["action_type"])
+    surface = vocab.surface_codes(ev_sorted["surface"])
     if (action < 0).any() or (surface < 0).any():
         raise ValueError("build_sequences: events hold action types or surfaces outside the vocabulary "
-                         f"(expected {ACTION_TYPES} and {SURFACES}); load them with load_events")
+                         f"(expected {vocab.action_types} and {vocab.surfaces}); load them with load_events")
     return UserSequences(
         user_ids=uniq.astype(np.int64), offsets=offsets, pin_row=row.astype(np.int64), action=action,
         surface=surface, duration=ev_sorted["duration_s"].to_numpy(np.float32),
         timestamp=ev_sorted["timestamp"].to_numpy(np.int64),
-        positive=is_positive(ev_sorted["action_type"].to_numpy(), ev_sorted["duration_s"].to_numpy()),
+        positive=vocab.is_positive(ev_sorted["action_type"].to_numpy(), ev_sorted["duration_s"].to_numpy()),
         dropped_unknown_pins=int((~known).sum()),
     )
 
