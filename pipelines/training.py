@@ -1,7 +1,8 @@
 """The training pipeline: data -> PinSage -> PinnerFormer -> ranker -> serving artifacts.
 
 Steps (each a task with a display name):
- 1. prepare_data        build and validate the data directory (ML-100k or synthetic)
+ 1. prepare_data        build and validate the data directory (ML-100k or synthetic); for your own
+                        tables the import_data step (``homefeed data import``) builds the same directory
  2. sample_graph        pin-board graph, importance neighbourhoods (random walks)
  3. train_pinsage       PinSage (torchrun; a TrainJob/PyTorchJob when num_nodes > 1 on a cluster)
  4. embed_pins          layer-wise PinSage inference -> pin embedding table
