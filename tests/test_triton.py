@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import torch
 from google.protobuf import text_format
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
@@ -194,6 +196,7 @@ def test_failed_build_leaves_the_served_repository_intact(exported, tmp_path):
     with pytest.raises(mr.ModelRepositoryError, match="preprocess.json: missing"):
         mr.materialize(broken, repo)
     (broken / "preprocess.json").write_text('{"dims": {"n_dense": 3}}')
+    ranker_io.write_manifest(broken, ["model.onnx", "preprocess.json"])  # intact, but malformed
     with pytest.raises(mr.ModelRepositoryError, match="preprocess.json: malformed"):
         mr.materialize(broken, repo)
     try:
@@ -204,3 +207,119 @@ def test_failed_build_leaves_the_served_repository_intact(exported, tmp_path):
     after = {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
     assert after == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp dirs left behind
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad-input policy of ranker_preprocess (ranker_io.check_request; docs/bad-input.md)
+# ---------------------------------------------------------------------------------------------
+
+
+def _metric(text: str, name: str, feature: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") and f'feature="{feature}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _settled(server: TritonServer, name: str, feature: str, want: float | None = None) -> float:
+    """The metric once Triton's metrics page shows it (the page lags the counters by up to ~2 s)."""
+    last, deadline = None, time.monotonic() + 30
+    while time.monotonic() < deadline:
+        value = _metric(server.metrics(), name, feature)
+        if (want is None and value == last) or value == want:
+            return value
+        last = value
+        time.sleep(2.5)
+    return value
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_out_of_range_surface_and_absurd_dense_are_rejected_naming_the_input(server, reference, protocol):
+    raw = {k: v[:4].copy() for k, v in reference["raw"].items()}
+    client = RankerClient(server.grpc_url if protocol == "grpc" else server.url, protocol)
+    for value in (99, -7):
+        surface = raw["surface"].copy()
+        surface[2, 0] = value
+        _expect_error(client, {**raw, "surface": surface},
+                      f"input 'surface' is {value} at row 2: expected a surface index in [0, {len(SURFACES)})")
+    dense = raw["dense"].copy()
+    dense[3, 0] = 1e30
+    _expect_error(client, {**raw, "dense": dense}, "input 'dense' has 1e+30 at row 3, column 0: beyond +-1e+15")
+    p, _ = client.infer(raw)  # the server keeps serving, unchanged
+    np.testing.assert_allclose(p, reference["probs"][:4], atol=1e-5, rtol=0)
+    client.close()
+
+
+def test_unknown_sparse_ids_and_clipped_dense_are_mapped_and_counted(server, reference):
+    raw = {k: v[:3].copy() for k, v in reference["raw"].items()}
+    pre = reference["pre"]
+    sparse_name, dense_name = pre["sparse"]["names"][0], pre["dense"]["names"][0]
+    unknown = "homefeed_preprocess_unknown_sparse_ids_total"
+    clipped = "homefeed_preprocess_clipped_dense_total"
+    before_unknown, before_clipped = _settled(server, unknown, sparse_name), _settled(server, clipped, dense_name)
+    raw["sparse"][:, 0] = 0  # (the reference rows hold out-of-range ids too; count only the planted ones)
+    with RankerClient(server.url, "http") as client:
+        want, _ = client.infer(raw)
+        huge = raw["sparse"].copy()
+        huge[:, 0] = [2**62, -1, 2**62]  # three unknown ids: scored as the unknown id 0
+        got, _ = client.infer({**raw, "sparse": huge})
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+        far = raw["dense"].copy()
+        far[:, 0] = 1e12  # within DENSE_ABS_MAX, far beyond DENSE_CLIP standard deviations: clipped
+        client.infer({**raw, "dense": far})
+    assert _settled(server, unknown, sparse_name, before_unknown + 3) == before_unknown + 3
+    assert _settled(server, clipped, dense_name) >= before_clipped + 3
+
+
+def test_tampered_artifacts_are_refused(exported, tmp_path):
+    import shutil
+
+    export = tmp_path / "export"
+    shutil.copytree(exported / "export", export)
+    assert set(json_load(export / ranker_io.MANIFEST_FILE)["sha256"]) >= {"model.onnx", "preprocess.json"}
+    repo = mr.materialize(export, tmp_path / "repo")
+    # an export file changed after export: the repository build refuses it, naming the file
+    onnx = export / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b"\0")
+    with pytest.raises(mr.ModelRepositoryError, match=r"model.onnx: SHA-256 .* does not match"):
+        mr.materialize(export, repo)
+    (export / ranker_io.MANIFEST_FILE).unlink()
+    with pytest.raises(mr.ModelRepositoryError, match=r"manifest.json: missing"):
+        mr.materialize(export, repo)
+    # a served repository file changed on disk: Triton's python model refuses to load it
+    pre = repo / "ranker_preprocess" / "1" / "preprocess.json"
+    pre.write_text(pre.read_text().replace('"std"', '"std" ', 1))
+    from components.serving.triton import TritonError
+
+    with pytest.raises(TritonError, match=r"(?s)exited .*ranker_preprocess.*preprocess.json: SHA-256 .* does not "
+                                          r"match"):
+        TritonServer(repo).start(timeout_s=120)  # exits (--exit-on-error); start() stops its process group
+
+
+def json_load(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, database=None)
+@given(name=st.sampled_from(list(ranker_io.RAW_INPUTS)), row=st.integers(0, 4), col=st.integers(0, 99),
+       value=st.sampled_from([float("nan"), float("inf"), 1e30, -1e16, 1e12, 2.0**62, -7.0, 99.0, -1.0]))
+def test_random_request_corruptions_are_rejected_or_scored_as_documented(server, reference, name, row, col, value):
+    """Property (hypothesis, against the running server): a corrupted cell is rejected naming the input,
+    or the scores equal those of the same request with unknown sparse ids mapped to 0."""
+    x = {k: v[:5].copy() for k, v in reference["raw"].items()}
+    a = x[name]
+    if a.dtype == np.int64:  # sparse ids, surface: the integer nearest the value
+        value = int(np.clip(value, -(2**62), 2**62)) if np.isfinite(value) else 2**62
+    a[row, col % a.shape[1]] = value
+    with RankerClient(server.url, "http") as client:
+        try:
+            p, _ = client.infer(x)
+        except InferenceServerException as e:
+            assert f"input '{name}'" in str(e), e
+            return
+        cards = np.asarray(reference["pre"]["sparse"]["cardinalities"])
+        mapped = {**x, "sparse": np.where((x["sparse"] >= 0) & (x["sparse"] < cards), x["sparse"], 0)}
+        want, _ = client.infer(mapped)
+    np.testing.assert_allclose(p, want, atol=1e-6, rtol=0)

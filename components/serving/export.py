@@ -9,6 +9,8 @@ EXPORT_DIR (names from components/serving/ranker_io.py)::
     preprocess.json   dense names/mean/std/clip, sparse names/cardinalities, surfaces, tasks, score_weights, dims
     config.yaml       the model's resolved config
     parity.json       max |onnxruntime - torch| on the checked batches
+    manifest.json     the SHA-256 of each file above; the model repository build (and the Triton python
+                      models) refuse a file whose digest no longer matches
 
 The directory is written beside its destination and renamed into place: a failed export leaves a
 previous export intact.
@@ -161,6 +163,7 @@ def export_ranker(model_dir: str | Path, out_dir: str | Path, data_dir: str | Pa
                 batches["real_256"] = real_inputs(extra, data_dir, 256)
             parity = check_parity(model, onnx_path, batches)
         (tmp / "parity.json").write_text(json.dumps({"tolerance": PARITY_TOL, "max_abs_diff": parity}, indent=2) + "\n")
+        ranker_io.write_manifest(tmp, [ONNX_FILE, PREPROCESS_FILE, "config.yaml", "parity.json"])
         replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

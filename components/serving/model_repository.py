@@ -18,6 +18,10 @@ Targets of ``ranker``:
 Every config is generated from ``ranker_io`` (names, dtypes, shapes: the contract shared with the
 exporter). The repository is built in a temporary directory beside ``repo_dir`` and swapped in only
 when complete, so a failed build leaves the served repository intact.
+
+Integrity: the export's ``manifest.json`` (SHA-256 of each file, written by the exporter) is checked
+before anything is copied, and each python-backend model version folder gets its own manifest,
+which its ``model.py`` checks when Triton loads it: a file modified after export is refused.
 """
 
 from __future__ import annotations
@@ -58,6 +62,10 @@ def read_export(export_dir: str | Path) -> tuple[dict, ranker_io.RankerShapes]:
     for f in (ONNX_FILE, PREPROCESS_FILE):
         if not (export_dir / f).exists():
             raise ModelRepositoryError(f"{export_dir / f}: missing (export the ranker with `homefeed export ranker`)")
+    try:
+        ranker_io.verify_manifest(export_dir, [ONNX_FILE, PREPROCESS_FILE])
+    except ranker_io.ArtifactError as e:
+        raise ModelRepositoryError(str(e)) from None
     try:
         pre = json.loads((export_dir / PREPROCESS_FILE).read_text())
         d = pre["dims"]
@@ -153,6 +161,7 @@ def materialize(export_dir: str | Path, repo_dir: str | Path, target: str = "pyt
         shutil.copy2(SOURCES / PREPROCESS / "1" / "model.py", pre / "model.py")
         shutil.copy2(Path(ranker_io.__file__), pre / "ranker_io.py")
         shutil.copy2(export_dir / PREPROCESS_FILE, pre / PREPROCESS_FILE)
+        ranker_io.write_manifest(pre, ["model.py", "ranker_io.py", PREPROCESS_FILE])
         (tmp / PREPROCESS / "config.pbtxt").write_text(preprocess_config(shapes, opt))
 
         rk = tmp / RANKER / "1"
@@ -160,6 +169,8 @@ def materialize(export_dir: str | Path, repo_dir: str | Path, target: str = "pyt
         if target == "python_onnx":
             shutil.copy2(SOURCES / RANKER / "1" / "model.py", rk / "model.py")
             shutil.copy2(export_dir / ONNX_FILE, rk / ONNX_FILE)
+            shutil.copy2(Path(ranker_io.__file__), rk / "ranker_io.py")
+            ranker_io.write_manifest(rk, ["model.py", "ranker_io.py", ONNX_FILE])
         elif target == "onnxruntime":
             shutil.copy2(export_dir / ONNX_FILE, rk / ONNX_FILE)
         else:

@@ -14,6 +14,18 @@ Model inputs (``ranker_preprocess`` outputs -> ``ranker`` inputs): the same name
 [0, cardinality) (out-of-range -> 0, the reserved unknown id), ``x_surface``, ``x_user_embedding``,
 ``x_pin_embedding``.
 
+Bad-input policy of ``ranker_preprocess`` (:func:`check_request`; docs/bad-input.md):
+
+- rejected with an error naming the input, row and column: a shape or batch mismatch, NaN/inf in a
+  float input, a raw dense value with ``|x| > DENSE_ABS_MAX`` (1e15: no real feature is that large;
+  it is an overflow or a unit bug upstream), a surface outside ``[0, len(surfaces))`` (the surface
+  picks PEPNet's gates, so a wrong one would score silently as another surface);
+- mapped and counted: a sparse id outside ``[0, cardinality)`` (2^62, -1, a category first seen after
+  training) becomes the reserved unknown id 0, as in training, counted per feature in the Triton
+  metric ``homefeed_preprocess_unknown_sparse_ids_total``; a dense value more than ``DENSE_CLIP``
+  standard deviations from the training mean is clipped, as in training, counted in
+  ``homefeed_preprocess_clipped_dense_total``.
+
 Outputs (``ranker`` and ``ranker_ensemble``)::
 
     probabilities    FP32  [B, K]   per-task probabilities, K = len(tasks)
@@ -22,7 +34,10 @@ Outputs (``ranker`` and ``ranker_ensemble``)::
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 RAW_INPUTS = ("dense", "sparse", "surface", "user_embedding", "pin_embedding")
 MODEL_PREFIX = "x_"
@@ -33,6 +48,52 @@ DTYPES = {"dense": "FP32", "sparse": "INT64", "surface": "INT64", "user_embeddin
 PREPROCESS_FILE = "preprocess.json"  # dense mean/std, sparse names+cardinalities, tasks, dims
 ONNX_FILE = "model.onnx"
 MAX_BATCH = 1024
+MANIFEST_FILE = "manifest.json"  # {"sha256": {file name: hex digest}} of an export / a model version folder
+
+
+class ArtifactError(ValueError):
+    """An artifact that does not match the SHA-256 recorded when it was written (or has no record)."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: str | Path, names: list[str]) -> dict[str, str]:
+    """Record the SHA-256 of ``folder/<name>`` for each name in ``folder/manifest.json``."""
+    folder = Path(folder)
+    digests = {n: sha256_file(folder / n) for n in names}
+    (folder / MANIFEST_FILE).write_text(json.dumps({"sha256": digests}, indent=2, sort_keys=True) + "\n")
+    return digests
+
+
+def verify_manifest(folder: str | Path, names: list[str]) -> None:
+    """Refuse ``folder`` unless each of ``names`` has the SHA-256 recorded in its manifest: ArtifactError
+    naming the file, the recorded and the actual digest (a tampered, corrupted or swapped file)."""
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    try:
+        recorded = json.loads(path.read_text())["sha256"]
+        if not isinstance(recorded, dict):
+            raise TypeError("'sha256' is not an object")
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing; the artifacts' SHA-256 digests cannot be checked (re-export with "
+                            "`homefeed export ranker`)") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ArtifactError(f"{path}: malformed ({e!r}); expected {{\"sha256\": {{file: digest}}}}") from None
+    for name in names:
+        if name not in recorded:
+            raise ArtifactError(f"{folder / name}: no SHA-256 recorded in {path}")
+        if not (folder / name).exists():
+            raise ArtifactError(f"{folder / name}: missing (recorded in {path})")
+        actual = sha256_file(folder / name)
+        if actual != recorded[name]:
+            raise ArtifactError(f"{folder / name}: SHA-256 {actual[:16]}... does not match {recorded[name][:16]}... "
+                                f"recorded in {path}; the file was modified after export, refusing to serve it")
 
 
 @dataclass(frozen=True)
@@ -55,6 +116,57 @@ class RankerShapes:
 # ---- the preprocessing both training and ranker_preprocess apply (numpy only: the Triton venv has numpy<2) ----
 DENSE_CLIP = 5.0  # normalised dense features are clipped to [-DENSE_CLIP, DENSE_CLIP]
 MIN_STD = 1e-6
+DENSE_ABS_MAX = 1e15  # a raw dense value beyond this is rejected (an overflow upstream, not a feature)
+
+
+def check_request(x, shapes: RankerShapes, n_surfaces: int) -> None:
+    """Reject a raw request that breaks the policy above: ValueError naming the input, row and column.
+
+    ``x``: the five raw inputs (numpy arrays) by name."""
+    import numpy as np
+
+    batch = x["dense"].shape[0]
+    if batch == 0:
+        raise ValueError("empty batch: every input needs at least one row")
+    for name, want in shapes.raw().items():
+        got = x[name].shape
+        if got[0] != batch or tuple(got[1:]) != want:
+            raise ValueError(f"input '{name}' has shape {list(got)}, expected [{batch}, {', '.join(map(str, want))}]"
+                             f" (the batch size of 'dense' is {batch})")
+    for name in ("dense", "user_embedding", "pin_embedding"):
+        bad = ~np.isfinite(x[name])
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(f"input '{name}' has a non-finite value (NaN or inf) at row {row}, column {col}")
+    huge = np.abs(x["dense"]) > DENSE_ABS_MAX
+    if huge.any():
+        row, col = np.argwhere(huge)[0]
+        raise ValueError(f"input 'dense' has {x['dense'][row, col]:.3g} at row {row}, column {col}: beyond "
+                         f"+-{DENSE_ABS_MAX:.0e} (ranker_io.DENSE_ABS_MAX); expected a raw feature value")
+    s = x["surface"]
+    bad = (s < 0) | (s >= n_surfaces)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise ValueError(f"input 'surface' is {int(s[row, 0])} at row {row}: expected a surface index in "
+                         f"[0, {n_surfaces}) (preprocess.json surfaces)")
+
+
+def unknown_sparse_counts(sparse, cardinalities):
+    """(n_sparse,) int64: per feature, how many ids fall outside [0, cardinality) (mapped to 0)."""
+    import numpy as np
+
+    ids = np.asarray(sparse, dtype=np.int64)
+    cards = np.asarray(cardinalities, dtype=np.int64)
+    return ((ids < 0) | (ids >= cards)).sum(axis=0).astype(np.int64)
+
+
+def clipped_dense_counts(dense, mean, std):
+    """(n_dense,) int64: per feature, how many values are clipped by :func:`normalize_dense`."""
+    import numpy as np
+
+    x = np.asarray(dense, dtype=np.float32)
+    z = (x - np.asarray(mean, dtype=np.float32)) / np.maximum(np.asarray(std, dtype=np.float32), MIN_STD)
+    return (np.abs(z) > DENSE_CLIP).sum(axis=0).astype(np.int64)
 
 
 def normalize_dense(dense, mean, std):

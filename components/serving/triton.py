@@ -78,6 +78,7 @@ class TritonServer:
     model_repository: Path
     http_port: int = 0  # 0 -> a free port
     grpc_port: int = 0
+    metrics_port: int = 0  # Prometheus metrics (the preprocess model's bad-input counters)
     venv: Path | None = None
     log_path: Path | None = None
     verbose: bool = False
@@ -92,11 +93,21 @@ class TritonServer:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def metrics(self) -> str:
+        """The server's Prometheus metrics text."""
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
+            return r.read().decode()
+
     def command(self, backends: Path) -> list[str]:
         prefix = f"homefeed{os.getpid()}_{uuid.uuid4().hex[:6]}"
         return [str(self._dist.server), f"--model-repository={Path(self.model_repository).resolve()}",
                 f"--backend-directory={backends}", "--http-address=127.0.0.1", f"--http-port={self.http_port}",
-                "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}", "--allow-metrics=false",
+                "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}", "--allow-metrics=true",
+                "--allow-gpu-metrics=false", "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
                 "--strict-readiness=true", "--exit-on-error=true", "--exit-timeout-secs=5",
                 f"--log-verbose={1 if self.verbose else 0}",
                 f"--backend-config=python,shm-region-prefix-name={prefix}",
@@ -126,6 +137,7 @@ class TritonServer:
         shutil.copy2(self._dist.stub, backends / "triton_python_backend_stub")
         self.http_port = self.http_port or free_port()
         self.grpc_port = self.grpc_port or free_port()
+        self.metrics_port = self.metrics_port or free_port()
         self.log_path = Path(self.log_path or Path(tempfile.gettempdir()) / f"homefeed-tritonserver-{uuid.uuid4().hex[:8]}.log")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(self._work / "backends"), env=self.environment(),

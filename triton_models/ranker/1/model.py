@@ -9,11 +9,15 @@ the ``onnxruntime`` backend (CPU) or as a TensorRT plan (GPU); see components/se
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ranker_io  # noqa: E402  (copied beside this file by components.serving.model_repository)
 
 INPUTS = ("x_dense", "x_sparse", "x_surface", "x_user_embedding", "x_pin_embedding")
 OUTPUTS = ("probabilities", "score")
@@ -26,7 +30,9 @@ class TritonPythonModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
         opts.inter_op_num_threads = 1
-        path = Path(__file__).resolve().parent / "model.onnx"
+        here = Path(__file__).resolve().parent
+        ranker_io.verify_manifest(here, [ranker_io.ONNX_FILE, "ranker_io.py"])  # refuses a modified file
+        path = here / "model.onnx"
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def execute(self, requests: list) -> list:

@@ -3,8 +3,13 @@
 Runs inside Triton's python-backend stub (the ``.venv-triton`` environment: numpy<2, no torch). The
 materialised model version directory holds, beside this file, ``preprocess.json`` (the training
 statistics written by the exporter) and ``ranker_io.py`` (the shared contract and the very numpy
-functions training used to normalise). A request with a NaN/inf value or an empty batch is answered
-with an error naming the input and row; other requests of the same batch are unaffected.
+functions training used to normalise).
+
+Bad input (the policy is documented in ``ranker_io`` and docs/bad-input.md): a request with a wrong
+shape, an empty batch, NaN/inf, a dense value beyond ``DENSE_ABS_MAX`` or a surface out of range is
+answered with an error naming the input and row; other requests of the same batch are unaffected.
+Sparse ids out of range become the unknown id 0 and dense values beyond the clip are clipped, as in
+training, and both are counted in Triton's Prometheus metrics (per feature).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import ranker_io  # noqa: E402  (copied beside this file by components.serving.m
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         here = Path(__file__).resolve().parent
+        ranker_io.verify_manifest(here, [ranker_io.PREPROCESS_FILE, "ranker_io.py"])  # refuses a modified file
         pre = json.loads((here / ranker_io.PREPROCESS_FILE).read_text())
         self.mean = np.asarray(pre["dense"]["mean"], np.float32)
         self.std = np.asarray(pre["dense"]["std"], np.float32)
@@ -30,22 +36,34 @@ class TritonPythonModel:
         self.n_surfaces = len(pre["surfaces"])
         d = pre["dims"]
         self.shapes = ranker_io.RankerShapes(d["n_dense"], d["n_sparse"], d["d_user"], d["d_pin"], d["n_tasks"])
+        self.families: list = []  # a MetricFamily must outlive its Metrics: kept on the model
+        self.unknown_sparse, self.clipped_dense = self._metrics(pre["sparse"]["names"], pre["dense"]["names"])
+
+    def _metrics(self, sparse_names: list[str], dense_names: list[str]) -> tuple[list, list]:
+        """One Prometheus counter per feature (Triton's custom metrics; absent on old Triton builds)."""
+        if not hasattr(pb_utils, "MetricFamily"):
+            return [], []
+        unknown = pb_utils.MetricFamily(name="homefeed_preprocess_unknown_sparse_ids_total",
+                                        description="sparse ids outside [0, cardinality) mapped to the unknown id 0",
+                                        kind=pb_utils.MetricFamily.COUNTER)
+        clipped = pb_utils.MetricFamily(name="homefeed_preprocess_clipped_dense_total",
+                                        description="dense values clipped to +-DENSE_CLIP training standard deviations",
+                                        kind=pb_utils.MetricFamily.COUNTER)
+        self.families = [unknown, clipped]
+        return ([unknown.Metric(labels={"feature": n}) for n in sparse_names],
+                [clipped.Metric(labels={"feature": n}) for n in dense_names])
+
+    @staticmethod
+    def _count(metrics: list, counts) -> None:
+        for metric, k in zip(metrics, counts.tolist()):
+            if k:
+                metric.increment(float(k))
 
     def _one(self, request) -> list:
         x = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in ranker_io.RAW_INPUTS}
-        batch = x["dense"].shape[0]
-        if batch == 0:
-            raise ValueError("empty batch: every input needs at least one row")
-        for name, want in self.shapes.raw().items():
-            got = x[name].shape
-            if got[0] != batch or tuple(got[1:]) != want:
-                raise ValueError(f"input '{name}' has shape {list(got)}, expected [{batch}, {', '.join(map(str, want))}]"
-                                 f" (the batch size of 'dense' is {batch})")
-        for name in ("dense", "user_embedding", "pin_embedding"):
-            bad = ~np.isfinite(x[name])
-            if bad.any():
-                row, col = np.argwhere(bad)[0]
-                raise ValueError(f"input '{name}' has a non-finite value (NaN or inf) at row {row}, column {col}")
+        ranker_io.check_request(x, self.shapes, self.n_surfaces)
+        self._count(self.unknown_sparse, ranker_io.unknown_sparse_counts(x["sparse"], self.cards))
+        self._count(self.clipped_dense, ranker_io.clipped_dense_counts(x["dense"], self.mean, self.std))
         return [
             pb_utils.Tensor("x_dense", ranker_io.normalize_dense(x["dense"], self.mean, self.std)),
             pb_utils.Tensor("x_sparse", ranker_io.clamp_sparse(x["sparse"], self.cards)),
