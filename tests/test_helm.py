@@ -1567,3 +1567,31 @@ def test_recommend_command_starts_the_service_over_tls(tmp_path):
     finally:
         for d in local.values():
             d.chmod(0o755)
+
+
+TOGGLES = ["recommend.enabled=false", "triton.enabled=false", "featureServer.enabled=false",
+           "embeddingCron.enabled=false", "networkPolicy.enabled=false", "dashboard.enabled=false",
+           "recommend.enabled=false,networkPolicy.serviceAccountPolicy=cilium",
+           "recommend.serviceMonitor.enabled=true,triton.enabled=false"]
+
+
+@pytest.mark.parametrize("toggle", TOGGLES)
+def test_components_can_be_switched_off(toggle, crd_validators):
+    """Each component can be left out: the rest still lints, validates, and its stack file still parses."""
+    proc = helm("lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART), "--set", toggle)
+    assert "0 chart(s) failed" in proc.stdout and "[WARNING]" not in proc.stdout, proc.stdout
+    docs = [d for d in yaml.safe_load_all(template("--set", toggle).stdout) if d]
+    for d in docs:
+        if d["kind"] in crd_validators:
+            crd_validators[d["kind"]].validate(d)
+        else:
+            kubernetes_validate.validate(d, KUBE_VERSION, strict=True)
+    _, stack = stack_of(docs)
+    assert (stack.feast.server_url == "") == ("featureServer.enabled=false" in toggle)
+    selected = {c for d in docs for c in [d["metadata"]["labels"].get("app.kubernetes.io/component")] if c}
+    off = {"recommend.enabled": "recommend", "triton.enabled": "triton", "featureServer.enabled": "feature-server",
+           "embeddingCron.enabled": "embedding-cron", "dashboard.enabled": "dashboard"}
+    for setting in toggle.split(","):
+        key, value = setting.split("=")
+        if key in off and value == "false":
+            assert off[key] not in selected, f"{off[key]} still rendered with {setting}"

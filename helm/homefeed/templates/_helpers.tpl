@@ -133,7 +133,9 @@ feast:
     cache_ttl_seconds: {{ .Values.featureServer.registryTtlSeconds }}
   offline_store: {type: file}
   serve_while_materializing: true
+  {{- if .Values.featureServer.enabled }}
   server_url: {{ printf "http://%s.%s.svc:%v" (include "homefeed.componentName" (dict "ctx" . "component" "feature-server")) .Release.Namespace .Values.featureServer.service.port | quote }}
+  {{- end }}
 milvus:
   uri: {{ $e.milvus.uri | quote }}
   {{- if $e.milvus.existingSecret }}
