@@ -143,14 +143,15 @@ IMPRESSIONS = TableSpec(
 META_KEYS: dict[str, type | tuple[type, ...]] = {
     "dataset": str,
     "split_timestamp": int,
-    "eval_days": int,
     "feature_dim": int,
     "dense_features": list,
     "sparse_features": dict,
     "user_features": list,
     "pin_features": list,
-    "domain_feature": str,
 }
+# meta.json: optional keys no code depends on (checked for type when present): eval_days (days from the split
+# to the end of the log, informational) and domain_feature (PEPNet's EPNet domain; the models gate on surface).
+OPTIONAL_META_KEYS: dict[str, type] = {"eval_days": int, "domain_feature": str}
 
 TABLES: dict[str, TableSpec] = {t.name: t for t in (PINS, BOARDS, PIN_BOARDS, USERS, EVENTS, IMPRESSIONS)}
 
