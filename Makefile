@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/tools/bin:$(PATH)
 export HOMEFEED_TRITON_VENV := $(CURDIR)/$(VENV_TRITON)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: all venv venv-triton helm test lint demo bench report images clean
+.PHONY: all venv venv-triton helm test lint demo demo-stop bench report images clean
 
 all: test
 
@@ -46,8 +46,13 @@ lint: venv
 test: venv venv-triton helm lint
 	$(VENV)/bin/pytest -q tests --ignore=tests/bench
 
+# The demo leaves tritonserver and the recommend service running (its summary says how to query them);
+# `make demo-stop` stops them (a new `make demo` does too).
 demo: venv venv-triton helm
 	$(PY) -m pipelines.demo
+
+demo-stop: venv
+	$(PY) -m pipelines.demo --stop-serving
 
 bench: venv venv-triton
 	$(VENV)/bin/homefeed bench run
@@ -62,4 +67,5 @@ images: venv
 	$(PY) -m components.steps.images commands
 
 clean:
+	-test ! -f out/demo/serving.json || $(PY) -m pipelines.demo --stop-serving
 	rm -rf out .pytest_cache

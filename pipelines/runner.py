@@ -79,6 +79,11 @@ def _check_params(func: Callable, params: dict[str, Any], name: str) -> None:
         raise ValueError(f"pipeline '{name}': unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
 
 
+def check_params(name: str, params: dict[str, Any], local: bool = True) -> None:
+    """Raise ValueError naming any parameter pipeline ``name`` does not have (before anything runs)."""
+    _check_params(pipeline_func(name, local=local), params, name)
+
+
 def _summary(root: Path, prefix: str, since: float) -> tuple[Path, dict[str, dict[str, Any]]]:
     """The newest run directory of ``prefix`` and, per task, each output artifact's path and metadata
     (metrics included) from the task's ``executor_output.json``."""
