@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -361,3 +362,39 @@ def test_cli_import_success_then_a_failed_import_leaves_it(tmp_path, capsys):
     assert "key 'interactions.item' names column 'product'" in proc.stderr
     assert sorted(p.name for p in (tmp_path / "d").rglob("*")) == before
     validate_dir(tmp_path / "d")
+
+
+# ---------------------------------------------------------------------------------------------
+# The vocabulary contract (meta.json) the trainers read
+# ---------------------------------------------------------------------------------------------
+
+
+def test_vocab_defaults_and_declared_rules():
+    from components.data.vocab import DEFAULT, vocab_from_meta
+
+    assert vocab_from_meta(None) == DEFAULT == vocab_from_meta({"dataset": "ml-100k"})
+    acts = np.array(["repin", "closeup", "closeup", "click", "hide"])
+    assert DEFAULT.is_positive(acts, np.array([0, 5, 11, 12, 99])).tolist() == [True, False, True, True, False]
+    v = vocab_from_meta({"action_types": ["view", "cart", "purchase"], "surfaces": ["web", "app"],
+                         "positive": {"actions": ["purchase"], "min_duration_s": {"view": 30}}})
+    assert v.is_positive(np.array(["view", "view", "cart", "purchase"]),
+                         np.array([10, 31, 0, 0])).tolist() == [False, True, False, True]
+    assert v.action_codes(np.array(["purchase", "repin"])).tolist() == [2, -1]
+    assert v.surface_codes(np.array(["app"])).tolist() == [1]
+    with pytest.raises(ValueError, match="key 'action_types'.*expected 1 to 4"):
+        vocab_from_meta({"action_types": list("abcde")})
+    with pytest.raises(ValueError, match=r"key 'positive' names \['buy'\]"):
+        vocab_from_meta({"action_types": ["view"], "positive": {"actions": ["buy"]}})
+
+
+def test_meta_without_eval_days_and_domain_feature_is_valid(shop_dirs, tmp_path):
+    d = tmp_path / "copy"
+    shutil.copytree(shop_dirs["csv"], d)
+    meta = io.read_meta(d)
+    del meta["eval_days"], meta["domain_feature"]
+    io.write_meta(d, meta)
+    validate_dir(d)
+    meta["eval_days"] = "two weeks"
+    io.write_meta(d, meta)
+    with pytest.raises(ValueError, match="key 'eval_days' is 'two weeks', expected int"):
+        validate_dir(d)
