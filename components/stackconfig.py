@@ -329,7 +329,9 @@ def feature_store_yaml(cfg: StackConfig) -> dict[str, Any]:
         online = {"type": "redis", "connection_string": conn, "skip_dedup": True}
     reg = f.registry
     if reg.type == "file":
-        registry: dict[str, Any] = {"registry_type": "file", "path": reg.path}
+        # Feast's own file store rewrites the file in place: readers during a write fail (feast_store.py)
+        registry: dict[str, Any] = {"registry_type": "file", "path": reg.path,
+                                    "registry_store_type": "components.serving.feast_store.AtomicFileRegistryStore"}
     elif reg.url is not None:
         registry = {"registry_type": "sql", "path": f"${{{_placeholder(reg.url, 'registry_url')}}}"}
     else:

@@ -38,3 +38,25 @@ def ml100k_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "ml100k"
     prepare(config.load("ml100k"), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def server_stack(tmp_path_factory):
+    """The ``server`` stack profile for real, once per session: Valkey (Feast's Redis online store), PostgreSQL
+    (Feast's SQL registry), the Milvus standalone server with authorization, and ``feast serve``, each on
+    127.0.0.1 and a free port, secrets generated into files (components/stack). Yields the StackConfig
+    (``.source`` = its stack.yaml). ``components.stack.add_triton(Path(cfg.source).parent, repository)`` adds a
+    tritonserver; ``components.stack.isolated(cfg, name, dir)`` gives a test its own Feast project and Milvus
+    alias on the same servers. At the end every server is stopped by process group, and checked gone."""
+    from components import stack
+    from components.stack.servers import alive
+
+    state = tmp_path_factory.mktemp("server_stack")
+    cfg = stack.up("server", state)
+    try:
+        yield cfg
+    finally:
+        procs = stack.processes(state)
+        stack.down(state, purge=True)
+        left = {p.name: alive(p.pgid) for p in procs if alive(p.pgid)}
+        assert not left, f"stack processes left running: {left}"

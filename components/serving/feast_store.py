@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
+from feast.infra.registry.file import FileRegistryStore
 
 from components import stackconfig
 from components.data import io
@@ -53,6 +54,21 @@ class _FileRegistryFlagWarning(logging.Filter):
 
 
 logging.getLogger("feast.repo_config").addFilter(_FileRegistryFlagWarning())
+
+
+class AtomicFileRegistryStore(FileRegistryStore):
+    """Feast's file registry store, written atomically (temp file + fsync + rename).
+
+    Feast rewrites the registry file in place (truncate, then write) on every apply and on each
+    materialization's state changes, so a concurrent reader (the recommend path refreshing its registry
+    copy) can parse an empty or partial file and fail with "feature service ... does not exist". The
+    ``local`` profile's feature_store.yaml names this class (``registry_store_type``).
+    """
+
+    def _write_registry(self, registry_proto) -> None:
+        registry_proto.version_id = str(uuid.uuid4())
+        registry_proto.last_updated.FromDatetime(dt.datetime.now(dt.UTC))
+        io.atomic_write_bytes(self._filepath, registry_proto.SerializeToString())
 
 
 class FeatureStoreError(RuntimeError):
@@ -196,7 +212,10 @@ def open_store(repo_dir: str | Path, stack: stackconfig.StackConfig | None = Non
     if getattr(online, "type", "") == "redis":
         _check_redis(online.connection_string)
     try:
-        return FeatureStore(repo_path=str(repo_dir), config=config)
+        store = FeatureStore(repo_path=str(repo_dir), config=config)
+        if config.registry.registry_type == "sql":
+            store.list_entities()  # the SQL registry connects lazily: check its credentials now
+        return store
     except Exception as e:  # noqa: BLE001 - sqlalchemy/psycopg errors: name the registry, never the password
         if type(e).__module__.split(".")[0] in ("sqlalchemy", "psycopg"):
             where = _redact(str(config.registry.path))

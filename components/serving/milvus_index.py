@@ -68,9 +68,13 @@ def connect(uri: str | Path, token: str | None = None):
     try:
         client = MilvusClient(uri=str(uri), token=token or "")
     except MilvusException as e:
-        reason = "authentication failed: the token was refused" if _is_auth_error(e) else str(e.message)
-        raise MilvusIndexError(f"Milvus at {uri}: {reason} (check milvus.token)" if _is_auth_error(e)
-                               else f"Milvus at {uri}: cannot connect: {reason}") from None
+        # pymilvus reports a refused token as a generic connection failure: a server that accepts TCP
+        # connections but not this client is an authentication failure
+        if _is_auth_error(e) or (path is None and _reachable(str(uri))):
+            raise MilvusIndexError(f"Milvus at {uri}: authentication failed: the server is up but refused the "
+                                   f"{'token' if token else 'connection without a token'} (check milvus.token): "
+                                   f"{e.message}") from None
+        raise MilvusIndexError(f"Milvus at {uri}: cannot connect: {e.message}") from None
     if path is not None:
         with _LITE_LOCK:
             _LITE_OPEN[path] = _LITE_OPEN.get(path, 0) + 1
@@ -99,6 +103,18 @@ def disconnect(client, uri: str | Path) -> None:
                 from milvus_lite.server_manager import server_manager_instance
 
                 server_manager_instance.release_server(path)
+
+
+def _reachable(uri: str) -> bool:
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(uri)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 19530), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def _is_auth_error(e: Exception) -> bool:

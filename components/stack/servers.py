@@ -168,54 +168,56 @@ PG_USER = "pgserver"  # the unprivileged system user PostgreSQL runs as when we 
 
 
 def start_postgres(state: Path, password: str, timeout_s: float = 60.0) -> Proc:
-    """PostgreSQL on 127.0.0.1:<free port>, superuser ``postgres`` with ``password`` (scram-sha-256)."""
+    """PostgreSQL on 127.0.0.1:<free port>, superuser ``postgres`` with ``password`` (scram-sha-256).
+
+    As root, the data directory is a fresh directory under the system temp dir owned by ``pgserver``
+    (PostgreSQL refuses to run as root, and a directory below a 0700 parent, such as pytest's, which pytest
+    re-tightens whenever a session starts, would lock that user out); ``state/postgres`` links to it.
+    """
     import psycopg
     from pgserver._commands import POSTGRES_BIN_PATH
 
-    root = os.geteuid() == 0
-    d = state / "postgres"
-    pgdata, sock = d / "data", d / "run"
-    d.mkdir(parents=True, exist_ok=True)
-    sock.mkdir(exist_ok=True)
-    user = None
-    if root:
-        import pwd
+    user, owner = None, None
+    if os.geteuid() == 0:
         import stat
+        import tempfile
 
-        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+        from pgserver.utils import ensure_folder_permissions, ensure_user_exists
 
         entry = ensure_user_exists(PG_USER)
-        user = PG_USER
-        ensure_prefix_permissions(d)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        user, owner = PG_USER, (entry.pw_uid, entry.pw_gid)
         ensure_folder_permissions(POSTGRES_BIN_PATH, stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH)
         ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
-        for p in (d, sock):
-            os.chown(p, entry.pw_uid, entry.pw_gid)
-        pw_owner = (entry.pw_uid, entry.pw_gid)
-        del pwd
+        _traversable(POSTGRES_BIN_PATH)
+        d = Path(tempfile.mkdtemp(prefix="homefeed-postgres-"))
+        os.chown(d, *owner)
+        link = state / "postgres"
+        link.unlink(missing_ok=True)
+        link.symlink_to(d)
+    else:
+        d = state / "postgres"
+        d.mkdir(parents=True, exist_ok=True)
+    pgdata, sock = d / "data", d / "run"
     log = state / "logs" / "postgres.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    if not (pgdata / "PG_VERSION").exists():
-        pwfile = d / ".pwfile"
-        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(password + "\n")
-        if root:
-            os.chown(pwfile, *pw_owner)
-        try:
-            out = subprocess.run([str(POSTGRES_BIN_PATH / "initdb"), "-D", str(pgdata), "-U", "postgres",
-                                  "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=utf8"],
-                                 capture_output=True, text=True, user=user, cwd=d, check=False)
-        finally:
-            pwfile.unlink(missing_ok=True)
-        if out.returncode != 0:
-            raise StackError(f"initdb {pgdata} failed:\n{out.stderr[-2000:]}")
+    pwfile = d / ".pwfile"
+    fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    if owner:
+        os.chown(pwfile, *owner)
+    try:
+        out = subprocess.run([str(POSTGRES_BIN_PATH / "initdb"), "-D", str(pgdata), "-U", "postgres",
+                              "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=utf8"],
+                             capture_output=True, text=True, user=user, cwd=d, check=False)
+    finally:
+        pwfile.unlink(missing_ok=True)
+    if out.returncode != 0:
+        raise StackError(f"initdb {pgdata} failed:\n{out.stderr[-2000:]}")
+    sock.mkdir(exist_ok=True)
+    if owner:
+        os.chown(sock, *owner)
     port = free_port()
-    with open(log, "ab"):
-        pass
-    if root:
-        os.chown(log, *pw_owner)
     cmd = [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(port),
            "-k", str(sock), "-c", "max_connections=200"]
     proc = _spawn("postgres", cmd, log, cwd=d, user=user)
@@ -227,12 +229,45 @@ def start_postgres(state: Path, password: str, timeout_s: float = 60.0) -> Proc:
 
     _wait("postgres", proc, log, ready, timeout_s)
     # SIGINT = PostgreSQL's fast shutdown (SIGTERM waits for every client to disconnect)
-    return Proc("postgres", proc.pid, f"127.0.0.1:{port}", str(log), stop_signal=int(signal.SIGINT))
+    return Proc("postgres", proc.pid, f"127.0.0.1:{port}", str(log), stop_signal=int(signal.SIGINT),
+                cleanup=[str(d)] if owner else [])
+
+
+def _traversable(path: Path) -> None:
+    """Let other users traverse the parents of ``path`` (the wheel's binaries inside site-packages)."""
+    import stat
+
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        want = mode | stat.S_IXOTH | stat.S_IROTH | stat.S_IXGRP | stat.S_IRGRP
+        if mode != want:
+            parent.chmod(want)
 
 
 # ---- Milvus standalone ----------------------------------------------------------------------------
 
-def start_milvus(state: Path, password: str, timeout_s: float = 240.0) -> Proc:
+def _link_milvus_binaries(bin_dir: Path) -> None:
+    """Unpack the wheel's lzma-compressed server binaries (~500 MB) once into a user cache and symlink them
+    into ``bin_dir`` with their checksum files, so a new data directory does not decompress them again
+    (tens of seconds of CPU per start)."""
+    import milvus
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "homefeed" / f"milvus-{milvus.__version__}"
+    if not (cache / "bin" / "milvus.lzma.md5").exists():
+        tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
+        milvus._initialize_data_files(str(tmp))
+        try:
+            tmp.replace(cache)
+        except OSError:  # another process unpacked it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for f in (cache / "bin").iterdir():
+        link = bin_dir / f.name
+        if not link.exists():
+            link.symlink_to(f)
+
+
+def start_milvus(state: Path, password: str, timeout_s: float = 420.0) -> Proc:
     """The Milvus 2.3.5 standalone server with authorization; user ``root``'s password set to ``password``."""
     from pymilvus import MilvusClient
 
@@ -240,10 +275,22 @@ def start_milvus(state: Path, password: str, timeout_s: float = 240.0) -> Proc:
     if not exe.exists():
         raise StackError(f"{exe}: missing; install the dev extras (milvus==2.3.5)")
     data = state / "milvus"
+    _link_milvus_binaries(data / "bin")
     port = free_port()
     log = state / "logs" / "milvus.log"
-    proc = _spawn("milvus", [str(exe), "--data", str(data), "--proxy-port", str(port),
-                             "--authorization-enabled", "true"], log)
+    # The embedded etcd listens on etcd's default client/peer ports (2379/2380) unless given a config file:
+    # two servers on one machine (or anything else on 2380) would collide. Milvus reads etcd.config.path from
+    # the environment (ETCD_CONFIG_PATH).
+    etcd_client, etcd_peer = free_port(), free_port()
+    etcd_conf = state / "milvus-etcd.yaml"
+    etcd_conf.write_text(f"listen-client-urls: http://127.0.0.1:{etcd_client}\n"
+                         f"advertise-client-urls: http://127.0.0.1:{etcd_client}\n"
+                         f"listen-peer-urls: http://127.0.0.1:{etcd_peer}\n"
+                         f"initial-advertise-peer-urls: http://127.0.0.1:{etcd_peer}\n"
+                         f"initial-cluster: default=http://127.0.0.1:{etcd_peer}\n")
+    env = {**os.environ, "ETCD_CONFIG_PATH": str(etcd_conf)}
+    proc = _spawn("milvus", [str(exe), "--data", str(data), "--proxy-port", str(port), "--etcd-port", str(etcd_client),
+                             "--authorization-enabled", "true"], log, env=env)
     uri = f"http://127.0.0.1:{port}"
     changed = {"done": False}
 

@@ -8,7 +8,8 @@ from components.steps.images import step
 
 @step
 def embed_users(data: Input[Dataset], model: Input[Model], pin_embeddings: Input[Dataset], users: Output[Dataset],
-                stats: Output[Metrics], date: str = "", store_root: str = "", backfill_days: int = 0):
+                stats: Output[Metrics], date: str = "", store_root: str = "", backfill_days: int = 0,
+                stack: str = ""):
     """``components.inference.users.embed_users(model, data, pin_embeddings, store_root, date)``.
 
     ``store_root``: the persistent embeddings root (on a cluster: a path on the data PVC) whose ``users``
@@ -16,6 +17,7 @@ def embed_users(data: Input[Dataset], model: Input[Model], pin_embeddings: Input
     (the day before ``meta.json``'s split). ``backfill_days`` > 0 also embeds, in the same pass, every user
     active on the event days before ``date`` that the store has not seen (at most that many), so a new
     store holds every user active in that window, each from their latest actions up to ``date``.
+    ``stack``: a stack file whose ``embeddings.root`` is the store root (wins over ``store_root``).
     """
     import os
 
@@ -23,10 +25,11 @@ def embed_users(data: Input[Dataset], model: Input[Model], pin_embeddings: Input
     from components.inference.tables import VersionedStore, read_table
     from components.inference.users import USERS_STORE
     from components.inference.users import embed_users as run
+    from components.stackconfig import load_stack
     from components.steps.common import default_date, log_metrics, table_path
 
     date = date or default_date(data.path)
-    root = store_root or users.path
+    root = (load_stack(stack).embeddings.root if stack else store_root) or users.path
     store = VersionedStore(os.path.join(root, USERS_STORE))
     previous = store.current()
     pins = str(table_path(pin_embeddings.path))

@@ -8,27 +8,34 @@ from components.steps.images import step
 @step
 def register_features(data: Input[Dataset], repo: Output[Dataset], stats: Output[Metrics],
                       user_embeddings: Input[Dataset] = None, pin_embeddings: Input[Dataset] = None,
-                      date: str = "", repo_dir: str = ""):
+                      date: str = "", repo_dir: str = "", stack: str = ""):
     """``feast_store``: init the repo, write its sources as of ``date``, ``apply``, ``materialize``.
 
-    ``repo_dir``: the persistent Feast repo (a PVC path on a cluster); "" = this run's artifact.
-    ``date`` "" = the date of the user embeddings (or the last training day).
+    ``stack``: a stack file (components/stackconfig.py): the Feast stores (online store, registry,
+    credentials) and, unless ``repo_dir`` is given, the repo instance; "" = the local profile's stores.
+    ``repo_dir``: the persistent Feast repo (a PVC path on a cluster); "" = the stack's, else this run's
+    artifact. ``date`` "" = the date of the user embeddings (or the last training day).
     """
     from components.serving import feast_store
+    from components.stackconfig import load_stack
     from components.steps.common import default_date, log_metrics, table_path
+
+    cfg = load_stack(stack) if stack else None
+    repo_dir = repo_dir or (cfg.feast.repo if cfg is not None else "")
 
     if not date and user_embeddings is not None:
         date = user_embeddings.metadata.get("date", "")
     date = date or default_date(data.path)
     root = repo_dir or repo.path
-    feast_store.init_repo(root)
+    feast_store.init_repo(root, stack=cfg)
     rows = feast_store.write_sources(root, data.path, date,
                                      user_embeddings=table_path(user_embeddings.path) if user_embeddings is not None else None,
                                      pin_embeddings=table_path(pin_embeddings.path) if pin_embeddings is not None else None)
-    names = feast_store.apply(root)
-    loaded = feast_store.materialize(root, date)
+    names = feast_store.apply(root, cfg)
+    loaded = feast_store.materialize(root, date, cfg)
     repo.metadata["repo_dir"] = str(root)
     repo.metadata["date"] = date
+    repo.metadata["stack"] = stack
     repo.metadata["objects"] = names
     repo.metadata["materialized"] = loaded
     log_metrics(stats, {"rows": rows})
