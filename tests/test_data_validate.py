@@ -490,3 +490,138 @@ def test_cross_table_corruption_is_caught(kw, kind, data):
     with tempfile.TemporaryDirectory() as tmp:
         report = validate_dir(write(Path(tmp), tables), raise_on_error=False)
     assert any(all(x in e for x in expect) for e in report.errors), report.errors
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue #15 classes: duplicates, future partitions, absurd durations, stray files, bad folder
+# names, non-UTF-8, shared requests; #17: grouped and capped errors, month partitions, --fix-types
+# ---------------------------------------------------------------------------------------------
+
+
+def test_duplicate_events(tmp_path):
+    tables = valid_tables(events=20)
+    ev = tables["events"]
+    tables["events"] = pd.concat([ev, ev.iloc[[4] * 5]], ignore_index=True).sort_values("timestamp", kind="stable")
+    errs = errors_of(write(tmp_path, tables))
+    assert any(e.startswith("events: 5 of 25 rows repeat an earlier row in every column (duplicate events")
+               and f"user_id={ev['user_id'][4]}" in e for e in errs), errs
+
+
+def test_future_partition(tmp_path):
+    d = write(tmp_path, valid_tables())
+    t = pq.read_table(first_partition(d))
+    future = 4_070_908_800  # 2099-01-01
+    io.atomic_write_parquet(t.set_column(t.schema.get_field_index("timestamp"), "timestamp",
+                                         pa.array([future + 5] * t.num_rows, pa.int64())),
+                            d / "events" / "dt=2099-01-01" / "part-0.parquet")
+    errs = errors_of(d)
+    assert any(e.startswith("events/dt=2099-01-01/part-0.parquet: column 'timestamp':") and "in the future" in e
+               for e in errs), errs
+
+
+def test_absurd_durations(tmp_path):
+    tables = valid_tables()
+    tables["events"].loc[0, "duration_s"] = 3e38
+    errs = errors_of(write(tmp_path, tables))
+    assert any("column 'duration_s': 1 of" in e and "above the maximum 86400" in e and "MAX_DURATION_S" in e
+               for e in errs), errs
+
+
+def test_stray_parquet_file_in_a_partition_is_read_and_checked(tmp_path):
+    d = write(tmp_path, valid_tables())
+    stray = first_partition(d).parent / "part-1.parquet"
+    pq.write_table(pa.table({"garbage": ["x", "y"]}), stray)
+    errs = errors_of(d)
+    rel = str(stray.relative_to(d))
+    assert any(e.startswith(f"{rel}: missing column 'user_id'") for e in errs), errs
+    # a well-formed second file is simply part of the partition
+    part0 = pq.read_table(first_partition(d))
+    pq.write_table(part0.slice(0, 1).set_column(1, "pin_id", part0["pin_id"].slice(1, 1)), stray)
+    assert validate_dir(d).rows["events"] == 13
+
+
+def test_garbage_partition_name_is_an_error_not_a_traceback(tmp_path):
+    d = write(tmp_path, valid_tables())
+    shutil.copytree(first_partition(d).parent, d / "events" / "dt=garbage")
+    errs = errors_of(d)
+    assert "events/dt=garbage: partition 'dt=garbage' is not of the form dt=YYYY-MM-DD or dt=YYYY-MM" in errs
+    with pytest.raises(DataValidationError, match="dt=garbage"):
+        load_events(d)
+
+
+def test_non_utf8_strings(tmp_path):
+    d = write(tmp_path, valid_tables())
+    part = first_partition(d)
+    t = pq.read_table(part)
+    i = t.schema.get_field_index("surface")
+    raw = [b"homefeed"] * t.num_rows
+    raw[1] = b"home\xff\xfefeed"
+    rewrite(part, lambda t: t.set_column(i, "surface", pa.array(raw, pa.binary()).view(pa.string())))
+    errs = errors_of(d)
+    rel = str(part.relative_to(d))
+    assert any(e.startswith(f"{rel}: column 'surface': 1 of {t.num_rows} rows hold strings that are not valid UTF-8")
+               and e.endswith("first at row 1") for e in errs), errs
+
+
+def test_request_shared_by_two_users(tmp_path):
+    tables = valid_tables()
+    tables["impressions"].loc[1, "user_id"] = 3 if tables["impressions"]["user_id"][0] != 3 else 2
+    errs = errors_of(write(tmp_path, tables))
+    assert any(e.startswith("impressions: column 'request_id': 1 of 3 request_id values have more than one user_id")
+               and "request_id=1" in e for e in errs), errs
+
+
+def test_the_same_problem_in_many_files_is_one_line_and_output_is_capped(tmp_path):
+    tables = valid_tables(events=200, days=30)
+    d = write(tmp_path, tables)
+    files = [io.partition_path(d, "events", day) for day in io.partitions(d, "events")]
+    for f in files:
+        rewrite(f, lambda t: t.set_column(5, "duration_s", pc.cast(t["duration_s"], pa.float64())))
+    errs = errors_of(d)
+    line = [e for e in errs if "duration_s" in e]
+    assert len(line) == 1 and line[0].startswith(f"events ({len(files)} files, first {files[0].relative_to(d)}): "
+                                                 "column 'duration_s' has type double, expected float (all 200 rows)")
+    many = DataValidationError([f"problem {i}" for i in range(500)])
+    assert str(many).count("\n") == 41 and "... and 460 more problems (500 in all)" in str(many)
+    assert len(many.errors) == 500
+
+
+def test_month_partitions_validate_and_load_by_day(tmp_path):
+    tables = valid_tables(events=40, days=3)
+    d = write(tmp_path, tables)
+    ev = io.read_table(d, "events")
+    shutil.rmtree(d / "events")
+    io.write_partitioned(d, "events", ev, granularity="month")
+    assert io.partitions(d, "events") == ["2023-11"]
+    report = validate_dir(d)
+    assert report.rows["events"] == 40
+    one = load_events(d, days=["2023-11-15"])
+    lo, hi = io.day_bounds("2023-11-15")
+    assert len(one) == int(((ev["timestamp"].to_numpy() >= lo) & (ev["timestamp"].to_numpy() < hi)).sum()) > 0
+    t = pq.read_table(d / "events" / "dt=2023-11" / "part-0.parquet")
+    io.atomic_write_parquet(t, d / "events" / "dt=2023-12" / "part-0.parquet")  # November rows in December
+    assert any("fall outside the partition's month 2023-12" in e for e in errors_of(d))
+
+
+def test_fix_types_casts_compatible_dtypes_and_says_what(tmp_path):
+    from components.data.validate import fix_types
+
+    d = write(tmp_path, valid_tables())
+    rewrite(d / "pins.parquet", lambda t: t.set_column(1, "features", pc.cast(t["features"], pa.list_(pa.float64()))))
+    for day in io.partitions(d, "events"):
+        rewrite(io.partition_path(d, "events", day),
+                lambda t: t.set_column(0, "user_id", pc.cast(t["user_id"], pa.int32())))
+    part = first_partition(d, "impressions")
+    i = pq.read_schema(part).get_field_index("label_save")
+    rewrite(part, lambda t: t.set_column(i, "label_save", pc.cast(t["label_save"], pa.int64())))
+    before = validate_dir(d, raise_on_error=False)
+    assert len(before.errors) == 3, before.errors
+    cast = fix_types(d)
+    assert "pins.parquet (1 file, first pins.parquet): column 'features' cast from list<double> to list<float>" in cast
+    assert any(c.startswith("events (2 files") and "'user_id' cast from int32 to int64" in c for c in cast), cast
+    assert any("'label_save' cast from int64 to int8" in c for c in cast), cast
+    assert validate_dir(d).ok
+    assert fix_types(d) == []  # nothing left to cast
+    # incompatible: text where numbers are expected is left to the validator
+    rewrite(d / "users.parquet", lambda t: t.set_column(0, "user_id", pc.cast(t["user_id"], pa.string())))
+    assert fix_types(d) == [] and any("'user_id' has type string" in e for e in errors_of(d))

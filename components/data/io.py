@@ -161,7 +161,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def atomic_write_parquet(table: pa.Table, path: str | Path, **kwargs: Any) -> Path:
-    """Write ``table`` to ``path`` through a temporary file, fsync, a rename and a folder fsync."""
+    """Write ``table`` to ``path`` through a temporary file, fsync, a rename and a folder fsync.
+
+    Pages carry CRC checksums (``write_page_checksum``), which :func:`read_parquet` verifies: a file
+    corrupted on disk is an error, not silently different data."""
+    kwargs.setdefault("write_page_checksum", True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -174,6 +178,11 @@ def atomic_write_parquet(table: pa.Table, path: str | Path, **kwargs: Any) -> Pa
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file, verifying page checksums where the writer stored them."""
+    return pq.read_table(path, columns=columns, page_checksum_verification=True)
 
 
 def atomic_write_json(obj: Any, path: str | Path) -> Path:
@@ -245,6 +254,14 @@ def check_partition_names(data_dir: str | Path, name: str) -> list[str]:
     and day and month partitions mixed in one table. Each message names the folder."""
     errors, kinds = [], {}
     base = Path(data_dir)
+    root = base / TABLES[name].filename
+    if root.is_dir():
+        for p in sorted(root.iterdir()):
+            if not p.name.startswith(("dt=", ".", "_")):  # ".": a writer's temp file, "_": e.g. _SUCCESS
+                errors.append(f"{p.relative_to(base)}: not a partition folder (expected {TABLES[name].filename}/"
+                              "dt=YYYY-MM-DD/ or dt=YYYY-MM/ folders only); its rows would be ignored")
+            elif p.name.startswith("dt=") and not p.is_dir():
+                errors.append(f"{p.relative_to(base)}: a file, expected a partition folder")
     for folder in partition_dirs(data_dir, name):
         try:
             kinds.setdefault(partition_granularity(folder.name[3:]), folder)
@@ -300,7 +317,7 @@ def read_partition(data_dir: str | Path, name: str, key: str, columns: list[str]
         raise FileNotFoundError(f"{partition_path(data_dir, name, key).parent}: no {name} partition for {key}")
     stored, bounds = found
     read_cols = None if columns is None else list(dict.fromkeys(columns + (["timestamp"] if bounds else [])))
-    tables = [pq.read_table(p, columns=read_cols) for p in partition_files(data_dir, name, stored)]
+    tables = [read_parquet(p, columns=read_cols) for p in partition_files(data_dir, name, stored)]
     table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
     if bounds is not None:
         ts = table.column("timestamp")
@@ -327,7 +344,7 @@ def read_table(data_dir: str | Path, name: str) -> pa.Table:
     path = Path(data_dir) / spec.filename
     if not path.exists():
         raise FileNotFoundError(f"{path}: table '{name}' is missing")
-    return pq.read_table(path)
+    return read_parquet(path)
 
 
 def read_meta(data_dir: str | Path) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from components.config import DataConfig
+from components.config import ConfigError, DataConfig
 from components.data.schemas import ACTION_TYPES, SURFACES, TASKS
 
 START_TS = 1_704_067_200  # 2024-01-01 00:00:00 UTC
@@ -56,8 +56,12 @@ def _sample_in_topic(rng: np.random.Generator, topics: np.ndarray, pin_topic: np
 def generate(cfg: DataConfig) -> dict[str, object]:
     rng = np.random.default_rng(cfg.seed)
     T, P, U, B, F = cfg.topics, cfg.pins, cfg.users, cfg.boards, cfg.feature_dim
-    if min(T, P, U, B, F) <= 0 or cfg.days <= cfg.eval_days:
-        raise ValueError("synthetic data needs topics, pins, users, boards, feature_dim > 0 and days > eval_days")
+    small = {k: v for k, v in {"topics": T, "pins": P, "users": U, "boards": B, "feature_dim": F}.items() if v <= 0}
+    if small:
+        raise ConfigError(f"synthetic data: {', '.join(f'{k}={v}' for k, v in small.items())}; expected > 0")
+    if cfg.days <= cfg.eval_days:
+        raise ConfigError(f"synthetic data: days={cfg.days} must be greater than eval_days={cfg.eval_days} "
+                          "(the last eval_days days are held out)")
     topic_w = 1.0 / np.sqrt(np.arange(1, T + 1))
     topic_w /= topic_w.sum()
 

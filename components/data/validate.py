@@ -22,6 +22,7 @@ with the schema (list<double> -> list<float>, int32 -> int64, large_string -> st
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from components.data.schemas import (  # noqa: F401 - DataValidationError is re-
     MAX_TIMESTAMP,
     META_KEYS,
     MIN_TIMESTAMP,
+    OPTIONAL_META_KEYS,
     TABLES,
     DataValidationError,
     TableSpec,
@@ -302,6 +304,9 @@ def check_meta(meta: object, tables: dict[str, pa.Table], source: str = "meta.js
             errors.append(f"{source}: missing key '{key}' (expected {getattr(tp, '__name__', tp)})")
         elif not isinstance(meta[key], tp) or isinstance(meta[key], bool):
             errors.append(f"{source}: key '{key}' is {meta[key]!r}, expected {getattr(tp, '__name__', tp)}")
+    for key, tp in OPTIONAL_META_KEYS.items():
+        if key in meta and (not isinstance(meta[key], tp) or isinstance(meta[key], bool)):
+            errors.append(f"{source}: key '{key}' is {meta[key]!r}, expected {tp.__name__} (or leave it out)")
     if errors:
         return errors
     split = meta["split_timestamp"]
@@ -418,7 +423,7 @@ def _check_files(data_dir: Path, name: str, files: list[tuple[Path, str | None, 
     for path, key, bounds in files:
         source = str(path.relative_to(data_dir))
         try:
-            t = pq.read_table(path)
+            t = io.read_parquet(path)
         except Exception as e:  # noqa: BLE001 - report any unreadable file by name
             out.errors.append(f"{source}: cannot be read as Parquet: {e}")
             continue
@@ -546,7 +551,10 @@ def read_checked(data_dir: str | Path, name: str, days: list[str] | None = None)
         ref_table, ref_col = target.split(".")
         ref_path = data_dir / TABLES[ref_table].filename
         if not TABLES[ref_table].partitioned and ref_path.exists():
-            refs[ref_table] = pq.read_table(ref_path, columns=[ref_col])
+            try:
+                refs[ref_table] = io.read_parquet(ref_path, columns=[ref_col])
+            except Exception as e:  # noqa: BLE001 - an unreadable referenced table, by name
+                errors.append(f"{ref_path.relative_to(data_dir)}: cannot be read as Parquet: {e}")
     errors += _check_references(data_dir, name, table, parts, refs)
     if errors:
         raise DataValidationError(errors)
@@ -605,6 +613,11 @@ def _compatible(got: pa.DataType, want: pa.DataType) -> bool:
     return False
 
 
+def _type_name(t: pa.DataType) -> str:
+    """``list<double>`` rather than ``list<element: double>`` (the field name of a list is noise here)."""
+    return re.sub(r"<(item|element): ", "<", str(t))
+
+
 _TS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
@@ -652,13 +665,14 @@ def fix_types(data_dir: str | Path) -> list[str]:
                 try:
                     table = table.set_column(i, pa.field(col, want), _cast(table.column(col), want))
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                    failed.append(f"{source}: column '{col}': cannot cast {got} to {want}: {e}")
+                    failed.append(f"{source}: column '{col}': cannot cast {_type_name(got)} to {_type_name(want)}: {e}")
                     continue
                 changed.append((col, got))
             if changed:
                 io.atomic_write_parquet(table, path)
                 for col, got in changed:
-                    done.setdefault((spec.filename, col, str(got), str(_target_type(spec, col))), []).append(source)
+                    done.setdefault((spec.filename, col, _type_name(got), _type_name(_target_type(spec, col))),
+                                    []).append(source)
     lines = [f"{table} ({len(files)} file{'s' if len(files) > 1 else ''}, first {files[0]}): column '{col}' "
              f"cast from {got} to {want}" for (table, col, got, want), files in done.items()]
     return lines + failed
