@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from components import config
 from components.cli import add_config_args
@@ -31,8 +32,12 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from components.data.prepare import format_summary
-    from components.data.validate import validate_dir
+    from components.data.validate import fix_types, validate_dir
 
+    if args.fix_types:
+        cast = fix_types(args.dir)
+        print("\n".join(["cast:", *(f"  {line}" for line in cast)]) if cast else "cast: nothing to cast",
+              file=sys.stderr)
     report = validate_dir(args.dir)
     if args.json:
         print(json.dumps({"rows": report.rows, "dropped": report.dropped, "summary": report.summary}, indent=2))
@@ -54,4 +59,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     v = groups["data"].add_parser("validate", help="validate a data directory and print a summary")
     v.add_argument("dir")
     v.add_argument("--json", action="store_true", help="print the summary as JSON")
+    v.add_argument("--fix-types", action="store_true",
+                   help="first cast columns of compatible types to the schema's (list<double> -> list<float>, "
+                        "int32 -> int64, ...), rewriting those files, and say what was cast")
     v.set_defaults(func=_validate)
