@@ -72,6 +72,13 @@ class Progress:
                              file=self.file or sys.stderr)
         return self
 
+    def set_total(self, total: int) -> None:
+        """Set the total once it is known (e.g. from the first callback of a library call)."""
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+
     def set_description(self, desc: str) -> None:
         """Change the text in front of the bar (e.g. the task now running)."""
         self.desc = desc

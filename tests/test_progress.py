@@ -106,12 +106,13 @@ def test_progress_on_a_given_stream_and_write_above_the_bar(tty_stderr, monkeypa
     read = tty_stderr()
     term = sys.stderr
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # the default stream is not a terminal...
-    with P.Progress(total=2, desc="pipeline", file=term) as p:  # ...but the given one is
+    with P.Progress(desc="pipeline", file=term) as p:  # ...but the given one is
+        p.set_total(2)
         p.set_description("train-pinsage")
         p.update()
         p.write("[00:01] prepare-data done")
     shown = read()
-    assert "train-pinsage" in shown and "[00:01] prepare-data done" in shown
+    assert "train-pinsage" in shown and "1/2" in shown and "[00:01] prepare-data done" in shown
     buf = io.StringIO()
     with P.Progress(total=1, file=buf) as p:
         p.write("a plain line")
