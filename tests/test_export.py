@@ -3,6 +3,7 @@ real batches, preprocess.json matching the training preprocessing, atomic replac
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -46,6 +47,9 @@ def exported(trained, tmp_path_factory) -> Path:
 
 def test_export_writes_onnx_preprocess_and_config(exported, trained):
     assert {p.name for p in exported.iterdir()} >= {ONNX_FILE, PREPROCESS_FILE, "config.yaml", "parity.json"}
+    digests = json.loads((exported / "manifest.json").read_text())["sha256"]  # what serving verifies
+    assert digests == {n: hashlib.sha256((exported / n).read_bytes()).hexdigest()
+                       for n in (ONNX_FILE, PREPROCESS_FILE, "config.yaml", "parity.json")}
     m = onnx.load(str(exported / ONNX_FILE))
     assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 17
     assert [i.name for i in m.graph.input] == list(MODEL_INPUTS)

@@ -20,4 +20,6 @@ def export_ranker(model: Input[Model], data: Input[Dataset], exported: Output[Mo
     exported.metadata["config"] = model.metadata.get("config", {})
     exported.metadata["files"] = sorted(os.listdir(out))
     exported.metadata["tasks"] = spec.get("tasks", [])
+    with open(os.path.join(out, "manifest.json")) as f:  # SHA-256 of each file, checked when served
+        exported.metadata["sha256"] = json.load(f)["sha256"]
     log_metrics(stats, {"onnx_bytes": os.path.getsize(os.path.join(out, "model.onnx")), "dir_bytes": dir_size(out)})
