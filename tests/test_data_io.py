@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -94,3 +96,26 @@ def test_every_parquet_file_of_a_partition_is_read_and_bad_folder_names_are_erro
     (tmp_path / "events" / "dt=2024-02").mkdir()
     with pytest.raises(io.DataValidationError, match="mixes day and month partitions"):
         io.partitions(tmp_path, "events")
+
+
+def test_writes_fsync_the_file_and_its_folder(tmp_path, monkeypatch):
+    """The bytes and the rename are made durable: fsync of the new file, then of its folder."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(io.os, "fsync", spy)
+    io.write_partitioned(tmp_path, "events", _events([DAY + 1]))
+    part = io.partition_path(tmp_path, "events", "2024-01-01")
+    assert any(".part-0.parquet." in s for s in synced)  # the temp file, before its rename
+    assert str(part.parent) in synced
+    synced.clear()
+    src = tmp_path / "new"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_text("x")
+    io.replace_dir(src, tmp_path / "events")
+    assert str(tmp_path) in synced and any(s.endswith("/sub/f") for s in synced)
+    assert (tmp_path / "events" / "sub" / "f").read_text() == "x" and not src.exists()
