@@ -13,12 +13,14 @@ from components.cli import main as cli_main
 from components.evaluation import pinsage as pinsage_eval
 from components.evaluation.result import read_results
 from components.graph.graph import build_graph
+from components.training.pinsage import train
+from components.training.pinsage_data import PairBatches
 
 
 def test_eval_pinsage_variants_seeds_and_baselines(tiny_data, tmp_path, capsys):
     out = tmp_path / "eval"
     assert cli_main(["eval", "pinsage", "--experiment", "pinsage_tiny", "--data", str(tiny_data), "--out", str(out),
-                     "--seeds", "0,1", "--set", "max_steps=3", "--set", "log_every=1000", "--set", "epochs=1",
+                     "--seeds", "0,1", "--set", "max_steps=3", "--set", "log_every=1000", "--set", "epochs=2",
                      "--set", "walks_per_node=10"]) == 0
     [result] = read_results(out)
     assert result.model == "pinsage" and result.seeds() == [0, 1]
@@ -30,6 +32,8 @@ def test_eval_pinsage_variants_seeds_and_baselines(tiny_data, tmp_path, capsys):
             assert 0.0 <= m[0] <= m[1] <= 1.0 and 0.0 < m[2] <= 1.0
         s = result.stat(v, "mrr")
         assert s.n == 2 and s.ci_low <= s.mean <= s.ci_high
+    # 3 steps of 2 curriculum stages: the full model's last step used a hard negative (not the no-hard run)
+    assert result.values("PinSage (full)", "mrr") != result.values("PinSage, no hard negatives", "mrr")
     # trained variants differ by seed (two real trainings); popularity does not depend on the seed
     full = result.values("PinSage (full)", "mrr")
     assert full[0] != full[1]
@@ -63,3 +67,26 @@ def test_ranks_from_scores_with_and_without_a_pool():
     assert pinsage_eval.ranks_from_scores(scores, pairs, np.array([1, 3, 4])).tolist() == [2]
     with pytest.raises(ValueError, match="no queries"):
         pinsage_eval.rank_metrics(np.array([]))
+
+
+def test_curriculum_scaled_to_a_run_shorter_than_one_epoch():
+    # 40 pairs, batch 4: 10 batches per epoch; a 6-step run of 3 "epochs" has stages of 2 steps
+    rng = np.random.default_rng(0)
+    pairs = rng.integers(0, 30, (40, 2))
+    feats = rng.normal(size=(30, 4)).astype(np.float32)
+    nbr = rng.integers(0, 30, (30, 3))
+    w = np.full((30, 3), 1 / 3, np.float32)
+    hard = rng.integers(0, 30, (30, 5))
+    ds = PairBatches(pairs, feats, nbr, w, 1, 4, 6, hard, 2, 0, 0, 0, stage_len=2)
+    assert [ds[i]["hard"].shape[1] for i in range(6)] == [0, 0, 1, 1, 2, 2]
+    # resuming mid-epoch keeps the stage of the global step
+    assert PairBatches(pairs, feats, nbr, w, 1, 4, 6, hard, 2, 0, 0, 0, start=3, stage_len=2)[0]["hard"].shape[1] == 1
+    # without stage_len the whole epoch uses hard_per_positive (the per-epoch curriculum)
+    assert PairBatches(pairs, feats, nbr, w, 1, 4, 6, hard, 1, 0, 0, 1)[0]["hard"].shape[1] == 1
+
+
+def test_a_curriculum_that_never_activates_warns(tiny_data, tmp_path):
+    cfg = config.load("pinsage_tiny", {"epochs": 1, "max_steps": 2, "hard_negatives": True, "checkpoint_every": 0,
+                                       "walks_per_node": 10})
+    with pytest.warns(UserWarning, match="hard negatives never activate"):
+        train(cfg, tiny_data, tmp_path / "m")

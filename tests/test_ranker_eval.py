@@ -13,6 +13,7 @@ from components.cli import main as cli_main
 from components.config import ConfigError
 from components.evaluation import ranker as ranker_eval
 from components.evaluation.result import read_results
+from components.training.ranker import prepare_data
 
 
 def test_eval_ranker_cli_writes_result_markdown_and_png(tiny_data, tmp_path, capsys):
@@ -51,7 +52,10 @@ def test_eval_ranker_cli_writes_result_markdown_and_png(tiny_data, tmp_path, cap
 
 def test_ranker_baselines_on_the_rankers_split(tiny_data):
     cfg = config.load("ranker_mlp_tiny", {"max_train_rows": 3000})
-    runs = ranker_eval.baseline_runs(cfg, tiny_data, [0], None, None, gbdt_rounds=20)
+    _, evaluation, extra = prepare_data(cfg, tiny_data)
+    val, test = (ranker_eval.period_rows(tiny_data, cfg, extra, p) for p in ("val", "test"))
+    assert len(val) and len(test) and sorted([*val, *test]) == list(range(len(evaluation)))  # a partition
+    runs = ranker_eval.baseline_runs(cfg, tiny_data, [0], None, None, gbdt_rounds=20, period="val")
     assert [name for name, _, _ in runs] == list(ranker_eval.BASELINES)
     m = {name: metrics for name, _, metrics in runs}
     for name, metrics in m.items():

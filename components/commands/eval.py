@@ -57,6 +57,7 @@ def _ranker(args: argparse.Namespace) -> int:
     experiments = [e.strip() for e in args.experiments.split(",") if e.strip()]
     result = ranker_eval.evaluate(experiments, args.data, args.out, seeds=parse_seeds(args.seeds),
                                   overrides=args.overrides, command=_command(""), baselines=not args.no_baselines,
+                                  period=args.period,
                                   user_embeddings=args.user_embeddings, pin_embeddings=args.pin_embeddings)
     print(f"chart: {Path(args.out) / result.stem}.png")
     return _done(result, args.out)
@@ -92,6 +93,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     _common(r)
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override applied to every experiment (repeatable)")
+    r.add_argument("--period", choices=PERIODS, default="all",
+                   help="score the requests of the val (first half), test (second half) or all evaluation days")
     r.add_argument("--user-embeddings", default=None)
     r.add_argument("--pin-embeddings", default=None)
     r.set_defaults(func=_ranker)

@@ -27,12 +27,13 @@ from components import config as config_mod
 from components.data import io
 from components.evaluation import papers
 from components.evaluation.metrics import auc, hit_at_k
-from components.evaluation.protocol import parse_seeds
+from components.evaluation.protocol import Period, in_period, parse_seeds, period_bounds
 from components.evaluation.ranker_baselines import gbdt, logistic_regression, popularity_scores
 from components.evaluation.result import EvalResult, write_result
 from components.models.ranker import FeatureSpec, load_model
 from components.serving.export import random_inputs
 from components.serving.ranker_io import MODEL_INPUTS
+from components.training.ranker import evaluate as evaluate_model
 from components.training.ranker import load_impressions, prepare_data, train
 
 
@@ -125,15 +126,35 @@ BASELINES = ("popularity (per-pin rate)", "logistic regression", "GBDT (LightGBM
 EVAL_OVERRIDES = {"checkpoint_every": 1_000_000_000}  # one checkpoint at the last step: keep-last
 
 
+def period_rows(data_dir: str | Path, cfg: Any, extra: dict[str, Any], period: Period) -> np.ndarray:
+    """Indices of prepare_data's evaluation rows that fall in ``period`` (their order: load_impressions')."""
+    df = load_impressions(data_dir, FeatureSpec.from_dict(extra["spec"]), cfg.tasks)
+    ts = df["timestamp"].to_numpy()
+    ts = ts[ts >= int(extra["split_timestamp"])]  # the evaluation rows, in prepare_data's order
+    return np.flatnonzero(in_period(ts, period_bounds(data_dir, period)))
+
+
+def ranker_period_metrics(model_dir: str | Path, data_dir: str | Path, period: Period) -> dict[str, Any]:
+    """A trained ranker's metrics (AUC per task, HIT@3/save) on the evaluation requests of one period only,
+    with the embedding tables it was trained with."""
+    net, cfg, extra = load_model(model_dir)
+    _, evaluation, prep = prepare_data(cfg, data_dir, extra.get("user_embeddings_path"), extra.get("pin_embeddings_path"))
+    return evaluate_model(net, evaluation.subset(period_rows(data_dir, cfg, prep, period)), cfg.tasks, cfg.task_weights)
+
+
 def baseline_runs(cfg: Any, data_dir: str | Path, seeds: list[int], user_embeddings: str | None,
-                  pin_embeddings: str | None, gbdt_rounds: int = 200) -> list[tuple[str, int, dict[str, float | None]]]:
-    """(name, seed, metrics) of each ranker baseline on the ranker's own split and features."""
+                  pin_embeddings: str | None, gbdt_rounds: int = 200, period: Period = "all"
+                  ) -> list[tuple[str, int, dict[str, float | None]]]:
+    """(name, seed, metrics) of each ranker baseline on the ranker's own split and features, scored on the
+    evaluation requests of ``period``."""
     train, evaluation, extra = prepare_data(cfg, data_dir, user_embeddings, pin_embeddings)
     spec = FeatureSpec.from_dict(extra["spec"])
     df = load_impressions(data_dir, spec, cfg.tasks)
     is_train = df["timestamp"].to_numpy() < extra["split_timestamp"]
     train_pins = df["pin_id"].to_numpy()[is_train][-len(train):]  # prepare_data keeps the latest rows
-    eval_pins = df["pin_id"].to_numpy()[~is_train]
+    rows = period_rows(data_dir, cfg, extra, period)
+    evaluation = evaluation.subset(rows)
+    eval_pins = df["pin_id"].to_numpy()[~is_train][rows]
     out = []
     for seed in seeds:
         for name, fn in ((BASELINES[0], lambda s: popularity_scores(train_pins, train.labels, eval_pins)),
@@ -156,9 +177,10 @@ def baseline_runs(cfg: Any, data_dir: str | Path, seeds: list[int], user_embeddi
 def evaluate(experiments: list[str], data_dir: str | Path, out_dir: str | Path = "out/eval",
              seeds: list[int] | str | int | None = None, overrides: list[str] | dict[str, Any] | None = None,
              command: str | None = None, user_embeddings: str | None = None, pin_embeddings: str | None = None,
-             baselines: bool = True) -> EvalResult:
-    """Train every experiment once per seed on ``data_dir``'s split (plus the baselines); write and return
-    the :class:`EvalResult` (``ranker_<dataset>.json``, ``.md``, ``.png``)."""
+             baselines: bool = True, period: Period = "all") -> EvalResult:
+    """Train every experiment once per seed on ``data_dir``'s split (plus the baselines); score the
+    evaluation requests of ``period``; write and return the :class:`EvalResult` (``ranker_<dataset>.json``,
+    ``.md``, ``.png``)."""
     if not experiments:
         raise config_mod.ConfigError("eval ranker: no experiments given")
     seeds = parse_seeds(seeds if seeds is not None else "0,1,2")
@@ -172,7 +194,8 @@ def evaluate(experiments: list[str], data_dir: str | Path, out_dir: str | Path =
     result = EvalResult(
         model="ranker", dataset=dataset,
         command=command or _default_command(experiments, data_dir, out_dir, seeds, overrides),
-        protocol={"split": "impressions before meta.json split_timestamp train, after it evaluate",
+        protocol={"split": f"impressions before meta.json split_timestamp train; period '{period}' of the ones "
+                           "after it evaluate (protocol.period_bounds)",
                   "queries": "every evaluation request with at least one save (HIT@3/save); every row (AUC)",
                   "candidate pool": "each request's logged impressions", "seeds": seeds,
                   "overrides": extra, "tasks": tasks},
@@ -180,13 +203,16 @@ def evaluate(experiments: list[str], data_dir: str | Path, out_dir: str | Path =
                  **{f"auc_{t}": "higher" for t in tasks},
                  **{k: v for k, v in METRIC_DIRECTIONS.items() if not k.startswith("hit")}})
     if baselines:
-        for name, seed, m in baseline_runs(cfgs[experiments[0]], data_dir, seeds, user_embeddings, pin_embeddings):
+        for name, seed, m in baseline_runs(cfgs[experiments[0]], data_dir, seeds, user_embeddings, pin_embeddings,
+                                           period=period):
             result.add(name, seed, details={"baseline": True}, **m)
     for exp in experiments:
         for i, seed in enumerate(seeds):
             model_dir = runs_root / exp / f"seed-{seed}"
             m = train_isolated(exp, {**extra, **EVAL_OVERRIDES, "seed": seed}, data_dir, model_dir,
                                user_embeddings, pin_embeddings)
+            if period != "all":  # the trainer scores every evaluation day: rescore the period's requests
+                m.update(ranker_period_metrics(model_dir, data_dir, period))
             if i == 0:
                 m.update(inference_latency(model_dir))
             result.add(exp, seed, details={"arch": cfgs[exp].arch, "pepnet": cfgs[exp].pepnet,

@@ -29,11 +29,11 @@ from components.evaluation import pinsage as pinsage_eval
 from components.evaluation.katib import build_experiment
 from components.evaluation.pinnerformer import recall_at_split
 from components.evaluation.pinnerformer_harness import content_pin_table, heldout_half
-from components.evaluation.protocol import Period, in_period, period_bounds
+from components.evaluation.protocol import Period
+from components.evaluation.ranker import ranker_period_metrics
 from components.evaluation.search_space import DEFAULT_EXPERIMENT, OBJECTIVE, SPACES, TRIALS, Model, Param
 from components.graph.graph import build_graph
 from components.models.pinnerformer import load_model as load_pinnerformer
-from components.models.ranker import load_model as load_ranker
 from components.training import pinnerformer as pinnerformer_training
 from components.training import ranker as ranker_training
 from components.training.pinnerformer_data import build_sequences
@@ -75,18 +75,6 @@ def validation_score(model: Model, data_dir: str | Path, experiment: str, params
         return float(r["recall@10"] or 0.0)
     ranker_training.train(cfg, data_dir, work_dir / "model")
     return ranker_period_metrics(work_dir / "model", data_dir, period)["hit3_save"] or 0.0
-
-
-def ranker_period_metrics(model_dir: str | Path, data_dir: str | Path, period: Period) -> dict[str, Any]:
-    """The ranker's metrics (AUC per task, HIT@3/save) on the evaluation requests of one period only."""
-    net, cfg, extra = load_ranker(model_dir)
-    _, evaluation, _ = ranker_training.prepare_data(cfg, data_dir)
-    spec = ranker_training.FeatureSpec.from_dict(extra["spec"])
-    df = ranker_training.load_impressions(data_dir, spec, cfg.tasks)
-    ts = df["timestamp"].to_numpy()
-    ts = ts[ts >= int(io.read_meta(data_dir)["split_timestamp"])]  # the evaluation rows, in prepare_data's order
-    keep = np.flatnonzero(in_period(ts, period_bounds(data_dir, period)))
-    return ranker_training.evaluate(net, evaluation.subset(keep), cfg.tasks, cfg.task_weights)
 
 
 def tune(model: Model, data_dir: str | Path, out_dir: str | Path, experiment: str | None = None,

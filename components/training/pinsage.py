@@ -15,6 +15,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +112,15 @@ class PinSageTask(TrainTask):
             raise ValueError(f"{self.data_dir}: {len(self.pairs)} related pairs per rank is less than "
                              f"batch_size={cfg.batch_size}")
         total = cfg.epochs * per_epoch if cfg.max_steps <= 0 else min(cfg.max_steps, cfg.epochs * per_epoch)
+        # The curriculum: epoch n adds n-1 hard negatives (stages of one epoch). A run shorter than one epoch
+        # (max_steps) compresses it into its length, `epochs` stages of ceil(total / epochs) steps, so it still
+        # reaches them; a run of an epoch or more keeps the per-epoch stages (a resume never changes them).
+        self.stage_len = per_epoch if total > per_epoch else max(1, -(-total // cfg.epochs))
         self.hard = None
-        if cfg.hard_negatives and total > per_epoch:  # the curriculum adds hard negatives from epoch 2
+        if cfg.hard_negatives and total <= self.stage_len:
+            warnings.warn(f"pinsage: hard_negatives is on but the run has one curriculum stage ({total} steps, "
+                          f"epochs={cfg.epochs}): hard negatives never activate; use epochs >= 2", stacklevel=2)
+        if cfg.hard_negatives and total > self.stage_len:
             queries = np.unique(all_pairs[:, 0])
             self.hard = np.zeros((graph.num_pins, HARD_CANDIDATES), np.int64)
             self.hard[queries] = hard_negative_candidates(graph, queries, cfg.hard_negative_band, HARD_CANDIDATES,
@@ -125,7 +133,8 @@ class PinSageTask(TrainTask):
         cfg = self.cfg
         ds = PairBatches(self.pairs, self.inputs["features"], self.inputs["nbr_ids"], self.inputs["nbr_w"],
                          cfg.num_layers, cfg.batch_size, cfg.num_negatives, self.hard,
-                         epoch if cfg.hard_negatives else 0, cfg.seed, self.info.rank, epoch, start=start)
+                         cfg.epochs - 1 if cfg.hard_negatives else 0, cfg.seed, self.info.rank, epoch, start=start,
+                         stage_len=self.stage_len)
         workers = cfg.num_workers
         return torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
                                            prefetch_factor=cfg.prefetch_factor if workers > 0 else None,

@@ -76,20 +76,24 @@ class PairBatches(torch.utils.data.Dataset):
         batch_size: pairs per minibatch (the last partial batch is dropped).
         num_negatives: random negatives shared by the minibatch.
         hard_candidates: (P, C) PPR-band pins per query pin, or None.
-        hard_per_positive: hard negatives per positive this epoch.
+        hard_per_positive: hard negatives per positive this epoch (with ``stage_len``: at most this many).
         seed, rank, epoch: make every batch a pure function of these and ``i``.
         start: skip the first ``start`` batches (resuming mid-epoch).
+        stage_len: the curriculum scaled to the run: batch ``i`` of epoch ``e`` (global step
+            s = e * batches_per_epoch + i) uses min(hard_per_positive, s // stage_len) hard negatives; 0 keeps
+            ``hard_per_positive`` for the whole epoch.
     """
 
     def __init__(self, pairs: np.ndarray, features: np.ndarray, nbr_ids: np.ndarray, nbr_weights: np.ndarray,
                  num_layers: int, batch_size: int, num_negatives: int, hard_candidates: np.ndarray | None,
-                 hard_per_positive: int, seed: int, rank: int, epoch: int, start: int = 0):
+                 hard_per_positive: int, seed: int, rank: int, epoch: int, start: int = 0, stage_len: int = 0):
         self.pairs, self.features = pairs, features
         self.nbr_ids, self.nbr_weights = nbr_ids, nbr_weights
         self.num_layers, self.batch_size, self.num_negatives = num_layers, batch_size, num_negatives
         self.hard = hard_candidates if hard_per_positive > 0 else None
         self.hard_per_positive = hard_per_positive if hard_candidates is not None else 0
         self.seed, self.rank, self.epoch, self.start = seed, rank, epoch, start
+        self.stage_len = stage_len
         self.order = np.random.default_rng([seed, rank, epoch, 1]).permutation(len(pairs))
 
     @staticmethod
@@ -103,6 +107,8 @@ class PairBatches(torch.utils.data.Dataset):
         i += self.start
         rng = np.random.default_rng([self.seed, self.rank, self.epoch, 2, i])
         B, M, h = self.batch_size, self.num_negatives, self.hard_per_positive
+        if self.stage_len > 0:  # the curriculum stage of this batch's global step
+            h = min(h, (self.epoch * self.batches_per_epoch(len(self.pairs), B) + i) // self.stage_len)
         q, p = self.pairs[self.order[i * B:(i + 1) * B]].T  # (B,), (B,)
         neg = rng.integers(0, len(self.features), M)  # (M,)
         if h > 0:
