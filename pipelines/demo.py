@@ -494,9 +494,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, out: Path, params: dict[str, Any], dataset: str, console: Console,
          log_path: Path | None) -> int:
     from components.report import build_report  # after the output is routed to the log (import-time warnings)
+    from pipelines.runner import pipeline_func
 
     console.line(f"homefeed demo on {dataset}" + (f"; step output -> {_rel(log_path)}" if log_path else ""),
                  stamp=False)
+    pipeline_func("daily", local=True)  # both pipelines compile before anything runs (fail in seconds, not minutes)
     console.line(f"training pipeline (kfp.local, {dataset})")
     training = run_pipeline("training", out, params, console)
     ev = _metrics(training, "evaluate-ranker")
