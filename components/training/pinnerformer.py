@@ -34,15 +34,17 @@ from components.training.losses import sampled_softmax_loss
 from components.training.pinnerformer_data import UserSequences, build_sequences, collate_examples, sample_examples
 
 
-def load_pin_table(path: str | Path) -> EmbeddingTable:
-    """An embedding table from a Parquet file, a ``v=<version>`` folder or a VersionedStore root (CURRENT)."""
+def open_table(path: str | Path, what: str = "pin embedding table") -> EmbeddingTable:
+    """An embedding table from a Parquet file, a ``v=<version>`` folder or a VersionedStore root (CURRENT);
+    an empty one is an error naming ``what``. Every trainer opens its embedding inputs with this."""
     path = Path(path)
-    if path.is_dir() and (path / "CURRENT").exists():
-        return VersionedStore(path).read()
-    table = read_table(path)
+    table = VersionedStore(path).read() if path.is_dir() and (path / "CURRENT").exists() else read_table(path)
     if len(table) == 0:
-        raise ValueError(f"{path}: pin embedding table is empty")
+        raise ValueError(f"{path}: {what} is empty")
     return table
+
+
+load_pin_table = open_table  # the name components.inference.users and the evaluation harness import
 
 
 EVAL_SPLIT_SEED = 0  # equal to components.evaluation.protocol.SPLIT_SEED (tests/test_evaluation_protocol.py)

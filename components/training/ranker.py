@@ -23,15 +23,15 @@ from components.config import RankerConfig
 from components.data import io
 from components.data.schemas import SURFACES
 from components.data.validate import DataValidationError, load_table
-from components.evaluation.metrics import auc, hit_at_k
 from components.data.vocab import vocab_of_frame
 from components.evaluation.metrics import auc, hit_at_k
 from components.inference.baseline import content_embeddings
-from components.inference.tables import EmbeddingTable, VersionedStore, read_table
+from components.inference.tables import EmbeddingTable
 from components.models.ranker import FeatureSpec, Ranker
 from components.serving.ranker_io import clamp_sparse, clamp_surface, normalize_dense
 from components.training.common import DistInfo, shard
 from components.training.loop import TrainTask, fit
+from components.training.pinnerformer import open_table
 
 EmbeddingSource = str | Path | EmbeddingTable | None
 
@@ -61,20 +61,18 @@ class RankerData:
                                              self.labels, self.request_id)))
 
 
-def read_embeddings(source: EmbeddingSource) -> EmbeddingTable | None:
-    """An embedding table from a table file, a directory holding one, or a VersionedStore root (CURRENT)."""
+def read_embeddings(source: EmbeddingSource, what: str) -> EmbeddingTable | None:
+    """None, a table, or the table at a path (training.pinnerformer.open_table: file, folder or store root)."""
     if source is None or isinstance(source, EmbeddingTable):
         return source
-    path = Path(source)
-    if (path / "CURRENT").exists():
-        return VersionedStore(path).read()
-    return read_table(path)
+    return open_table(source, what)
 
 
 def embedding_tables(data_dir: str | Path, user_embeddings: EmbeddingSource = None,
                      pin_embeddings: EmbeddingSource = None) -> tuple[EmbeddingTable, EmbeddingTable]:
     """(user table, pin table); a missing one is taken from the content baseline."""
-    users, pins = read_embeddings(user_embeddings), read_embeddings(pin_embeddings)
+    users = read_embeddings(user_embeddings, "user embedding table")
+    pins = read_embeddings(pin_embeddings, "pin embedding table")
     if users is None or pins is None:
         base_pins, base_users = content_embeddings(data_dir)
         users = users if users is not None else base_users
