@@ -373,6 +373,7 @@ def write_evaluations(training: dict[str, Any], eval_dir: Path, dataset: str) ->
     one seed: a table, not a comparison). Only quality metrics: the steps' counters (times, data wait) stay in
     the run summary, which the report shows as operational counters. A model whose step logged no quality
     metric gets no file; a result written by ``homefeed eval`` is left as it is."""
+    from components.evaluation import papers
     from components.evaluation.result import EvalResult, read_result, write_result
 
     params = training["parameters"]
@@ -392,11 +393,16 @@ def write_evaluations(training: dict[str, Any], eval_dir: Path, dataset: str) ->
                     continue  # a full comparison from `homefeed eval`: keep it
             except ValueError:
                 pass  # an older format: replaced by this run's result
-        r = EvalResult(model, dataset, COMMAND,
-                       protocol={"source": f"the training pipeline's {task} step (one trained model, one seed)",
-                                 "experiment": experiment, "run": _rel(training["run_dir"])},
+        protocol = {"source": f"the training pipeline's {task} step (one trained model, one seed)",
+                    "experiment": experiment, "run": _rel(training["run_dir"])}
+        cfg = training["artifacts"].get(f"train-{model}", {}).get("model", {}).get("metadata", {}).get("config", {})
+        if model == "pinnerformer" and "eval_pool" in cfg:
+            protocol.update({"candidate pool": int(cfg["eval_pool"]),
+                             "future window days": int(cfg.get("future_window_days", 14))})
+        r = EvalResult(model, dataset, COMMAND, protocol=protocol,
                        metrics={k: "lower" if LOWER_IS_BETTER.search(k) else "higher" for k in logged})
         r.add(f"{experiment} (pipeline)", 0, **logged)
+        r.papers = papers.for_result(model, protocol)  # shown beside ours only when the protocol matches
         written.append(write_result(r, eval_dir))
     return written
 
@@ -405,7 +411,7 @@ def report_inputs(out: Path, training: dict[str, Any], daily: dict[str, Any], se
     """``<out>/demo.json``: what the report reads beyond the evaluations (data, pin embeddings, latency)."""
     from components.data.io import atomic_write_json
 
-    pins = (daily["artifacts"].get("embed-pins") or training["artifacts"]["embed-pins"])["embeddings"]
+    pins = (daily["artifacts"].get("merge-pins") or training["artifacts"]["embed-pins"])["embeddings"]
     info = {"training_run": training["run_dir"], "daily_run": daily["run_dir"],
             "data_dir": training["artifacts"]["prepare-data"]["data"]["path"],
             "pin_embeddings": pins["metadata"].get("table", ""), "recommend_latency": serving.get("latency", "")}
@@ -507,7 +513,7 @@ def _run(args: argparse.Namespace, out: Path, params: dict[str, Any], dataset: s
 
     console.line("daily embedding pipeline for the first held-out day")
     daily = run_pipeline("daily", out, None, console)
-    users = _metrics(daily, "embed-users", "stats")
+    users = _metrics(daily, "merge-users", "stats")
     console.line(f"daily run for {daily['parameters']['date']} done in {daily['seconds']:.0f} s: "
                  f"{_rel(daily['run_dir'])}; {int(users.get('users', 0))} users in the merged table")
 

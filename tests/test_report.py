@@ -32,7 +32,7 @@ KS = (1, 2, 5, 10, 20, 50, 100)
 
 def _pinnerformer(rng) -> EvalResult:
     r = EvalResult("pinnerformer", "synthetic", "homefeed eval pinnerformer --data S --seeds 0,1,2",
-                   protocol={"pool": "1000 random pins", "users": "94 held-out users", "seeds": [0, 1, 2]},
+                   protocol={"candidate pool": 1000, "future window days": 14, "users": 94, "seeds": [0, 1, 2]},
                    metrics={**{f"recall@{k}": "higher" for k in KS}, "train_seconds": "lower"})
     for v, base in (("dense_all_action / mixed", 0.30), ("next_action / in-batch", 0.22)):
         for seed in range(3):
@@ -40,7 +40,7 @@ def _pinnerformer(rng) -> EvalResult:
                   **{f"recall@{k}": min(1.0, base * np.log1p(k) / np.log1p(10) + 0.01 * rng.standard_normal())
                      for k in KS})
     r.papers.append(PaperNumber("PinnerFormer (arXiv 2205.04507)", "dense_all_action / mixed", "recall@10", 0.229,
-                                "Pinterest users, 1M random candidate pins", protocol_matches=False))
+                                "candidate pool 1,000,000, future window days 14", protocol_matches=False))
     return r
 
 
@@ -150,7 +150,9 @@ def test_report_sections_plots_and_papers(inputs, tmp_path):
     # a paper number with another protocol is never beside ours, only in the papers' setting
     assert "0.229" not in quality
     papers = _section(page, "papers")
-    assert "0.229" in papers and "1M random candidate pins" in papers and "1000 random pins" in papers
+    assert "0.229" in papers and "candidate pool 1,000,000" in papers
+    assert "pinnerformer on synthetic: candidate pool 1,000, future window days 14" in papers
+    assert "<td>candidate pool; data: Pinterest vs synthetic</td>" in papers  # what differs
     assert "0.0351" in quality and "toy paper" in quality  # same protocol: beside ours
     # figures: recall@K curve, pinsage bars, ranker bars, loss curves, projection, demo latency, bench
     # percentiles, latency histogram, growth curves, ratios (one ratio per benchmark: two ratios -> chart)

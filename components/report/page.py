@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import re
 from typing import Any
 
 from components.evaluation.result import EvalResult
@@ -276,19 +277,30 @@ def operations_section(inputs: Inputs) -> str:
     return "\n".join(parts) if len(parts) > 1 else "<p class='note'>No operational counters were recorded.</p>"
 
 
+def _protocol_value(v: Any) -> str:
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(fmt_value(v))
+
+
 def papers_section(inputs: Inputs) -> str:
     rows = []
     for r in inputs.evals:
         for p in r.papers:
-            if not p.protocol_matches:
-                ours = "; ".join(f"{k}: {fmt_value(v)}" for k, v in r.protocol.items())
-                rows.append([p.paper, p.variant, p.metric, p.value, p.protocol, f"{r.model} on {r.dataset}: {ours}"])
+            if p.protocol_matches:
+                continue
+            shared = {k: v for k, v in r.protocol.items() if k in p.protocol}  # the keys the paper's protocol names
+            ours = ", ".join(f"{k} {_protocol_value(v)}" for k, v in shared.items()) or \
+                "; ".join(f"{k}: {fmt_value(v)}" for k, v in r.protocol.items())
+            differs = [k for k, v in shared.items()  # "pool 1,000" must not match inside "pool 1,000,000"
+                       if not re.search(re.escape(f"{k} {_protocol_value(v)}") + r"(?=$|, \D)", p.protocol)]
+            rows.append([p.paper, p.variant, p.metric, p.value, p.protocol, f"{r.model} on {r.dataset}: {ours}",
+                         ", ".join(differs) + "; data: Pinterest vs " + r.dataset if differs else
+                         f"data: Pinterest vs {r.dataset}"])
     if not rows:
         return ("<p>No paper number with a different protocol was recorded by the evaluations; the ones that "
                 "match are shown beside ours above.</p>")
     return ("<p>The papers measured these on Pinterest's data, users and candidate pools. Their protocol differs "
             "from ours, so the numbers are not comparable and are not drawn next to ours.</p>"
-            + table(["paper", "variant", "metric", "paper's value", "paper's protocol", "our protocol"], rows))
+            + table(["paper", "variant", "metric", "paper's value", "paper's protocol", "ours", "what differs"], rows))
 
 
 # ---------------------------------------------------------------------------------------------------------
