@@ -115,7 +115,12 @@ def test_demo_end_to_end_quiet_serving_report_in_browser(tmp_path):
         results = {r.model: r for r in read_results(tmp_path / "eval")}
         assert {"ranker", "pinnerformer"} <= set(results)
         assert "auc_save" in results["ranker"].metrics and "compute_s" not in results["ranker"].metrics
+        pf = results["pinnerformer"]  # the paper's Recall@10 comes along, flagged as another protocol
+        assert pf.protocol["candidate pool"] < 1_000_000 and pf.papers
+        assert not any(p.protocol_matches for p in pf.papers)
         page = (tmp_path / "report.html").read_text()
+        quality = page[page.index("<h2 id='quality'>"):page.index("<h2 id='training'>")]
+        assert "0.229" not in quality and "0.229" in page[page.index("<h2 id='papers'>"):]
         for section in ("Training curves", "Pin embeddings", "Recommend latency", "Operational counters"):
             assert section in page
         n_images = len(decode_images(page))
