@@ -1,4 +1,4 @@
-"""``homefeed data prepare|validate``."""
+"""``homefeed data prepare|import|validate``."""
 
 from __future__ import annotations
 
@@ -47,6 +47,21 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from components.data.import_config import load_import_config
+    from components.data.importer import format_report, import_data
+    from components.data.prepare import format_summary
+
+    cfg = load_import_config(args.config)
+    print(f"importing {args.config} into {args.out} ...", flush=True)
+    report = import_data(cfg, args.out)
+    print(format_summary(report.validation))
+    extra = format_report(report)
+    if extra:
+        print("\n" + extra)
+    return 0
+
+
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p = groups["data"].add_parser("prepare", help="build a data directory from ml-100k or synthetic data")
     add_config_args(p, default_experiment="")
@@ -55,6 +70,12 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     for key in ("users", "pins", "boards", "topics", "days", "seed"):
         p.add_argument(f"--{key}", type=int, default=None, help=f"synthetic: {key}")
     p.set_defaults(func=_prepare)
+
+    i = groups["data"].add_parser("import", help="build a data directory from your own interactions "
+                                  "(+ items, collections, impressions) with an import config (docs/data.md)")
+    i.add_argument("--config", required=True, help="import config YAML (components/configs/import/*.yaml)")
+    i.add_argument("--out", required=True, help="output data directory (replaced only once the import is valid)")
+    i.set_defaults(func=_import)
 
     v = groups["data"].add_parser("validate", help="validate a data directory and print a summary")
     v.add_argument("dir")

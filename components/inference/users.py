@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 import torch
 
 from components.data import io
-from components.data.schemas import TABLES
 from components.data.validate import DataValidationError, check_table, drop_out_of_vocab
+from components.data.vocab import dataset_spec, vocab_of
 from components.inference.tables import EmbeddingTable, VersionedStore
 from components.models.pinnerformer import load_model
 from components.training.pinnerformer_data import build_sequences
@@ -54,7 +54,7 @@ def _load_pin_table(path: str | Path) -> EmbeddingTable:
 
 def _events_of(data_dir: str | Path, users: np.ndarray, days: list[str]):
     """Events of ``users`` on ``days`` (validated, out-of-vocabulary rows dropped, sorted by user/time)."""
-    spec = TABLES["events"]
+    spec = dataset_spec(data_dir, "events")  # the action types/surfaces meta.json declares (data.vocab)
     frames = []
     value_set = pa.array(users, pa.int64())
     for day in days:
@@ -68,6 +68,7 @@ def _events_of(data_dir: str | Path, users: np.ndarray, days: list[str]):
     if not frames:
         return None
     df = drop_out_of_vocab(pa.concat_tables(frames).to_pandas(), spec)
+    df.attrs["vocab"] = vocab_of(data_dir)  # build_sequences reads the dataset's codes and positive rule
     return df.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
 
 
