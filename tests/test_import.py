@@ -398,3 +398,23 @@ def test_meta_without_eval_days_and_domain_feature_is_valid(shop_dirs, tmp_path)
     io.write_meta(d, meta)
     with pytest.raises(ValueError, match="key 'eval_days' is 'two weeks', expected int"):
         validate_dir(d)
+
+
+def test_daily_user_embedding_reads_the_imported_vocabulary(shop_dirs, tmp_path):
+    """embed_users loads events itself (not through load_events): it must keep the dataset's action types."""
+    from components.inference.baseline import content_embeddings
+    from components.inference.tables import write_table
+    from components.inference.users import embed_users
+    from components.training import pinnerformer
+
+    d = shop_dirs["csv"]
+    pins, _ = content_embeddings(d)
+    pin_path = write_table(pins, tmp_path / "pins.parquet")
+    pinnerformer.train(config.load("pinnerformer_tiny", {"max_steps": 2, "pin_dim": pins.dim}, model="pinnerformer"),
+                       d, pin_path, tmp_path / "pf")
+    last_day = io.partitions(d, "events")[-1]
+    ev = load_events(d)
+    active = ev.loc[io.day_of(ev["timestamp"].to_numpy()) == last_day, "user_id"].unique()
+    out = embed_users(tmp_path / "pf", d, pin_path, tmp_path / "emb", last_day)
+    users = pd.read_parquet(out)
+    assert len(active) > 0 and set(users["user_id"]) == set(active)
