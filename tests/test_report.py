@@ -84,8 +84,8 @@ def _bench() -> dict:
                                          "us_per_pin": 100.0 + n / 1e5} for n in (10_000, 100_000, 1_000_000)]}},
                 "serving_recommend_stages": {
                     "status": "passed", "test": "tests/bench/bench_serving.py::test_z",
-                    "result": {"what": "recommend path per stage", "feast_user": {"p50": 0.002, "p99": 0.004},
-                               "milvus": {"p50": 0.008, "p99": 0.012}}}}}
+                    "result": {"what": "recommend path per stage", "feast_user": {"p50_ms": 2.1, "p99_ms": 4.0},
+                               "milvus": {"p50_ms": 8.3, "p99_ms": 11.7, "requests": 100}}}}}
 
 
 @pytest.fixture
@@ -161,6 +161,7 @@ def test_report_sections_plots_and_papers(inputs, tmp_path):
     assert all(w >= 300 and h >= 150 for w, h in images)
     assert "old_format.json: skipped, not an EvalResult file" in page
     assert "<script" not in page and "http://" not in page.replace("http://www.w3", "")  # self-contained
+    assert "alt='serving_recommend_stages'" in page  # percentiles recorded as p50_ms / p99_ms
     summary = md.read_text()
     assert "### pinsage on ml-100k" in summary and "| PinSage (full) |" in summary
     assert "| ranker.onnx_vs_eager | speedup_onnx | 4 (3.2 – 7.5) |" in summary

@@ -162,14 +162,28 @@ def projection_section(inputs: Inputs) -> str:
             + img(plots.plot_projection(p), "pin embeddings projected to 2-D"))
 
 
-def _bench_percentile_results(bench: dict[str, Any] | None) -> list[tuple[str, dict[str, dict[str, float]]]]:
-    """Benchmarks that recorded percentiles per stage: ``{stage: {"p50": ..., "p99": ...}}``."""
+PCT_KEY = re.compile(r"^p(50|90|95|99)(?:_(ms|s))?$")
+
+
+def _bench_percentile_results(bench: dict[str, Any] | None) -> list[tuple[str, str, dict[str, dict[str, float]]]]:
+    """Benchmarks that recorded percentiles per stage, ``{stage: {"p50_ms": ..., "p99_ms": ...}}`` (or ``p50``
+    / ``p50_s``): (benchmark, unit, {stage: {"p50": ..., "p99": ...}})."""
     out = []
     for name, entry in (bench or {}).get("benchmarks", {}).items():
-        res = entry.get("result", {})
-        stages = {k: v for k, v in res.items() if isinstance(v, dict) and "p50" in v}
+        stages, unit = {}, ""
+        for k, v in entry.get("result", {}).items():
+            if not isinstance(v, dict):
+                continue
+            pct = {}
+            for key, x in v.items():
+                m = PCT_KEY.match(key)
+                if m and isinstance(x, int | float) and not isinstance(x, bool):
+                    pct[f"p{m.group(1)}"] = float(x)
+                    unit = m.group(2) or unit
+            if "p50" in pct:
+                stages[k] = pct
         if stages:
-            out.append((name, stages))
+            out.append((name, unit or "s", stages))
     return out
 
 
@@ -205,10 +219,10 @@ def latency_section(inputs: Inputs) -> str:
         parts.append(table(["stage", "requests"] + [f"p{q} (ms)" for q in plots.PERCENTILES],
                            [[k, len(inputs.latency[k])] + [pct[k][f"p{q}"] for q in plots.PERCENTILES]
                             for k in pct]))
-    for name, stages in _bench_percentile_results(inputs.bench):
+    for name, unit, stages in _bench_percentile_results(inputs.bench):
         what = inputs.bench["benchmarks"][name]["result"].get("what", "")
         parts.append(f"<p>Benchmark <code>{_e(name)}</code>: {_e(what)}</p>")
-        parts.append(img(plots.plot_percentiles(stages, f"{name} (seconds)", unit="s"), name))
+        parts.append(img(plots.plot_percentiles(stages, f"{name} ({unit})", unit=unit), name))
     samples = latency_samples(inputs.bench) if inputs.bench else []
     if samples:
         parts.append(img(plots.plot_latency_histograms(samples), "latency histograms"))
