@@ -33,7 +33,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,10 @@ class Recommender:
         self.cache = cache or LastGood()
         self.pre, ranker_version = read_preprocess(cfg.preprocess)
         self.tasks = list(self.pre["tasks"])
+        if cfg.surface not in self.pre["surfaces"] and cfg.surface == RecommendConfig.surface:
+            # a ranker trained on an imported dataset knows that dataset's surfaces (data.vocab, meta.json):
+            # the first one is its default, as "homefeed" is for homefeed's own vocabulary
+            self.cfg = cfg = replace(cfg, surface=self.pre["surfaces"][0])
         if cfg.surface not in self.pre["surfaces"]:
             raise RecommendError(f"surface '{cfg.surface}' unknown to the ranker; expected one of {self.pre['surfaces']}")
         check_limits(cfg.candidates, cfg.candidates, cfg.max_candidates, cfg.max_candidates)
