@@ -8,7 +8,6 @@ import sys
 
 from components import config
 from components.cli import add_config_args
-from components.evaluation.result import fmt
 from components.commands.training import add_launch_args, run_training
 from components.evaluation.result import fmt
 
