@@ -85,3 +85,10 @@ def test_pinnerformer_popularity_recall_on_a_hand_built_sequence():
     cfg = PinnerFormerConfig(eval_pool=20, future_window_days=1)
     r = popularity_recall(cfg, seqs, np.array([1, 2]), split=100, n_pins=20)
     assert r == {"recall@10": 0.5, "eval_users_scored": 2}
+
+
+def test_logistic_regression_chooses_its_penalty_without_evaluation_labels():
+    train, test = _separable(600, 0), _separable(300, 1)
+    a = logistic_regression(train, test, seed=0)
+    test.labels[:] = 1 - test.labels  # evaluation labels play no part in the choice of L2
+    assert np.array_equal(a, logistic_regression(train, test, seed=0))

@@ -5,7 +5,7 @@
   rate), the same score for every user;
 - logistic regression: one linear model per task over the dense features, the user and pin embeddings,
   their element-wise product (when the dimensions agree) and one learned bias per sparse/surface value
-  (a one-hot encoding), full-batch L-BFGS in torch;
+  (a one-hot encoding), full-batch L-BFGS in torch, its L2 penalty chosen on the training period's last 20%;
 - GBDT: one LightGBM binary model per task over the same columns (sparse and surface as categorical).
 """
 
@@ -15,6 +15,7 @@ import lightgbm as lgb
 import numpy as np
 import torch
 
+from components.evaluation.metrics import auc
 from components.training.ranker import RankerData
 
 POPULARITY_PRIOR = 10.0  # pseudo-impressions at the global rate: a pin seen twice is not "100% saved"
@@ -46,9 +47,27 @@ def _categorical(d: RankerData) -> np.ndarray:
     return np.concatenate([d.sparse, d.surface], axis=1).astype(np.int64)  # (n, S+1)
 
 
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # the logistic regression's L2 penalty, chosen inside the training period
+
+
 def logistic_regression(train: RankerData, evaluation: RankerData, seed: int, iters: int = 60,
-                        l2: float = 1e-4) -> np.ndarray:
-    """(n_eval, K) probabilities of per-task logistic regressions (see the module doc)."""
+                        l2: float | None = None) -> np.ndarray:
+    """(n_eval, K) probabilities of per-task logistic regressions (see the module doc).
+
+    ``l2=None`` chooses the penalty from :data:`L2_GRID` by the mean task AUC on the last 20% of the
+    training rows (they are in time order) after fitting on the first 80%, then refits on all of them:
+    no evaluation row is looked at.
+    """
+    if l2 is None:
+        cut = int(0.8 * len(train))
+        fit, held = train.subset(np.arange(cut)), train.subset(np.arange(cut, len(train)))
+        scores = {}
+        for c in L2_GRID:
+            p = logistic_regression(fit, held, seed, iters, c)
+            aucs = [auc(held.labels[:, k], p[:, k]) for k in range(p.shape[1])]
+            aucs = [a for a in aucs if a is not None]
+            scores[c] = float(np.mean(aucs)) if aucs else 0.0
+        l2 = max(scores, key=scores.__getitem__)
     torch.manual_seed(seed)
     xc, xs = torch.from_numpy(_continuous(train)), torch.from_numpy(_categorical(train))
     mu, sd = xc.mean(0), xc.std(0).clamp_min(1e-6)
