@@ -422,15 +422,15 @@ def summary_lines(report: str, out: Path, log: Path | None, serving: dict[str, A
     """What a person can do next: open the report, query the service and the stack, stop the servers."""
     user = (serving.get("users") or [1])[0]
     token = _rel(serving["token_file"])
-    python, homefeed = _rel(sys.executable), _rel(Path(sys.executable).parent / "homefeed")
+    python = _rel(sys.executable)
     lines = ["", "Summary",
              f"  report     {report}  (open it in a browser; `make report` rebuilds it, with `make bench` results)",
              f"  logs       {_rel(log) if log else 'shown above (--verbose)'}; pipeline runs under {_rel(out / 'kfp')}"]
     if kept:
         lines += [f"  query      curl -s -X POST {serving['url']}/v1/recommend -H \"Authorization: Bearer $(cat {token})\" "
                   f"-H 'Content-Type: application/json' -d '{{\"user_id\": {user}, \"k\": 10, \"surface\": \"homefeed\"}}'",
-                  f"  stack      {homefeed} recommend --stack {_rel(serving['stack'])} --user {user}   "
-                  f"(metrics: curl {serving['url']}/metrics)",
+                  f"  stack      {_rel(serving['stack'])} (Feast SQLite, Milvus Lite, Triton); readiness: curl "
+                  f"{serving['url']}/readyz, metrics: curl {serving['url']}/metrics",
                   "  stop       " + ("make demo-stop" if _rel(out) == "out/demo" else
                                      f"{python} -m pipelines.demo --stop-serving --out {_rel(out)}")
                   + "   (tritonserver and the recommend service)"]
@@ -515,7 +515,7 @@ def _run(args: argparse.Namespace, out: Path, params: dict[str, Any], dataset: s
     daily = run_pipeline("daily", out, None, console)
     users = _metrics(daily, "merge-users", "stats")
     console.line(f"daily run for {daily['parameters']['date']} done in {daily['seconds']:.0f} s: "
-                 f"{_rel(daily['run_dir'])}; {int(users.get('users', 0))} users in the merged table")
+                 f"{_rel(daily['run_dir'])}; {int(users)} users in the merged table")
 
     serving = serve_and_measure(out, training, daily, console)
 

@@ -94,7 +94,7 @@ def test_demo_end_to_end_quiet_serving_report_in_browser(tmp_path):
         text = "\n".join(lines)
         for step in ("Prepare data", "Train PinSage", "Train ranker", "Build pin index (Milvus)",
                      "Materialise to Feast", "recommend service", "POST /v1/recommend", "p50 per stage", "report ->",
-                     "Summary", "curl -s -X POST", "homefeed recommend --stack", "--stop-serving"):
+                     "Summary", "curl -s -X POST", "/readyz", "--stop-serving"):
             assert step in text, step
         log = (demo / "demo.log").read_text()
         assert "executor_input" in log or "outputFile" in log  # the runner's JSON went to the log
