@@ -35,6 +35,7 @@ from components.inference.tables import VersionedStore
 from components.serving import milvus_index as mi
 from components.serving.recommend import LastGood, RecommendConfig, Recommender
 from components.serving.triton import free_port
+from components.stack.servers import alive
 from components.stackconfig import (
     FeastConfig,
     MilvusConfig,
@@ -75,33 +76,20 @@ print("STEP done", flush=True)
 '''
 
 
-def _alive(pgid: int) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                pids.append(int(d.name))
-    return pids
-
-
 def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 30) -> None:
     """Stop a process started with start_new_session=True and everything in its group; wait for them."""
-    if proc.poll() is None or _alive(proc.pid):
+    if proc.poll() is None or alive(proc.pid):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             pass
     end = time.monotonic() + grace
-    while _alive(proc.pid) and time.monotonic() < end:
+    while alive(proc.pid) and time.monotonic() < end:
         time.sleep(0.3)
-    if _alive(proc.pid):
+    if alive(proc.pid):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    assert _alive(proc.pid) == []
+    assert alive(proc.pid) == []
 
 
 def _bindable(port: int) -> bool:

@@ -87,6 +87,9 @@ class RecommendConfig:
     max_candidates: int = 2000
     stack: Any = None  # the StackConfig it came from (Feast connection settings), None: the repo's own yaml
     triton_timeout_s: float = 10.0
+    # a one-shot command wants "Triton not reachable" at once; the service opens without it (unknown users get
+    # popular pins while Triton is down, and /readyz reports Triton)
+    check_triton_at_open: bool = True
 
     @classmethod
     def from_stack(cls, stack: Any, preprocess: str | Path | None = None, **overrides: Any) -> RecommendConfig:
@@ -265,6 +268,8 @@ class Recommender:
             client = RankerClient(cfg.triton_url, cfg.protocol, model=cfg.triton_model, timeout_s=cfg.triton_timeout_s)
         except Exception as e:  # noqa: BLE001 - a malformed URL
             raise DependencyError("triton", f"Triton at {cfg.triton_url} ({cfg.protocol}): {e}") from e
+        if not cfg.check_triton_at_open:
+            return client
         try:
             ready = client.client.is_model_ready(client.model)
         except Exception as e:  # noqa: BLE001 - connection refused, timeouts, wrong protocol

@@ -20,6 +20,7 @@ or incompatible model versions, 500 anything else (counted by class in the metri
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import json
 import queue
@@ -272,7 +273,8 @@ def create_app(settings: ServiceSettings):
     if not settings.token:
         raise ValueError("the recommend service needs a bearer token (an empty token would admit anyone)")
     metrics = Metrics()
-    pool = RecommenderPool(settings.recommend, settings.concurrency, metrics, settings.acquire_timeout_s)
+    cfg = dataclasses.replace(settings.recommend, check_triton_at_open=False)
+    pool = RecommenderPool(cfg, settings.concurrency, metrics, settings.acquire_timeout_s)
     probes = Probes(settings.recommend)
 
     def warm() -> None:
