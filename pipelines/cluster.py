@@ -21,7 +21,7 @@ from components.steps.images import lightweight
 
 STEP_NAMES = ("prepare_data", "import_data", "sample_graph", "train_pinsage", "embed_pins", "train_pinnerformer",
               "embed_users", "embed_pin_tower", "train_ranker", "evaluate_ranker", "export_ranker", "register_features",
-              "build_index")
+              "build_index", "shard_ids", "merge_pins", "merge_users", "merge_pin_tower")
 GPU_STEPS = ("train_pinsage", "train_pinnerformer", "train_ranker", "export_ranker")
 
 

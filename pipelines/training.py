@@ -15,6 +15,8 @@ Steps (each a task with a display name):
 10. export_ranker       ONNX + preprocess.json for Triton
 11. register_features   Feast: user/pin embeddings and ranker features, apply + materialize
 12. build_index         Milvus: pin-tower embeddings, new collection, alias switch
+(The daily pipeline runs embed_pins/embed_users/embed_pin_tower in shards: shard_ids, then merge_pins,
+merge_users and merge_pin_tower publish the union; see pipelines/daily_embedding.py.)
 
 ``build(local=True)`` gives the same DAG over lightweight components for ``kfp.local``; the module-level
 ``training_pipeline`` is the cluster version (kfp-kubernetes settings, see pipelines/cluster.py).

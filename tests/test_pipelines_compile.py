@@ -72,13 +72,18 @@ def test_training_dag_order_and_display_names(compiled):
 def test_daily_dag(compiled):
     spec, _ = compiled["daily"]
     tasks = spec["root"]["dag"]["tasks"]
-    assert "embed-pins" in _ancestors(spec, "embed-users")
-    assert "embed-users" in _ancestors(spec, "register-features")
-    assert "embed-pin-tower" in _ancestors(spec, "build-index")
+    loops = {n: list(spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]) for n, t in tasks.items()
+             if n.startswith("for-loop")}  # the shard fan-outs (dsl.ParallelFor over shard-ids)
+    assert sorted(loops.values()) == [["embed-pin-tower", "embed-users"], ["embed-pins"]]
+    assert all("shard-ids" in _upstream(spec, n) for n in loops)
+    assert "merge-pins" in _ancestors(spec, "merge-users") and "merge-pins" in _ancestors(spec, "merge-pin-tower")
+    assert "merge-users" in _ancestors(spec, "register-features")
+    assert "merge-pin-tower" in _ancestors(spec, "build-index")
     assert sum(1 for t in tasks if t.startswith("importer")) == 3
     assert all(t["taskInfo"]["name"] != n for n, t in tasks.items())
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["date"]["parameterType"] == "STRING" and not params["date"].get("isOptional")
+    assert params["shards"] == {"defaultValue": 1, "isOptional": True, "parameterType": "NUMBER_INTEGER"}
 
 
 def test_typed_parameters_with_defaults(compiled):

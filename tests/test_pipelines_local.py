@@ -84,7 +84,7 @@ def test_serving_stores_hold_the_training_outputs(runs):
 
 def test_daily_run_merges_incrementally(runs):
     before = runs["users_before"]
-    meta = _meta(runs["daily"], "embed-users", "users")
+    meta = _meta(runs["daily"], "merge-users", "users")
     assert meta["previous_version"] == before["version"] and meta["date"] > before["version"]
     store = VersionedStore(Path(runs["daily"]["parameters"]["embeddings_root"]) / "users")
     after = store.read()

@@ -29,6 +29,7 @@ import torch
 from components.data import io
 from components.data.validate import DataValidationError, check_table, drop_out_of_vocab
 from components.data.vocab import dataset_spec, vocab_of
+from components.inference.shards import in_shard
 from components.inference.tables import EmbeddingTable, VersionedStore
 from components.models.pinnerformer import load_model
 from components.training.pinnerformer_data import build_sequences
@@ -82,6 +83,17 @@ def embed_users(model_dir: str | Path, data_dir: str | Path, pin_embeddings: str
     instead, each from their latest M actions up to the end of ``date``, in one pass.
     ``before_publish`` (tests, hooks) is called with the merged table right before publishing.
     """
+    rows = embed_active_users(model_dir, data_dir, pin_embeddings, date, batch_size, since)
+    return publish_users(rows, out_root, date, before_publish)
+
+
+@torch.no_grad()
+def embed_active_users(model_dir: str | Path, data_dir: str | Path, pin_embeddings: str | Path, date: str,
+                       batch_size: int = 512, since: str | None = None,
+                       shard: tuple[int, int] | None = None) -> EmbeddingTable:
+    """The rows :func:`embed_users` computes (users active on ``date``, or from ``since`` to ``date``), not yet
+    merged with the previous table; ``shard`` = (k, n): only the users of shard k of n
+    (:mod:`components.inference.shards`), the daily pipeline's parallel tasks."""
     from components.training.pinnerformer_data import embed_windows
 
     day_start, day_end = io.day_bounds(date)
@@ -101,6 +113,8 @@ def embed_users(model_dir: str | Path, data_dir: str | Path, pin_embeddings: str
     active = np.unique(np.concatenate([
         pq.read_table(io.partition_path(data_dir, "events", d), columns=["user_id"]).column("user_id").to_numpy()
         for d in active_days]))
+    if shard is not None:
+        active = active[in_shard(active, *shard)]
     # latest M actions up to the end of D: read only the active users' rows, up to and including D
     events = _events_of(data_dir, active, [d for d in days if d <= date])
     ids = np.zeros(0, np.int64)
@@ -115,6 +129,16 @@ def embed_users(model_dir: str | Path, data_dir: str | Path, pin_embeddings: str
         pins = torch.from_numpy(np.ascontiguousarray(table.embeddings, dtype=np.float32))
         emb = embed_windows(model, pins, seqs, windows, batch_size)
         ids = seqs.user_ids
+    order = np.argsort(ids, kind="stable")
+    return EmbeddingTable(ids[order], emb[order].astype(np.float32), version_tag,
+                          dt.datetime.fromtimestamp(day_end, dt.UTC), "user_id")
+
+
+def publish_users(rows: EmbeddingTable, out_root: str | Path, date: str,
+                  before_publish: Callable[[EmbeddingTable], None] | None = None) -> Path:
+    """Merge ``rows`` into the newest version of ``out_root/users`` older than ``date`` (new rows replace old
+    ones, the other users carry over) and publish the result as version ``date``; returns its path."""
+    ids, emb = rows.ids, rows.embeddings
     store = VersionedStore(Path(out_root) / USERS_STORE)
     previous = [v for v in store.versions() if v < date]
     if previous:
@@ -126,8 +150,7 @@ def embed_users(model_dir: str | Path, data_dir: str | Path, pin_embeddings: str
         ids = np.concatenate([old.ids[keep], ids])
         emb = np.concatenate([old.embeddings[keep], emb])
     order = np.argsort(ids, kind="stable")
-    merged = EmbeddingTable(ids[order], emb[order].astype(np.float32), version_tag,
-                            dt.datetime.fromtimestamp(day_end, dt.UTC), "user_id")
+    merged = EmbeddingTable(ids[order], emb[order].astype(np.float32), rows.model_version, rows.created_at, "user_id")
     if before_publish is not None:
         before_publish(merged)
     return store.publish(merged, date)
@@ -135,10 +158,15 @@ def embed_users(model_dir: str | Path, data_dir: str | Path, pin_embeddings: str
 
 @torch.no_grad()
 def embed_pin_tower(model_dir: str | Path, pin_embeddings: str | Path, out_root: str | Path,
-                    version: str | None = None, chunk: int = 8192) -> Path:
-    """Recompute every pin's pin-tower embedding and publish ``VersionedStore(out_root / "pins")``."""
+                    version: str | None = None, chunk: int = 8192, shard: tuple[int, int] | None = None) -> Path:
+    """Recompute every pin's (or shard ``(k, n)``'s pins') pin-tower embedding and publish
+    ``VersionedStore(out_root / "pins")``."""
     model, cfg, _ = load_model(model_dir)
     table = _load_pin_table(pin_embeddings)
+    if shard is not None:
+        keep = in_shard(table.ids, *shard)
+        table = EmbeddingTable(table.ids[keep], table.embeddings[keep], table.model_version, table.created_at,
+                               table.id_column)
     if table.dim != cfg.pin_dim:
         raise ValueError(f"{pin_embeddings}: pin embeddings have {table.dim} dims, the model expects {cfg.pin_dim}")
     pins = torch.from_numpy(np.ascontiguousarray(table.embeddings, dtype=np.float32))

@@ -70,3 +70,12 @@ def default_date(data_dir: str | Path) -> str:
 
     split = int(read_meta(data_dir)["split_timestamp"])
     return (dt.datetime.fromtimestamp(split, dt.UTC) - dt.timedelta(days=1)).strftime("%Y-%m-%d")
+
+
+def describe_users(users: Any, stats: Any, table: Any, date: str, root: str, previous: str | None,
+                   replay: list[str], config: dict, **extra: Any) -> None:
+    """The metadata and metrics of a user-embedding output (``embed_users`` unsharded, ``merge_users``)."""
+    users.metadata.update({"date": date, "store_root": root, "previous_version": previous or "",
+                           "replayed_days": replay, "model_version": table.model_version, "config": config})
+    log_metrics(stats, {"users": len(table), "dim": table.dim, "merged": previous is not None or bool(replay),
+                        "replayed_days": len(replay), **extra})

@@ -7,15 +7,17 @@ from components.steps.images import step
 
 @step
 def embed_pin_tower(model: Input[Model], pin_embeddings: Input[Dataset], embeddings: Output[Dataset],
-                    stats: Output[Metrics], version: str = ""):
-    """``components.inference.users.embed_pin_tower(model, pin_embeddings, embeddings, version)``."""
+                    stats: Output[Metrics], version: str = "", shard: int = 0, shards: int = 0):
+    """``components.inference.users.embed_pin_tower(model, pin_embeddings, embeddings, version)``; ``shards`` > 0:
+    only shard ``shard``'s pins (the daily pipeline's ParallelFor; ``merge_pin_tower`` publishes the union)."""
     from components.inference.tables import read_table
     from components.inference.users import embed_pin_tower as run
     from components.steps.common import log_metrics, table_path
 
-    path = run(model.path, str(table_path(pin_embeddings.path)), embeddings.path, version=version or None)
+    path = run(model.path, str(table_path(pin_embeddings.path)), embeddings.path, version=version or None,
+               shard=(shard, shards) if shards > 0 else None)
     table = read_table(path)
     embeddings.metadata["table"] = str(path)
     embeddings.metadata["model_version"] = table.model_version
     embeddings.metadata["config"] = model.metadata.get("config", {})
-    log_metrics(stats, {"pins": len(table), "dim": table.dim})
+    log_metrics(stats, {"pins": len(table), "dim": table.dim, "shard": shard, "shards": shards})

@@ -7,16 +7,18 @@ from components.steps.images import step
 
 @step
 def embed_pins(data: Input[Dataset], model: Input[Model], embeddings: Output[Dataset], stats: Output[Metrics],
-               version: str = ""):
+               version: str = "", shard: int = 0, shards: int = 0):
     """``components.inference.pinsage.embed_pins(model, data, embeddings, version)``; ``embeddings`` is a
-    VersionedStore root (``CURRENT`` names the table)."""
+    VersionedStore root (``CURRENT`` names the table). ``shards`` > 0: only shard ``shard``'s pins (the
+    daily pipeline's ParallelFor; ``merge_pins`` publishes the union)."""
     from components.inference.pinsage import embed_pins as run
     from components.inference.tables import read_table
     from components.steps.common import log_metrics
 
-    path = run(model.path, data.path, embeddings.path, version=version or None)
+    path = run(model.path, data.path, embeddings.path, version=version or None,
+               shard=(shard, shards) if shards > 0 else None)
     table = read_table(path)
     embeddings.metadata["table"] = str(path)
     embeddings.metadata["model_version"] = table.model_version
     embeddings.metadata["config"] = model.metadata.get("config", {})
-    log_metrics(stats, {"pins": len(table), "dim": table.dim})
+    log_metrics(stats, {"pins": len(table), "dim": table.dim, "shard": shard, "shards": shards})

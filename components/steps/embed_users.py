@@ -9,7 +9,7 @@ from components.steps.images import step
 @step
 def embed_users(data: Input[Dataset], model: Input[Model], pin_embeddings: Input[Dataset], users: Output[Dataset],
                 stats: Output[Metrics], date: str = "", store_root: str = "", backfill_days: int = 0,
-                stack: str = ""):
+                stack: str = "", shard: int = 0, shards: int = 0):
     """``components.inference.users.embed_users(model, data, pin_embeddings, store_root, date)``.
 
     ``store_root``: the persistent embeddings root (on a cluster: a path on the data PVC) whose ``users``
@@ -18,6 +18,8 @@ def embed_users(data: Input[Dataset], model: Input[Model], pin_embeddings: Input
     active on the event days before ``date`` that the store has not seen (at most that many), so a new
     store holds every user active in that window, each from their latest actions up to ``date``.
     ``stack``: a stack file whose ``embeddings.root`` is the store root (wins over ``store_root``).
+    ``shards`` > 0: only shard ``shard``'s active users, written unmerged to this artifact (the daily pipeline's
+    ParallelFor); ``merge_users`` merges the shards into the store and publishes.
     """
     import os
 
@@ -26,7 +28,7 @@ def embed_users(data: Input[Dataset], model: Input[Model], pin_embeddings: Input
     from components.inference.users import USERS_STORE
     from components.inference.users import embed_users as run
     from components.stackconfig import load_stack
-    from components.steps.common import default_date, log_metrics, table_path
+    from components.steps.common import default_date, describe_users, table_path
 
     date = date or default_date(data.path)
     root = (load_stack(stack).embeddings.root if stack else store_root) or users.path
@@ -35,15 +37,16 @@ def embed_users(data: Input[Dataset], model: Input[Model], pin_embeddings: Input
     pins = str(table_path(pin_embeddings.path))
     replay = [d for d in partitions(data.path, "events") if d < date and (previous is None or d > previous)]
     replay = replay[-backfill_days:] if backfill_days > 0 else []
-    path = run(model.path, data.path, pins, root, date, since=replay[0] if replay else None)
+    since = replay[0] if replay else None
+    if shards > 0:
+        from components.inference.users import embed_active_users
+
+        rows = embed_active_users(model.path, data.path, pins, date, since=since, shard=(shard, shards))
+        path = VersionedStore(os.path.join(users.path, USERS_STORE)).publish(rows, date)
+    else:
+        path = run(model.path, data.path, pins, root, date, since=since)
     table = read_table(path)
-    if root != users.path:  # this run's artifact holds the published table too
+    if root != users.path and shards == 0:  # this run's artifact holds the published table too
         VersionedStore(os.path.join(users.path, USERS_STORE)).publish(table, date)
-    users.metadata["date"] = date
-    users.metadata["store_root"] = root
-    users.metadata["previous_version"] = previous or ""
-    users.metadata["replayed_days"] = replay
-    users.metadata["model_version"] = table.model_version
-    users.metadata["config"] = model.metadata.get("config", {})
-    log_metrics(stats, {"users": len(table), "dim": table.dim, "merged": previous is not None or bool(replay),
-                        "replayed_days": len(replay)})
+    describe_users(users, stats, table, date, root, previous, replay, model.metadata.get("config", {}),
+                   shard=shard, shards=shards)
