@@ -72,7 +72,7 @@ def build(local: bool = False, cluster: ClusterConfig | None = None):
                       .set_display_name("Merge user shards into the store (incremental)"), "merge_users", cluster)
         apply(s.register_features(data=data.output, user_embeddings=users.outputs["users"],
                                   pin_embeddings=pins.outputs["embeddings"], date=date,
-                                  repo_dir="" if stack else feature_repo, stack=stack)
+                                  repo_dir=feature_repo, stack=stack)
               .set_display_name("Materialise to Feast"), "register_features", cluster)
         tower = apply(s.merge_pin_tower(parts=dsl.Collected(tower_shard.outputs["embeddings"]), version=date)
                       .set_display_name("Merge pin-tower shards"), "merge_pin_tower", cluster)

@@ -86,6 +86,25 @@ def test_daily_dag(compiled):
     assert params["shards"] == {"defaultValue": 1, "isOptional": True, "parameterType": "NUMBER_INTEGER"}
 
 
+def _wiring(spec: dict, task: str) -> dict[str, str]:
+    """A task's parameter inputs -> the pipeline parameter each comes from ("=value" for a compiled constant)."""
+    out = {}
+    for name, src in spec["root"]["dag"]["tasks"][task]["inputs"].get("parameters", {}).items():
+        out[name] = src["componentInputParameter"] if "componentInputParameter" in src else \
+            f"={src.get('runtimeValue', {}).get('constant')}"
+    return out
+
+
+def test_daily_store_steps_get_both_stack_and_their_own_parameters(compiled):
+    """Regression: ``repo_dir="" if stack else feature_repo`` tested the pipeline PARAMETER at compile time
+    (always truthy), so register_features got the constant ""; both parameters are wired through and the
+    step decides at run time (the stack wins when non-empty)."""
+    spec, _ = compiled["daily"]
+    assert _wiring(spec, "register-features") == {"date": "date", "repo_dir": "feature_repo", "stack": "stack"}
+    assert _wiring(spec, "build-index") == {"milvus_uri": "milvus_uri", "stack": "stack"}
+    assert _wiring(spec, "merge-users") == {"date": "date", "store_root": "embeddings_root", "stack": "stack"}
+
+
 def test_typed_parameters_with_defaults(compiled):
     params = compiled["training"][0]["root"]["inputDefinitions"]["parameters"]
     assert params["ranker_experiment"] == {"defaultValue": "ranker", "isOptional": True, "parameterType": "STRING"}

@@ -12,8 +12,9 @@ def register_features(data: Input[Dataset], repo: Output[Dataset], stats: Output
     """``feast_store``: init the repo, write its sources as of ``date``, ``apply``, ``materialize``.
 
     ``stack``: a stack file (components/stackconfig.py): the Feast stores (online store, registry,
-    credentials) and, unless ``repo_dir`` is given, the repo instance; "" = the local profile's stores.
-    ``repo_dir``: the persistent Feast repo (a PVC path on a cluster); "" = the stack's, else this run's
+    credentials) and the repo instance; when set it wins over ``repo_dir`` (decided here, at run time: a
+    pipeline passes both parameters through); "" = the local profile's stores.
+    ``repo_dir``: the persistent Feast repo (a PVC path on a cluster) used without a stack; "" = this run's
     artifact. ``date`` "" = the date of the user embeddings (or the last training day).
     """
     from components.serving import feast_store
@@ -21,7 +22,8 @@ def register_features(data: Input[Dataset], repo: Output[Dataset], stats: Output
     from components.steps.common import default_date, log_metrics, table_path
 
     cfg = load_stack(stack) if stack else None
-    repo_dir = repo_dir or (cfg.feast.repo if cfg is not None else "")
+    if cfg is not None:
+        repo_dir = cfg.feast.repo
 
     if not date and user_embeddings is not None:
         date = user_embeddings.metadata.get("date", "")
