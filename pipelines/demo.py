@@ -513,7 +513,9 @@ def _run(args: argparse.Namespace, out: Path, params: dict[str, Any], dataset: s
 
     console.line("daily embedding pipeline for the first held-out day")
     daily = run_pipeline("daily", out, None, console)
-    users = _metrics(daily, "merge-users", "stats")
+    counts = [a.get("stats", {}).get("metadata", {}).get("users") for a in daily["artifacts"].values()]
+    users = max((c for c in counts if isinstance(c, int | float) and not isinstance(c, bool)),
+                default=0)  # the task that writes the merged user table (embed-users, or merge-users when sharded)
     console.line(f"daily run for {daily['parameters']['date']} done in {daily['seconds']:.0f} s: "
                  f"{_rel(daily['run_dir'])}; {int(users)} users in the merged table")
 
