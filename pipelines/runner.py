@@ -27,10 +27,13 @@ TINY_TRAINING = {
 }
 
 
-def pipeline_func(name: str, local: bool = False) -> Callable:
-    """The pipeline function ``training`` or ``daily`` (cluster settings unless ``local``)."""
+def pipeline_func(name: str, local: bool = False, local_import: bool = False) -> Callable:
+    """The pipeline function ``training`` or ``daily`` (cluster settings unless ``local``); ``local_import``:
+    the local training DAG starts from import_data instead of prepare_data (see pipelines.training.build)."""
     if name == "training":
         from pipelines.training import build
+
+        return build(local=local, local_import=local_import)
     elif name == "daily":
         from pipelines.daily_embedding import build
     else:
@@ -116,7 +119,7 @@ def run_local(name: str, out: str | Path, params: dict[str, Any] | None = None) 
                   "feature_repo": str(store / "feature_repo"), "milvus_uri": str(store / "milvus.db"), **params}
     elif name == "daily":
         params = {**daily_defaults(out, params.get("date")), **params}
-    func = pipeline_func(name, local=True)
+    func = pipeline_func(name, local=True, local_import=bool(params.get("import_config")))
     _check_params(func, params, name)
     root = out / "kfp"
     root.mkdir(parents=True, exist_ok=True)
@@ -141,7 +144,9 @@ def daily_defaults(out: Path, date: str | None = None) -> dict[str, Any]:
                                 "`homefeed pipeline run training --local` first (or pass the *_uri parameters)")
     t = json.loads(path.read_text())
     a, p = t["artifacts"], t["parameters"]
-    data = a["prepare-data"]["data"]["path"]
+    data = (a.get("prepare-data") or a.get("import-data") or {}).get("data", {}).get("path")
+    if not data:  # the training pipeline builds its data with prepare_data or, given an import config, import_data
+        raise ValueError(f"{path}: neither prepare-data nor import-data wrote a data artifact")
     if not date:
         from components.data.io import read_meta
         split = int(read_meta(data)["split_timestamp"])

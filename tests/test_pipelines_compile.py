@@ -17,7 +17,8 @@ from pipelines.cluster import GPU_STEPS, STEP_NAMES
 from pipelines.runner import compile_pipelines, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINING_ORDER = ["prepare-data", "sample-graph", "train-pinsage", "embed-pins", "train-pinnerformer", "train-ranker",
+DATA_BRANCHES = "condition-branches-1"  # prepare_data or import_data (dsl.If/dsl.Else), read through dsl.OneOf
+TRAINING_ORDER = [DATA_BRANCHES, "sample-graph", "train-pinsage", "embed-pins", "train-pinnerformer", "train-ranker",
                   "evaluate-ranker", "export-ranker", "register-features", "build-index"]
 
 
@@ -65,8 +66,8 @@ def test_training_dag_order_and_display_names(compiled):
             continue  # the three publishing steps run side by side once the ranker is evaluated/embeddings exist
         assert before in _ancestors(spec, after), f"{before} must run before {after}"
     assert "evaluate-ranker" in _ancestors(spec, "export-ranker")  # the evaluation gates the export
-    for name, t in tasks.items():
-        assert t["taskInfo"]["name"] != name, f"task {name} has no display name"
+    for name, t in tasks.items():  # kfp names the If/Else group itself; its two branches carry names
+        assert t["taskInfo"]["name"] != name or name == DATA_BRANCHES, f"task {name} has no display name"
 
 
 def test_daily_dag(compiled):
@@ -86,13 +87,17 @@ def test_daily_dag(compiled):
     assert params["shards"] == {"defaultValue": 1, "isOptional": True, "parameterType": "NUMBER_INTEGER"}
 
 
-def _wiring(spec: dict, task: str) -> dict[str, str]:
+def _wiring_of(task: dict) -> dict[str, str]:
     """A task's parameter inputs -> the pipeline parameter each comes from ("=value" for a compiled constant)."""
     out = {}
-    for name, src in spec["root"]["dag"]["tasks"][task]["inputs"].get("parameters", {}).items():
+    for name, src in task["inputs"].get("parameters", {}).items():
         out[name] = src["componentInputParameter"] if "componentInputParameter" in src else \
             f"={src.get('runtimeValue', {}).get('constant')}"
     return out
+
+
+def _wiring(spec: dict, task: str) -> dict[str, str]:
+    return _wiring_of(spec["root"]["dag"]["tasks"][task])
 
 
 def test_daily_store_steps_get_both_stack_and_their_own_parameters(compiled):
@@ -103,6 +108,41 @@ def test_daily_store_steps_get_both_stack_and_their_own_parameters(compiled):
     assert _wiring(spec, "register-features") == {"date": "date", "repo_dir": "feature_repo", "stack": "stack"}
     assert _wiring(spec, "build-index") == {"milvus_uri": "milvus_uri", "stack": "stack"}
     assert _wiring(spec, "merge-users") == {"date": "date", "store_root": "embeddings_root", "stack": "stack"}
+
+
+def test_training_data_from_prepare_data_or_import_data(compiled):
+    """Both branches compile: a non-empty ``import_config`` runs import_data, else prepare_data; every
+    step that reads the data directory reads the one artifact of whichever branch ran (dsl.OneOf)."""
+    spec, _ = compiled["training"]
+    branches = spec["components"][spec["root"]["dag"]["tasks"][DATA_BRANCHES]["componentRef"]["name"]]["dag"]
+    inner = {}
+    for t in branches["tasks"].values():
+        tasks = spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]
+        (step,) = tasks
+        inner[step] = (t["triggerPolicy"]["condition"], _wiring_of(tasks[step]))
+    assert inner["import-data"] == ("inputs.parameter_values['pipelinechannel--import_config'] != ''",
+                                    {"config": "pipelinechannel--import_config"})
+    assert "!(" in inner["prepare-data"][0] and "import_config" in inner["prepare-data"][0]  # the Else branch
+    assert inner["prepare-data"][1] == {"experiment": "pipelinechannel--data_experiment",
+                                        "overrides": "pipelinechannel--data_overrides"}
+    (oneof,) = branches["outputs"]["artifacts"].values()
+    assert sorted(s["producerSubtask"] for s in oneof["artifactSelectors"]) == sorted(branches["tasks"])
+    readers = [n for n, t in spec["root"]["dag"]["tasks"].items() if "data" in t["inputs"].get("artifacts", {})]
+    assert len(readers) == 9
+    for n in readers:
+        assert spec["root"]["dag"]["tasks"][n]["inputs"]["artifacts"]["data"]["taskOutputArtifact"][
+            "producerTask"] == DATA_BRANCHES, n
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["import_config"] == params["stack"] == {"defaultValue": "", "isOptional": True,
+                                                           "parameterType": "STRING"}
+
+
+def test_training_store_steps_take_the_stack(compiled):
+    spec, _ = compiled["training"]
+    assert _wiring(spec, "register-features") == {"date": "date", "repo_dir": "feature_repo", "stack": "stack"}
+    assert _wiring(spec, "build-index") == {"milvus_uri": "milvus_uri", "stack": "stack"}
+    assert _wiring(spec, "embed-users") == {"date": "date", "store_root": "embeddings_root",
+                                            "backfill_days": "user_backfill_days", "stack": "stack"}
 
 
 def test_typed_parameters_with_defaults(compiled):
@@ -167,6 +207,21 @@ def test_local_variant_has_no_cluster_settings(tmp_path):
     for ex in docs[0]["deploymentSpec"]["executors"].values():
         assert "ephemeral_component.py" in " ".join(ex["container"]["command"])  # lightweight
         assert "pip install" not in " ".join(ex["container"]["command"])  # nothing downloaded locally
+
+
+def test_local_variant_starts_from_the_chosen_data_step(tmp_path):
+    """kfp.local cannot resolve a dsl.OneOf of artifacts: run_local builds the local training DAG with
+    import_data when it is given an import_config, else with prepare_data."""
+    from kfp import compiler
+
+    from pipelines.training import build
+
+    for local_import, step, other in ((True, "import-data", "prepare-data"), (False, "prepare-data", "import-data")):
+        path = tmp_path / f"local-{step}.yaml"
+        compiler.Compiler().compile(build(local=True, local_import=local_import), str(path))
+        tasks = yaml.safe_load(path.read_text())["root"]["dag"]["tasks"]
+        assert step in tasks and other not in tasks and not any(t.startswith("condition") for t in tasks)
+        assert tasks["sample-graph"]["inputs"]["artifacts"]["data"]["taskOutputArtifact"]["producerTask"] == step
 
 
 def test_cli_compile_writes_yaml(tmp_path):
