@@ -30,6 +30,26 @@ GROUPS = {
     "stack": "start and stop the servers of a stack profile (Valkey, PostgreSQL, Milvus, Triton, feast serve)",
 }
 COMMAND_MODULES = ("data", "pinsage", "pinnerformer", "ranker", "eval", "tune", "serving", "pipeline", "report", "stack")
+# Which command modules add commands to which group. Building the parser imports only the modules of the
+# group on the command line: the training and evaluation modules pull in torch, scikit-learn, LightGBM and the
+# Kubernetes clients (seconds of start-up), which `homefeed data validate` or `homefeed --help` never need.
+# tests/test_cli.py checks this table against what each module's register() really adds.
+GROUP_MODULES: dict[str, tuple[str, ...]] = {
+    "data": ("data",),
+    "train": ("pinsage", "pinnerformer", "ranker"),
+    "embed": ("pinsage", "pinnerformer", "serving"),
+    "eval": ("eval",),
+    "export": ("ranker",),
+    "features": ("serving",),
+    "index": ("serving", "stack"),
+    "serve": ("serving",),
+    "recommend": ("serving",),
+    "pipeline": ("pipeline",),
+    "bench": ("report",),
+    "report": ("report",),
+    "tune": ("tune",),
+    "stack": ("stack",),
+}
 
 
 def add_config_args(p: argparse.ArgumentParser, default_experiment: str) -> None:
@@ -39,7 +59,21 @@ def add_config_args(p: argparse.ArgumentParser, default_experiment: str) -> None
                    help="override a config field (repeatable), e.g. --set lr=0.01")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _group_of(argv: list[str] | None) -> str | None:
+    """The group named on the command line (its first word that is not an option), if it is one."""
+    words = [w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")]
+    return words[0] if words and words[0] in GROUPS else None
+
+
+def build_parser(argv: list[str] | None = None, *, all_modules: bool = False) -> argparse.ArgumentParser:
+    """The parser with every group; the commands of the group named in ``argv`` (all with ``all_modules``)."""
+    group = None if all_modules else _group_of(argv)
+    if all_modules:
+        modules = COMMAND_MODULES
+    elif group is None:
+        modules = ()  # `homefeed --help` or a typo: the groups alone say what there is
+    else:
+        modules = GROUP_MODULES[group]
     parser = argparse.ArgumentParser(prog="homefeed", description=__doc__.splitlines()[0])
     top = parser.add_subparsers(dest="group", required=True, metavar="GROUP")
     groups: dict[str, argparse._SubParsersAction] = {}
@@ -47,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         gp = top.add_parser(name, help=help_text, description=help_text)
         groups[name] = gp.add_subparsers(dest="command", required=True, metavar="COMMAND")
         groups[name].group_parser = gp  # lets a group run without a command (`homefeed report --out X`)
-    for mod in COMMAND_MODULES:
+    for mod in modules:
         try:
             module = importlib.import_module(f"components.commands.{mod}")
         except ModuleNotFoundError as e:
@@ -58,23 +92,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors that mean "bad input" (exit 2) or "the run failed" (exit 1), by module and class name: a command that
+# never imported the module cannot have raised its error, so main() need not import torch or the Kubernetes
+# clients just to name these classes.
+USER_ERRORS = (("components.data.schemas", "DataValidationError"), ("components.models.checkpoint", "CheckpointError"))
+RUN_ERRORS = (("components.launch", "LaunchError"),)
+
+
+def _raised_by(e: BaseException, classes: tuple[tuple[str, str], ...]) -> bool:
+    for module, name in classes:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(e, cls):
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.error(f"'{args.group}' needs a command")
-    from components.data.validate import DataValidationError
-    from components.launch import LaunchError
-    from components.models.checkpoint import CheckpointError
-
     try:
         rc = args.func(args)
-    except (ConfigError, DataValidationError, FileNotFoundError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except LaunchError as e:  # a training run failed (torchrun rank or cluster job): its first error line
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:
+        if isinstance(e, ConfigError | FileNotFoundError) or _raised_by(e, USER_ERRORS):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if _raised_by(e, RUN_ERRORS):  # a training run failed (torchrun rank or cluster job): its first error line
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -36,6 +36,42 @@ def test_help_lists_the_command_groups():
     assert "prepare" in homefeed("data", "--help").stdout
 
 
+
+def test_group_modules_table_matches_what_each_module_registers():
+    """cli.GROUP_MODULES (the modules imported for a group) names exactly the modules that add commands to it."""
+    import argparse
+    import importlib
+
+    from components import cli
+
+    registers: dict[str, set[str]] = {g: set() for g in cli.GROUPS}
+
+    class Touched(dict):  # the groups a module's register() reaches for
+        def __getitem__(self, g):
+            registers[g].add(self.module)
+            return super().__getitem__(g)
+
+    for mod in cli.COMMAND_MODULES:
+        parser = argparse.ArgumentParser()
+        top = parser.add_subparsers()
+        groups = Touched()
+        groups.module = mod
+        for g in cli.GROUPS:
+            gp = top.add_parser(g)
+            dict.__setitem__(groups, g, gp.add_subparsers())
+            dict.__getitem__(groups, g).group_parser = gp
+        importlib.import_module(f"components.commands.{mod}").register(groups)
+    assert {g: set(m) for g, m in cli.GROUP_MODULES.items()} == registers
+
+
+def test_a_light_command_does_not_import_torch():
+    """`homefeed data validate` builds only the data group's commands: no torch, LightGBM or Kubernetes import."""
+    code = ("import sys; from components.cli import main; rc = main(['data', 'validate', '/nonexistent-dir']); "
+            "print(rc, sorted(m for m in ('torch', 'lightgbm', 'kubernetes') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.stdout.split("\n")[-2] == "2 []", proc.stdout + proc.stderr
+    assert "not a directory" in proc.stderr and "Traceback" not in proc.stderr
+
 def test_prepare_and_validate_ml100k(tmp_path):
     d = tmp_path / "ml"
     prep = homefeed("data", "prepare", "--dataset", "ml-100k", "--out", str(d))
