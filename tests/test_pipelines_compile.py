@@ -187,12 +187,61 @@ def test_cluster_settings_in_ir(compiled):
         gpu_execs = {e for e in executors if e.removeprefix("exec-").replace("-", "_") in GPU_STEPS}
         if name == "training":
             assert gpu_execs == {f"exec-{_kebab(s)}" for s in GPU_STEPS}
-    secrets = {e: [s["secretName"] for s in p.get("secretAsEnv", [])] for e, p in compiled["training"][1].items()}
-    assert secrets["exec-build-index"] == ["homefeed-milvus"]
-    assert "homefeed-feast-redis" in secrets["exec-register-features"]
-    assert "homefeed-object-store" in secrets["exec-export-ranker"]
-    env = compiled["training"][1]["exec-build-index"]["secretAsEnv"][0]["keyToEnv"]
-    assert env == [{"secretKey": "token", "envVar": "MILVUS_TOKEN"}]
+    for name in ("training", "daily"):
+        secrets = {e: [s["secretName"] for s in p.get("secretAsEnv", [])] for e, p in compiled[name][1].items()}
+        assert secrets["exec-build-index"] == ["milvus-auth"]
+        assert {"redis-auth", "feast-registry"} <= set(secrets["exec-register-features"])
+        env = compiled[name][1]["exec-build-index"]["secretAsEnv"][0]
+        assert env["keyToEnv"] == [{"secretKey": "token", "envVar": "MILVUS_TOKEN"}] and env["optional"]
+        if name == "training":
+            assert "homefeed-object-store" in secrets["exec-export-ranker"]
+
+
+def _chart_secrets() -> dict[str, tuple[str, str]]:
+    """Environment variable -> (Secret, key) as helm/homefeed/values.yaml names them (endpoints.*)."""
+    e = yaml.safe_load((REPO / "helm" / "homefeed" / "values.yaml").read_text())["endpoints"]
+    return {"REDIS_PASSWORD": (e["redis"]["existingSecret"], e["redis"]["existingSecretKey"]),
+            "FEAST_REGISTRY_PASSWORD": (e["registry"]["existingSecret"], e["registry"]["existingSecretKey"]),
+            "MILVUS_TOKEN": (e["milvus"]["existingSecret"], e["milvus"]["existingSecretKey"])}
+
+
+def test_daily_pods_use_the_charts_stack_configmap_and_secrets(compiled):
+    """The daily pipeline's store steps mount the chart's stack ConfigMap at the chart's stack directory with
+    HOMEFEED_STACK set, and read the credentials from the Secrets/keys the chart's values name (Milvus: the
+    chart's default is no authentication, existingSecret "", so the pipeline's milvus-auth is optional and
+    only its key must agree)."""
+    chart = _chart_secrets()
+    helpers = (REPO / "helm" / "homefeed" / "templates" / "_helpers.tpl").read_text()
+    assert '{{- define "homefeed.stackDir" -}}/etc/homefeed{{- end -}}' in helpers  # the chart's mount path
+    for env in chart:  # the chart's stack file reads each credential from that environment variable
+        assert f"{{env: {env}}}" in helpers, env
+    spec, executors = compiled["daily"]
+    containers = spec["deploymentSpec"]["executors"]
+    seen = {}
+    for step in ("embed_users", "merge_users", "register_features", "build_index"):
+        ex = f"exec-{_kebab(step)}"
+        (cm,) = executors[ex]["configMapAsVolume"]
+        assert (cm["configMapName"], cm["mountPath"]) == ("homefeed-stack", "/etc/homefeed")
+        assert {"name": "HOMEFEED_STACK", "value": "/etc/homefeed/stack.yaml"} in containers[ex]["container"]["env"]
+        for s in executors[ex].get("secretAsEnv", []):
+            for k in s["keyToEnv"]:
+                seen[k["envVar"]] = (s["secretName"], k["secretKey"], s["optional"])
+    assert "configMapAsVolume" not in executors["exec-embed-pins"]
+    for env, (secret, key) in chart.items():
+        got_secret, got_key, optional = seen[env]
+        assert got_key == key, (env, got_key, key)
+        assert got_secret == secret if secret else optional, (env, got_secret, secret)
+    assert seen["MILVUS_TOKEN"][0] == "milvus-auth"
+
+
+def test_stack_configmap_name_from_the_environment(monkeypatch):
+    """The chart's CronJob compiles the pipeline with HOMEFEED_STACK_CONFIGMAP=<release>-homefeed-stack."""
+    from pipelines.cluster import ClusterConfig
+
+    monkeypatch.setenv("HOMEFEED_STACK_CONFIGMAP", "rel-homefeed-stack")
+    assert ClusterConfig().stack_config_map == "rel-homefeed-stack"
+    monkeypatch.delenv("HOMEFEED_STACK_CONFIGMAP")
+    assert ClusterConfig().stack_config_map == "homefeed-stack"
 
 
 def test_local_variant_has_no_cluster_settings(tmp_path):
