@@ -185,3 +185,35 @@ def test_pin_tower_rejects_wrong_dimension(trained, tmp_path):
                       tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match="5 dims, the model expects 64"):
         embed_pin_tower(model_dir, bad, tmp_path)
+
+
+def test_month_partitions_and_several_files_embed_the_same_users(tiny_data, trained, tmp_path):
+    """An imported long log stores events as ``dt=YYYY-MM`` month partitions, and a partition may hold
+    several ``*.parquet`` files: the daily job (and a ``since`` backfill) reads them through
+    components.data.io and embeds exactly what it embeds from the day partitions."""
+    import shutil
+
+    model_dir, pins = trained
+    days = _days(tiny_data)
+    d0, d2 = days[18], days[21]
+    monthly = tmp_path / "monthly"
+    shutil.copytree(tiny_data, monthly)
+    events = io.read_table(tiny_data, "events")
+    shutil.rmtree(monthly / io.TABLES["events"].filename)
+    io.write_partitioned(monthly, "events", events, granularity="month")
+    for folder in io.partition_dirs(monthly, "events"):  # split each month over two files
+        t = pq.read_table(folder / "part-0.parquet")
+        half = t.num_rows // 2
+        pq.write_table(t.slice(0, half), folder / "part-0.parquet")
+        pq.write_table(t.slice(half), folder / "part-1.parquet")
+    assert all(len(k) == 7 for k in _days(monthly)) and d2 not in _days(monthly)
+    for since in (None, d0):
+        a, b = tmp_path / f"day-{since}", tmp_path / f"month-{since}"
+        embed_users(model_dir, tiny_data, pins, a, d2, since=since)
+        embed_users(model_dir, monthly, pins, b, d2, since=since)
+        ta, tb = VersionedStore(a / "users").read(d2), VersionedStore(b / "users").read(d2)
+        assert len(ta.ids) > 0
+        np.testing.assert_array_equal(ta.ids, tb.ids)
+        np.testing.assert_allclose(ta.embeddings, tb.embeddings, atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="no events partition for 2099-01-01"):
+        embed_users(model_dir, monthly, pins, tmp_path / "none", "2099-01-01")

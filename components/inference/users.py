@@ -1,7 +1,8 @@
 """PinnerFormer batch inference: the daily incremental user job and the pin tower (arXiv 2205.04507, 3.6).
 
 ``embed_users(model_dir, data_dir, pin_embeddings, out_root, date)``:
-1. the users active on day D are those in the ``events/dt=D`` partition;
+1. the users active on day D are those with events on D (``events/dt=D``, or D's rows of a month partition
+   ``events/dt=YYYY-MM`` as an imported log writes them; every ``*.parquet`` of a partition is read);
 2. each is embedded from their latest M actions up to the end of D (only their events are read);
 3. the result is merged into the previous day's table (the newest published version older than D):
    new rows replace old ones, the other users carry over;
@@ -58,14 +59,14 @@ def _events_of(data_dir: str | Path, users: np.ndarray, days: list[str]):
     spec = dataset_spec(data_dir, "events")  # the action types/surfaces meta.json declares (data.vocab)
     frames = []
     value_set = pa.array(users, pa.int64())
-    for day in days:
-        path = io.partition_path(data_dir, "events", day)
-        t = pq.read_table(path, filters=[("user_id", "in", value_set)]) if len(users) else pq.read_table(path).slice(0, 0)
-        if t.num_rows:
-            errs, _ = check_table(spec, t, str(path))
-            if errs:
-                raise DataValidationError(errs)
-            frames.append(t)
+    for day in days:  # stored partition keys (days or months): every Parquet file of each
+        for path in io.partition_files(data_dir, "events", day):
+            t = pq.read_table(path, filters=[("user_id", "in", value_set)], page_checksum_verification=True)
+            if t.num_rows:
+                errs, _ = check_table(spec, t, str(path))
+                if errs:
+                    raise DataValidationError(errs)
+                frames.append(t)
     if not frames:
         return None
     df = drop_out_of_vocab(pa.concat_tables(frames).to_pandas(), spec)
@@ -97,9 +98,10 @@ def embed_active_users(model_dir: str | Path, data_dir: str | Path, pin_embeddin
     from components.training.pinnerformer_data import embed_windows
 
     day_start, day_end = io.day_bounds(date)
-    days = io.partitions(data_dir, "events")
-    if date not in days:
-        raise FileNotFoundError(f"{io.partition_path(data_dir, 'events', date)}: no events partition for {date}")
+    days = io.partitions(data_dir, "events")  # stored keys: days, or months for an imported long log
+    if io.locate(data_dir, "events", date) is None:
+        raise FileNotFoundError(f"{io.partition_path(data_dir, 'events', date).parent}: no events partition for {date} "
+                                f"(nor for its month {date[:7]})")
     model, cfg, _ = load_model(model_dir)
     version_tag = model_digest(model_dir)
     table = _load_pin_table(pin_embeddings)
@@ -109,10 +111,15 @@ def embed_active_users(model_dir: str | Path, data_dir: str | Path, pin_embeddin
         io.day_bounds(since)  # a clear error for a malformed date
         if since > date:
             raise ValueError(f"--since {since} is after --date {date}")
-    active_days = [d for d in days if since <= d <= date] if since is not None else [date]
-    active = np.unique(np.concatenate([
-        pq.read_table(io.partition_path(data_dir, "events", d), columns=["user_id"]).column("user_id").to_numpy()
-        for d in active_days]))
+    first = io.day_bounds(since)[0] if since is not None else day_start
+    # the stored partitions overlapping [since or D, D] (a month key YYYY-MM sorts before its days)
+    active_keys = [d for d in days if since[:len(d)] <= d <= date] if since is not None else [date]
+    seen = []
+    for key in active_keys:
+        t = io.read_partition(data_dir, "events", key, columns=["user_id", "timestamp"])
+        ts = t.column("timestamp").to_numpy()
+        seen.append(t.column("user_id").to_numpy()[(ts >= first) & (ts < day_end)])
+    active = np.unique(np.concatenate(seen)).astype(np.int64)
     if shard is not None:
         active = active[in_shard(active, *shard)]
     # latest M actions up to the end of D: read only the active users' rows, up to and including D
