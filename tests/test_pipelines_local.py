@@ -114,3 +114,24 @@ def test_failed_daily_run_leaves_published_state_intact(runs):
         run_local("daily", runs["out"], {"date": "1999-01-01"})  # no events partition that day
     assert store.current() == current
     np.testing.assert_array_equal(store.read().embeddings, table.embeddings)
+
+
+def test_training_run_from_an_import_config(tmp_path):
+    """``import_config`` set: the training pipeline starts from import_data (docs/data.md's 20-line shop log)
+    instead of prepare_data, every later step reads the imported directory, and the daily defaults take
+    their data from import-data."""
+    from pipelines.runner import daily_defaults, run_local
+
+    config = Path(__file__).resolve().parents[1] / "components" / "configs" / "import" / "shop.yaml"
+    run = run_local("training", tmp_path, {
+        "import_config": str(config), "date": "2024-03-09", "user_backfill_days": 8,
+        "pinsage_overrides": ["batch_size=4", "num_negatives=4", "epochs=1"],  # a catalogue of 6 items
+        "pinnerformer_overrides": ["batch_size=4", "num_random_negatives=4", "epochs=1"],
+        "ranker_overrides": ["batch_size=8"]})
+    a = run["artifacts"]
+    assert "prepare-data" not in a and a["import-data"]["data"]["metadata"]["import_config"]["name"] == "shop"
+    assert _meta(run, "embed-pins", "stats")["pins"] == 6  # the imported catalogue, not the synthetic one
+    assert _meta(run, "embed-users", "users")["date"] == "2024-03-09"
+    assert _meta(run, "evaluate-ranker", "metrics")["rows_eval"] > 0
+    assert a["register-features"] and a["build-index"]
+    assert daily_defaults(tmp_path)["data_uri"] == a["import-data"]["data"]["path"]
