@@ -73,3 +73,20 @@ def test_eval_ranker_rejects_unknown_experiments_before_training(tiny_data, tmp_
     with pytest.raises(ConfigError, match="--seeds"):
         ranker_eval.evaluate(["ranker_mlp_tiny"], tiny_data, tmp_path, seeds="two")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_child_that_dies_without_reporting_is_an_error_not_a_hang():
+    """train_isolated's wait: a spawned child that exits before reporting (here os._exit(3), as a SIGKILL or an
+    out-of-memory kill would) raises naming the exit code instead of blocking on the queue forever."""
+    import multiprocessing as mp
+    import os
+
+    from components.evaluation.ranker import wait_for_child
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=os._exit, args=(3,))
+    proc.start()
+    with pytest.raises(RuntimeError, match="exited with code 3 before reporting"):
+        wait_for_child(proc, queue, "probe", poll_s=0.2)
+    proc.join()

@@ -18,6 +18,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,22 @@ def _train_worker(experiment: str, overrides: dict[str, Any], data_dir: str, mod
         queue.put(("error", f"{type(e).__name__}: {e}"))
 
 
+def wait_for_child(proc: Any, queue: Any, what: str, poll_s: float = 1.0) -> tuple[str, Any]:
+    """The child's report from ``queue``; if the child dies without one (killed, out of memory, a crash in native
+    code), an error naming its exit code instead of waiting forever."""
+    while True:
+        try:
+            return queue.get(timeout=poll_s)
+        except Empty:
+            if proc.is_alive():
+                continue
+            try:  # it may have reported just before exiting
+                return queue.get(timeout=poll_s)
+            except Empty:
+                raise RuntimeError(f"{what}: the training process exited with code {proc.exitcode} "
+                                   "before reporting a result") from None
+
+
 def train_isolated(experiment: str, overrides: dict[str, Any], data_dir: str | Path, model_dir: str | Path,
                    user_embeddings: str | None = None, pin_embeddings: str | None = None) -> dict[str, Any]:
     """Train one experiment in a fresh (spawned) process; returns its metrics plus its peak memory."""
@@ -88,7 +105,7 @@ def train_isolated(experiment: str, overrides: dict[str, Any], data_dir: str | P
     proc = ctx.Process(target=_train_worker, args=(experiment, overrides, str(data_dir), str(model_dir),
                                                   user_embeddings, pin_embeddings, queue))
     proc.start()
-    status, payload = queue.get()
+    status, payload = wait_for_child(proc, queue, f"ranker experiment '{experiment}'")
     proc.join()
     if status != "ok":
         raise RuntimeError(f"ranker experiment '{experiment}' ({overrides}) failed: {payload}")
