@@ -191,7 +191,7 @@ def corrupt_request(x: dict[str, np.ndarray], name: str, kind: str, row: int, co
         x[name] = a[:, :-1] if a.shape[1] > 1 and value > 0 else np.concatenate([a, a[:1]])
     elif kind == "value":
         if a.dtype == np.int64:
-            a[r, c] = int(np.clip(value, -(2**62), 2**62))
+            a[r, c] = int(np.clip(value, -(2**62), 2**62)) if np.isfinite(value) else 2**62  # NaN: no int64; an id far out of range
         else:
             a[r, c] = np.float32(value)
     return x

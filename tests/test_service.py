@@ -89,6 +89,9 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 30) 
     if alive(proc.pid):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    end = time.monotonic() + 15  # the group's other members are reaped by init a moment after SIGKILL
+    while alive(proc.pid) and time.monotonic() < end:
+        time.sleep(0.2)
     assert alive(proc.pid) == []
 
 
