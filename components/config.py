@@ -15,6 +15,7 @@ their choices and bounds are most of it), and the machinery beside them is what 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ class Range:
         return " and ".join(parts)
 
     def holds(self, x: float) -> bool:
+        if not math.isfinite(x):  # NaN compares False with every bound, so it would pass them all
+            return False
         if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
             return False
         return not (self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi))

@@ -99,6 +99,8 @@ def test_overrides_parse_and_apply():
     ("arch=[1]", "key 'arch' expects one of mlp, dcnv2_baseline, .*, got \\[1\\]"),
     ("arch=dcn", "key 'arch' expects one of mlp, .*dhen, got 'dcn'"),
     ("lr=-1", "key 'lr' expects float > 0, got -1.0"),
+    ("weight_decay=.nan", "key 'weight_decay' expects float >= 0, got nan"),
+    ("lr=.inf", "key 'lr' expects float > 0, got inf"),
     ("epochs=-3", "key 'epochs' expects int >= 1, got -3"),
     ("batch_size=0", "key 'batch_size' expects int >= 1, got 0"),
     ("dropout=5.0", "key 'dropout' expects float >= 0 and < 1, got 5.0"),
