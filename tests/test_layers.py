@@ -126,7 +126,7 @@ def test_gate_nu_matches_formula_and_stays_in_0_2():
     x = torch.tensor([[3.0, 1.0]])
     assert torch.allclose(gate(x), torch.tensor([[2 * _sig(3.0), 2 * _sig(-1.0)]]), atol=1e-6)
     torch.manual_seed(0)
-    big = GateNU(8, 16)
+    big = GateNU(8, 16, identity_init=False)  # PyTorch's default init, scaled up below
     with torch.no_grad():
         for p in big.parameters():
             p.mul_(50)
@@ -161,6 +161,32 @@ def test_ppnet_gates_every_layer_of_every_tower():
     assert torch.allclose(pp(x, personal, ep), torch.cat(want, -1), atol=1e-6)
 
 
+def test_gates_start_as_identity_so_gated_output_equals_ungated():
+    """Every Gate NU starts at exactly 1 (zero output layer, 2 * sigmoid(0)), for any input and seed: EPNet
+    returns the embedding unchanged and PPNet's towers equal the same towers without gates."""
+    for seed in range(3):
+        torch.manual_seed(seed)
+        gate = GateNU(6, 5, hidden_dim=4)
+        assert torch.equal(gate(torch.randn(7, 6) * 10), torch.ones(7, 5))
+        assert torch.allclose(GateNU(6, 5, gamma=3.0)(torch.randn(7, 6)), torch.ones(7, 5), atol=1e-6)
+        ep = EPNet(domain_dim=2, emb_dim=3, hidden_dim=4)
+        emb = torch.randn(5, 3)
+        assert torch.equal(ep(emb, torch.randn(5, 2)), emb)
+        pp = PPNet(in_dim=3, personal_dim=2, ep_dim=4, dims=[5, 4], num_tasks=2, gate_hidden=4)
+        x = torch.randn(6, 3)
+        ungated = []
+        for tower in pp.towers:
+            h = x
+            for i, linear in enumerate(tower):
+                h = linear(h) if i == len(tower) - 1 else torch.relu(linear(h))
+            ungated.append(h)
+        assert torch.allclose(pp(x, torch.randn(6, 2), torch.randn(6, 4)), torch.cat(ungated, -1), atol=1e-6)
+    # the gates still learn: the output layer gets a gradient at the first step
+    gate = GateNU(6, 5, hidden_dim=4)
+    gate(torch.randn(7, 6)).pow(2).sum().backward()
+    assert gate.out.weight.grad.abs().sum() > 0
+
+
 def test_ppnet_stop_gradient_no_gradient_reaches_epnet_output():
     torch.manual_seed(0)
     pp = PPNet(in_dim=3, personal_dim=2, ep_dim=4, dims=[5], num_tasks=2)
@@ -169,7 +195,10 @@ def test_ppnet_stop_gradient_no_gradient_reaches_epnet_output():
     out = pp(x, torch.randn(6, 2), ep)  # ep enters PPNet only through its gates
     out.sum().backward()
     assert ep.grad is None or torch.count_nonzero(ep.grad) == 0
-    # while the personal features do get gradient through the same gates
+    # while the personal features do get gradient through the same gates (once they left their identity init)
+    with torch.no_grad():
+        for g in pp.gates:
+            g.out.weight.normal_()
     personal = torch.randn(6, 2, requires_grad=True)
     pp(x, personal, ep.detach()).sum().backward()
     assert personal.grad is not None and personal.grad.abs().sum() > 0
