@@ -56,8 +56,9 @@ class ClusterConfig:
     feast_secret: dict[str, dict[str, str]] = field(default_factory=lambda: {
         "redis-auth": {"redis-password": "REDIS_PASSWORD"}, "feast-registry": {"password": "FEAST_REGISTRY_PASSWORD"}})
     milvus_secret: dict[str, dict[str, str]] = field(default_factory=lambda: {"milvus-auth": {"token": "MILVUS_TOKEN"}})
-    # Secrets a pod starts without (Milvus without authentication is the chart's default)
-    optional_secrets: tuple[str, ...] = ("milvus-auth",)
+    # Secrets a pod starts without: Milvus without authentication and object storage through workload identity
+    # (IRSA / GKE / Azure; boto3 then finds its credentials itself) are the chart's defaults
+    optional_secrets: tuple[str, ...] = ("milvus-auth", "homefeed-object-store")
     stack_config_map: str = field(default_factory=lambda: os.environ.get("HOMEFEED_STACK_CONFIGMAP") or "homefeed-stack")
     stack_dir: str = STACK_DIR
 
