@@ -1,5 +1,6 @@
 """components/training/loop.py: the one fit() — log schema, metric names, checkpoint rotation, checkpoint_every 0,
-exact resume, config check on resume, stale checkpoints cleared, process-group teardown on failure — and the
+exact resume, config check on resume, stale checkpoints cleared, process-group teardown on failure, validation
+(best weights kept and published, early stopping with patience, resumed with its state), the step bar — and the
 safe checkpoint reader (models/checkpoint.py) refusing pickled objects.
 
 A small real task (a two-layer regression with dropout, so the RNG state matters) runs through the same loop
@@ -19,7 +20,7 @@ from torch import nn
 
 from components import config
 from components.models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from components.training.loop import TrainTask, fit
+from components.training.loop import TrainTask, Validation, fit
 
 METRICS = {"steps", "final_loss", "world_size", "train_seconds", "train_examples_per_s", "params_in_sync",
            "parameters", "data_wait_s", "compute_s", "data_wait_fraction", "steady_data_wait_fraction"}
@@ -153,3 +154,76 @@ def test_checkpoints_holding_pickled_objects_are_refused(tmp_path, evil):
     ok = save_checkpoint(tmp_path / "ok.pt", nn.Linear(2, 1), None, 3, cfg(), {"note": "plain"})
     state = read_checkpoint(ok)
     assert state["step"] == 3 and state["extra"] == {"note": "plain"} and state["config"]["experiment"] == "ranker_tiny"
+
+
+class Scripted:
+    """A validation metric that returns the given values in turn (the tracking logic is what is tested) and
+    records the weights it saw each time."""
+
+    def __init__(self, values):
+        self.values, self.seen = list(values), []
+
+    def __call__(self, model):
+        assert not model.training and not torch.is_grad_enabled()  # fit evaluates in eval mode, no grad
+        self.seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return self.values.pop(0)
+
+
+def read_log(folder):
+    return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_validation_keeps_the_best_weights_and_stops_after_patience(tmp_path):
+    ev = Scripted([0.5, 0.7, 0.6, 0.65, float("nan"), 0.9])
+    v = Validation(ev, metric="val_score", direction="higher", every=4, patience=3)
+    m = fit(ToyTask(cfg()), tmp_path / "v", validation=v)
+    # validations at 4, 8 (best), 12, 16, 20 (NaN: undefined, not an improvement): 3 without improvement -> stop
+    assert m["steps"] == 20 and m["stopped_early"] is True and m["validations"] == 5
+    assert m["best_step"] == 8 and m["best_val_score"] == 0.7
+    recs = [r for r in read_log(tmp_path / "v") if r["event"] == "validate"]
+    assert [(r["step"], r["value"], r["improved"], r["stop"]) for r in recs] == [
+        (4, 0.5, True, False), (8, 0.7, True, False), (12, 0.6, False, False), (16, 0.65, False, False),
+        (20, None, False, True)]
+    published, best = weights(tmp_path / "v"), read_checkpoint(tmp_path / "v" / "best.pt")["model"]
+    assert all(torch.equal(published[k], best[k]) and torch.equal(best[k], ev.seen[1][k]) for k in best)
+    assert not all(torch.equal(published[k], ev.seen[-1][k]) for k in best)  # not the last weights
+    assert json.loads((tmp_path / "v" / "metrics.json").read_text())["best_step"] == 8
+
+
+def test_validation_every_epoch_lower_is_better_and_a_real_metric(tmp_path):
+    x = torch.from_numpy(np.random.default_rng(5).normal(size=(32, 4)).astype(np.float32))  # held-out rows
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+
+    def val_mse(model):
+        return float(((model(x)[:, 0] - y) ** 2).mean())
+
+    m = fit(ToyTask(cfg()), tmp_path / "e", validation=Validation(val_mse, "val_mse", "lower", every=0))
+    recs = [r for r in read_log(tmp_path / "e") if r["event"] == "validate"]
+    assert [r["step"] for r in recs] == [8, 16, 24] and m["stopped_early"] is False  # patience 0: never stops
+    assert m["best_val_mse"] == min(r["value"] for r in recs)
+    model = ToyTask(cfg()).build_model()
+    model.load_state_dict(weights(tmp_path / "e"))
+    model.eval()
+    with torch.no_grad():
+        assert val_mse(model) == pytest.approx(m["best_val_mse"], rel=1e-6)  # model.pt is the best-scoring model
+
+
+def test_validation_state_is_resumed_and_a_fresh_run_drops_the_old_best(tmp_path):
+    part = tmp_path / "p"
+    fit(ToyTask(cfg(max_steps=8)), part, validation=Validation(Scripted([0.9, 0.1]), every=4, patience=2))
+    resumed = fit(ToyTask(cfg()), part, resume=True, validation=Validation(Scripted([0.2, 0.3]), every=4, patience=2))
+    # the best (0.9 at step 4) survived the resume; 8 (0.1), 12, 16 (0.2, 0.3) are no better: patience 2 after 12
+    assert resumed["best_step"] == 4 and resumed["best_val_metric"] == 0.9 and resumed["steps"] == 12
+    fit(ToyTask(cfg(max_steps=4)), part)  # a fresh run without validation: no stale best.pt left behind
+    assert not (part / "best.pt").exists()
+
+
+def test_the_step_bar_is_drawn_only_when_enabled(tmp_path, monkeypatch, capfd):
+    monkeypatch.delenv("HOMEFEED_PROGRESS", raising=False)
+    monkeypatch.delenv("HOMEFEED_QUIET", raising=False)
+    fit(ToyTask(cfg(max_steps=4)), tmp_path / "quiet")
+    assert "train toy" not in capfd.readouterr().err  # stderr is not a terminal under pytest: no bar
+    monkeypatch.setenv("HOMEFEED_PROGRESS", "1")
+    fit(ToyTask(cfg(max_steps=4)), tmp_path / "bar")
+    err = capfd.readouterr().err
+    assert "train toy" in err and "/4 [" in err  # the bar, with the run's 4 steps as its total

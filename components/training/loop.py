@@ -9,21 +9,32 @@ names (``steps``, ``final_loss``, ``world_size``, ``train_seconds``, ``train_exa
 ``params_in_sync``, ``parameters``, ``data_wait_s``, ``compute_s``, ``data_wait_fraction``,
 ``steady_data_wait_fraction``, plus what the task's ``finish`` adds).
 
+Validation (optional, :class:`Validation`): ``fit(..., validation=Validation(evaluate, metric, ...))`` evaluates
+the model on rank 0 every ``every`` steps (0 = at the end of every epoch) and at the end of training, writes an
+``event: validate`` record per evaluation, keeps the best weights in ``best.pt`` (and saves them as
+``model.pt`` at the end: the model that is published is the best one seen on the validation data), and stops
+early after ``patience`` evaluations without improvement (0 = never). ``metrics.json`` then adds
+``best_step``, ``best_<metric>``, ``validations`` and ``stopped_early``. A step bar is drawn through
+:mod:`components.progress` on rank 0 (off when stderr is not a terminal).
+
 A model supplies a :class:`TrainTask` (build, batches, loss, checkpoint extras); see
 ``docs/interfaces.md`` for a ten-line example. Position in training is (epoch, batch): a task's
 ``batches(epoch, start)`` must depend only on (seed, rank, epoch), so a resumed run sees exactly the
 minibatches an uninterrupted one would have seen.
 
 Output directory: ``model.pt`` (weights + config + ``task.model_extra()``, no optimizer), ``config.yaml``,
-``checkpoints/step-N.pt``, ``train_log.jsonl``, ``metrics.json``.
+``checkpoints/step-N.pt``, ``train_log.jsonl``, ``metrics.json`` and, with validation, ``best.pt``.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -34,6 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 from components import config as config_mod
 from components.data import io
 from components.models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint, set_rng_state
+from components.progress import Progress
 from components.training.common import (
     DistInfo,
     StepTimer,
@@ -89,6 +101,10 @@ class TrainTask:
         """Training examples in one minibatch (for ``train_examples_per_s``)."""
         return 0
 
+    def steps_per_epoch(self) -> int | None:
+        """Minibatches per epoch on this rank when known before the epoch runs (the progress bar's total)."""
+        return None
+
     def state(self) -> dict[str, Any]:
         """Task state a resumed run needs beside weights/optimizer/RNG (tensors and plain values)."""
         return {}
@@ -142,8 +158,55 @@ class Checkpoints:
             old.unlink()
 
 
+@dataclass
+class Validation:
+    """Validation during training: what to evaluate, how often, and when to stop.
+
+    ``evaluate(model)`` runs on rank 0 with the saved module in eval mode under ``torch.no_grad()`` and returns
+    the validation metric (None = undefined, never an improvement). ``every``: optimizer steps between
+    evaluations (0 = at the end of every epoch); training always ends with one. ``patience``: evaluations
+    in a row without an improvement of more than ``min_delta`` before training stops (0 = never stops early).
+    """
+
+    evaluate: Callable[[nn.Module], float | None]
+    metric: str = "val_metric"
+    direction: Literal["higher", "lower"] = "higher"
+    every: int = 0
+    patience: int = 0
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("higher", "lower"):
+            raise ValueError(f"Validation: direction must be 'higher' or 'lower', got {self.direction!r}")
+        if self.every < 0 or self.patience < 0 or self.min_delta < 0:
+            raise ValueError(f"Validation: every ({self.every}), patience ({self.patience}) and min_delta "
+                             f"({self.min_delta}) must be >= 0")
+
+
+class _Tracker:
+    """The best validation value so far, its step and the evaluations since (checkpointed for resume)."""
+
+    def __init__(self, v: Validation):
+        self.v, self.best, self.best_step, self.bad, self.count = v, None, 0, 0, 0
+
+    def improved(self, value: float | None) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        gain = value - self.best if self.v.direction == "higher" else self.best - value
+        return gain > self.v.min_delta
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step, "bad": self.bad, "count": self.count}
+
+    def load(self, st: dict[str, Any]) -> None:
+        self.best, self.best_step = st.get("best"), int(st.get("best_step", 0))
+        self.bad, self.count = int(st.get("bad", 0)), int(st.get("count", 0))
+
+
 def _resume(task: TrainTask, ckpts: Checkpoints, model: nn.Module, opt: torch.optim.Optimizer,
-            log: TrainLog) -> tuple[int, int, int]:
+            log: TrainLog, tracker: _Tracker | None) -> tuple[int, int, int]:
     """Load the latest checkpoint (config checked first); return (step, epoch, batch) to continue from."""
     latest = ckpts.latest()
     if latest is None:
@@ -158,16 +221,53 @@ def _resume(task: TrainTask, ckpts: Checkpoints, model: nn.Module, opt: torch.op
     set_rng_state(state["rng"])
     position = state["extra"]["loop"]
     task.load_state(state["extra"].get("task", {}))
+    if tracker is not None:
+        tracker.load(position.get("validation") or {})
     step, epoch, batch = int(state["step"]), int(position["epoch"]), int(position["batch"])
     log.log(event="resume", checkpoint=str(latest), step=step, epoch=epoch, batch=batch)
     return step, epoch, batch
 
 
-def fit(task: TrainTask, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+def _validate(v: Validation, tracker: _Tracker, model: nn.Module, step: int, epoch: int, log: TrainLog,
+              best_path: Path, cfg: Any, extra: dict[str, Any]) -> bool:
+    """Rank 0: evaluate, log, keep the best weights in ``best_path``; True when patience has run out."""
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        value = v.evaluate(model)
+    value = None if value is None or not math.isfinite(float(value)) else float(value)
+    model.train(was_training)
+    tracker.count += 1
+    better = tracker.improved(value)
+    if better:
+        tracker.best, tracker.best_step, tracker.bad = value, step, 0
+        save_checkpoint(best_path, model, None, step, cfg, extra)
+    else:
+        tracker.bad += 1
+    stop = v.patience > 0 and tracker.bad >= v.patience
+    log.log(event="validate", step=step, epoch=epoch, metric=v.metric, value=value, best=tracker.best,
+            best_step=tracker.best_step, improved=better, stop=stop, seconds=round(time.perf_counter() - t0, 3))
+    return stop
+
+
+def _agree(flag: bool, info: DistInfo) -> bool:
+    """Rank 0's decision, on every rank (a broadcast under torchrun)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def fit(task: TrainTask, out_dir: str | Path, resume: bool = False,
+        validation: Validation | None = None) -> dict[str, Any]:
     """Train ``task`` into ``out_dir``; under torchrun every rank calls this, rank 0 writes. Returns the metrics
-    (the task's ``finish`` metrics only on rank 0)."""
+    (the task's ``finish`` metrics only on rank 0). ``validation``: evaluate during training, keep the best
+    weights and stop early (:class:`Validation`)."""
     cfg, out_dir = task.cfg, Path(out_dir)
     info = init_distributed()
+    bar: Progress | None = None
     try:
         t0 = time.perf_counter()
         seed_everything(cfg.seed)
@@ -176,12 +276,15 @@ def fit(task: TrainTask, out_dir: str | Path, resume: bool = False) -> dict[str,
         opt = task.optimizer(model)
         ckpts = Checkpoints(out_dir / "checkpoints", cfg.keep_checkpoints)
         log = TrainLog(out_dir / "train_log.jsonl", info)
+        best_path = out_dir / "best.pt"
+        tracker = _Tracker(validation) if validation is not None else None
         if not resume and info.is_main:  # a fresh run: no older run's checkpoint to resume from later, a new log
             ckpts.clear()
+            best_path.unlink(missing_ok=True)
             (out_dir / "train_log.jsonl").unlink(missing_ok=True)
         if info.enabled:
             dist.barrier()
-        step, epoch0, batch0 = _resume(task, ckpts, model, opt, log) if resume else (0, 0, 0)
+        step, epoch0, batch0 = _resume(task, ckpts, model, opt, log, tracker) if resume else (0, 0, 0)
         if info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             config_mod.save(cfg, out_dir)
@@ -191,10 +294,26 @@ def fit(task: TrainTask, out_dir: str | Path, resume: bool = False) -> dict[str,
                 prep_seconds=round(time.perf_counter() - t0, 3), resumed=step > 0, **task.start_record())
 
         def extra(epoch: int, batch: int) -> dict[str, Any]:
-            return {**task.model_extra(), "loop": {"epoch": epoch, "batch": batch}, "task": task.state()}
+            loop = {"epoch": epoch, "batch": batch, **({"validation": tracker.state()} if tracker else {})}
+            return {**task.model_extra(), "loop": loop, "task": task.state()}
 
+        def check(epoch: int, batch: int) -> bool:
+            """Validate on rank 0 (when a validation is given); True on every rank when training should stop."""
+            if validation is None:
+                return False
+            stop = info.is_main and _validate(validation, tracker, model, step, epoch, log, best_path, cfg,
+                                              extra(epoch, batch))
+            return _agree(stop, info)
+
+        per_epoch = task.steps_per_epoch()
+        total = cfg.max_steps or (cfg.epochs * per_epoch if per_epoch else None)
         timer, steady, losses, examples, t_train = StepTimer(), StepTimer(), [], 0, time.perf_counter()
         epoch, batch, stop = epoch0, batch0, bool(cfg.max_steps) and step >= cfg.max_steps
+        validated_at, early = -1, False
+        # the step bar: rank 0 only (other ranks count into a buffer that is never a terminal)
+        bar = Progress(total=total, desc=f"train {task.name}", unit="step", file=None if info.is_main else StringIO())
+        bar.__enter__()
+        bar.update(step)
         while epoch < cfg.epochs and not stop:
             timer._t, steady._t, start = time.perf_counter(), time.perf_counter(), batch
             for batch, data in enumerate(task.batches(epoch, start), start=start):
@@ -212,12 +331,16 @@ def fit(task: TrainTask, out_dir: str | Path, resume: bool = False) -> dict[str,
                 else:
                     steady._t = time.perf_counter()
                 step += 1
+                bar.update(1)
                 examples += task.count(data)
                 losses.append(float(loss.detach()))
                 if step % cfg.log_every == 0:
                     log.log(event="step", step=step, epoch=epoch, loss=round(float(np.mean(losses[-cfg.log_every:])), 5),
                             **values, **timer.as_dict())
                 stop = bool(cfg.max_steps) and step >= cfg.max_steps
+                if validation is not None and validation.every and step % validation.every == 0:
+                    validated_at, early = step, check(epoch, batch + 1)
+                    stop = stop or early
                 if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or stop):
                     if info.is_main:
                         ckpts.save(model, opt, step, cfg, extra(epoch, batch + 1))
@@ -228,9 +351,15 @@ def fit(task: TrainTask, out_dir: str | Path, resume: bool = False) -> dict[str,
                     break
             else:
                 epoch, batch = epoch + 1, 0
-                if cfg.checkpoint_every and epoch == cfg.epochs and info.is_main and ckpts.latest() != \
+                if validation is not None and not validation.every and validated_at != step:
+                    validated_at, early = step, check(epoch, 0)
+                    stop = early
+                if cfg.checkpoint_every and (epoch == cfg.epochs or stop) and info.is_main and ckpts.latest() != \
                         ckpts.folder / f"step-{step}.pt":
                     ckpts.save(model, opt, step, cfg, extra(epoch, 0))
+        bar.close()
+        if validation is not None and validated_at != step:  # the final weights are always a candidate
+            check(epoch, batch)
         train_seconds = time.perf_counter() - t_train
         in_sync = params_equal_across_ranks(model) if info.enabled else True  # a collective: every rank
         metrics: dict[str, Any] = {
@@ -240,6 +369,11 @@ def fit(task: TrainTask, out_dir: str | Path, resume: bool = False) -> dict[str,
             "parameters": sum(p.numel() for p in model.parameters()), **timer.as_dict(),
             "steady_data_wait_fraction": steady.as_dict()["data_wait_fraction"]}
         if info.is_main:
+            if tracker is not None:
+                metrics.update({"best_step": tracker.best_step, f"best_{validation.metric}": tracker.best,
+                                "validations": tracker.count, "stopped_early": early})
+                if tracker.best is not None and best_path.exists():  # publish the best weights, not the last
+                    model.load_state_dict(read_checkpoint(best_path)["model"])
             model.eval()
             save_checkpoint(out_dir / "model.pt", model, None, step, cfg, extra(epoch, batch))
             metrics.update(task.finish(model))
@@ -249,5 +383,7 @@ def fit(task: TrainTask, out_dir: str | Path, resume: bool = False) -> dict[str,
             dist.barrier()
         return metrics
     finally:
+        if bar is not None:
+            bar.close()
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
