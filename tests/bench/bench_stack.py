@@ -1,13 +1,23 @@
-"""Benchmark of the stores of the recommend path, ``local`` vs ``server`` profile in one run (``make bench``).
+"""The recommend path end to end, ``local`` vs ``server`` profile in one run, and HNSW vs exact on the Milvus server.
 
-HOMEFEED_BENCH_PINS synthetic pins (default 500000; users = pins / 10), 64-d clustered embeddings, and ranker
-features (two dense, two sparse per user and per pin) are published through the same code as the daily run
+Sizes by environment (``make bench`` runs the defaults; the README's figures come from the larger runs)::
+
+    HOMEFEED_BENCH_PINS=500000 pytest -q -s tests/bench/bench_stack.py        # local vs server at 500k pins
+    HOMEFEED_BENCH_PINS=1000000 HOMEFEED_BENCH_STACK_PROFILES=server pytest -q -s tests/bench/bench_stack.py
+
+HOMEFEED_BENCH_PINS synthetic pins (default 100000; users = pins / 10), 64-d clustered embeddings, and ranker
+features with the served ranker's own feature names, published through the daily run's code
 (``feast_store.apply`` + ``materialize``, ``milvus_index.build_index``) into the local profile (Feast SQLite + file
-registry, Milvus Lite) and the server profile started for real (Valkey, PostgreSQL, the Milvus server; the
-``server_stack`` machinery). Per request, as the recommend path does them: the user's embedding from Feast, the
-top-N candidates from Milvus through the alias, the ranker features of (user, N pins) from Feast; p50/p99 per stage
-and of their sum, and the ratio local/server. Triton (the same server in both profiles) is not part of this
-benchmark. Then HNSW recall@10 against exact search on the Milvus server at several ``ef``.
+registry, Milvus Lite) and the server profile started for real (Valkey, PostgreSQL, the Milvus 2.3.5 server:
+``components.stack``). The serving-size ranker (``ranker_tiny``, trained on synthetic_tiny for its preprocessing
+statistics) runs in a real tritonserver (python preprocess + ONNX Runtime ensemble), the same server for both
+profiles. Each request is ``Recommender.recommend`` (the service's code): Feast user embedding, Milvus top-500
+through the alias (ef 128), Feast ranker features of the 500 pins, Triton; p50/p99 per stage and end to end, each
+stage's share of the mean, and local/server ratios.
+
+Then, on the Milvus server: HNSW recall@10 against exact search at several ``ef``, one query per request as the
+recommend path sends them, and queries/s against exact numpy search one query at a time (the goal in issue #13:
+recall@10 >= 0.95 at >= 20x exact QPS). ``/proc/loadavg`` is recorded before and after each timed phase.
 """
 
 from __future__ import annotations
@@ -16,126 +26,185 @@ import datetime as dt
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components import stack
-from components.inference.tables import EmbeddingTable, write_table
+from components import config, stack
+from components.data import io
+from components.data.tables import EmbeddingTable, write_table
 from components.serving import feast_store
 from components.serving import milvus_index as mi
+from components.serving import model_repository as mr
+from components.serving.recommend import RecommendConfig, Recommender
+from components.serving.triton import TritonServer
 from components.stackconfig import load_stack
 
-PINS = int(os.environ.get("HOMEFEED_BENCH_PINS", "500000"))
+PINS = int(os.environ.get("HOMEFEED_BENCH_PINS", "100000"))
 USERS = max(PINS // 10, 100)
+PROFILES = [p.strip() for p in os.environ.get("HOMEFEED_BENCH_STACK_PROFILES", "local,server").split(",") if p.strip()]
 DIM = 64
 N = 500  # candidates per request
+K = 20
 REQUESTS = int(os.environ.get("HOMEFEED_BENCH_STACK_REQUESTS", "200"))
+WARMUP = 10
+EFS = (16, 32, 64, 128, 256, 512)
+QUERIES = 300
 DAY = "2024-03-01"
+VERSION = "content-v1"  # the version the served ranker was trained against (its preprocess.json)
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().strip()
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _sources(repo, rng, pins: EmbeddingTable, users: EmbeddingTable) -> None:
-    """Feast sources as write_sources lays them out, without a data directory (synthetic features)."""
+def _pct(xs: list[float]) -> dict[str, float]:
+    a = np.asarray(xs)
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
+
+
+def _sources(repo: Path, rng, pins: EmbeddingTable, users: EmbeddingTable, meta: dict, pre: dict) -> None:
+    """Feast sources as ``write_sources`` lays them out: the ranker's own user/pin feature columns (names from
+    the data it was trained on, sparse values inside its cardinalities), synthetic values."""
     src = repo / "sources"
     src.mkdir(parents=True, exist_ok=True)
     ts = pa.array([dt.datetime(2024, 3, 1, tzinfo=dt.UTC)], pa.timestamp("us", tz="UTC"))
     for name, t in (("user_embedding", users), ("pin_embedding", pins)):
         n = len(t)
-        pq.write_table(pa.table({t.id_column: t.ids, "embedding": pa.array(list(t.embeddings), pa.list_(pa.float32())),
-                                 "model_version": ["bench"] * n, "event_timestamp": ts.take(np.zeros(n, int))}),
-                       src / f"{name}.parquet")
+        flat = pa.array(t.embeddings.reshape(-1), pa.float32())
+        emb = pa.FixedSizeListArray.from_arrays(flat, DIM).cast(pa.list_(pa.float32()))
+        pq.write_table(pa.table({t.id_column: t.ids, "embedding": emb, "model_version": [VERSION] * n,
+                                 "event_timestamp": ts.take(np.zeros(n, int))}), src / f"{name}.parquet")
+    cards = dict(zip(pre["sparse"]["names"], pre["sparse"]["cardinalities"]))
     schema = {}
-    for name, ids, col, prefix in (("user_features", users.ids, "user_id", "u"), ("pin_features", pins.ids, "pin_id", "p")):
+    for key, ids, col in (("user_features", users.ids, "user_id"), ("pin_features", pins.ids, "pin_id")):
         n = len(ids)
-        cols = {f"d_{prefix}1": rng.normal(size=n).astype(np.float32), f"d_{prefix}2": rng.normal(size=n).astype(np.float32),
-                f"s_{prefix}1": rng.integers(0, 50, n), f"s_{prefix}2": rng.integers(0, 1000, n)}
-        pq.write_table(pa.table({col: ids, **cols, "event_timestamp": ts.take(np.zeros(n, int))}), src / f"{name}.parquet")
-        schema[name] = {c: ("float" if c.startswith("d_") else "int") for c in cols}
+        cols = {c: (rng.integers(0, cards.get(c, 8), n) if c.startswith("s_") else rng.normal(size=n).astype(np.float32))
+                for c in meta[key]}
+        pq.write_table(pa.table({col: ids, **cols, "event_timestamp": ts.take(np.zeros(n, int))}), src / f"{key}.parquet")
+        schema[key] = {c: ("int" if c.startswith("s_") else "float") for c in cols}
     (src / "schema.json").write_text(json.dumps(schema))
 
 
-def _publish(cfg, rng, pins, users, pins_path) -> dict[str, float]:
+def _publish(cfg, rng, pins, users, pins_path, meta, pre) -> dict[str, float]:
     t = time.perf_counter()
     repo = feast_store.init_repo(cfg.feast.repo, stack=cfg)
-    _sources(repo, rng, pins, users)
+    _sources(repo, rng, pins, users, meta, pre)
     feast_store.apply(repo, cfg)
     feast_store.materialize(repo, DAY, cfg)
     feast_s = time.perf_counter() - t
     t = time.perf_counter()
     mi.build_index(cfg.milvus.uri, pins_path, alias=cfg.milvus.alias, token=cfg.milvus_token(),
                    params=mi.HnswParams(insert_batch=20_000))
-    return {"feast_materialize_s": feast_s, "index_build_s": time.perf_counter() - t}
+    return {"feast_apply_materialize_s": feast_s, "index_build_s": time.perf_counter() - t}
 
 
-def _pct(xs: list[float]) -> dict[str, float]:
-    a = np.array(xs) * 1000
-    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
+def _requests(cfg, triton: TritonServer, export: Path, rng, users: EmbeddingTable) -> dict:
+    """REQUESTS recommend calls (after WARMUP): per stage p50/p99/mean ms, end to end, and each stage's share."""
+    rc = RecommendConfig.from_stack(cfg, preprocess=export, triton_url=triton.grpc_url, protocol="grpc",
+                                    candidates=N, ef_search=128)
+    stages: dict[str, list[float]] = {}
+    before = loadavg()
+    with Recommender(rc) as rec:
+        for i, u in enumerate(rng.choice(users.ids, REQUESTS + WARMUP)):
+            out = rec.recommend(int(u), k=K)
+            assert out.fallback is None and not out.cold_start and len(out.items) == K, out.message
+            if i >= WARMUP:
+                for k, v in out.timings_ms.items():
+                    stages.setdefault(k, []).append(v)
+    result: dict = {k: _pct(v) for k, v in stages.items()}
+    total = result["total"]["mean_ms"]
+    result["share_of_mean_total"] = {k: v["mean_ms"] / total for k, v in result.items() if k != "total"}
+    result["loadavg_before"], result["loadavg_after"] = before, loadavg()
+    return result
 
 
-def _requests(cfg, rng, users: EmbeddingTable) -> dict[str, dict[str, float]]:
-    repo = cfg.feast.repo
-    store = feast_store.open_store(repo, cfg)
-    index = mi.PinIndex(cfg.milvus.uri, cfg.milvus.alias, ef_search=128, token=cfg.milvus_token())
-    stages: dict[str, list[float]] = {"feast_user": [], "milvus": [], "feast_features": [], "stores_total": []}
-    try:
-        for i, u in enumerate(rng.choice(users.ids, REQUESTS + 5)):
-            t0 = time.perf_counter()
-            emb, found = feast_store.online_user_embeddings(repo, [int(u)], store=store)
-            t1 = time.perf_counter()
-            ids, _ = index.search(emb, N)
-            t2 = time.perf_counter()
-            feats = feast_store.online_ranker_features(repo, int(u), ids[0], store=store)
-            t3 = time.perf_counter()
-            assert found[0] and len(feats["pin_embedding"]) == N
-            if i >= 5:  # warm-up
-                for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
-                    stages[k].append(v)
-    finally:
-        index.close()
-    return {k: _pct(v) for k, v in stages.items()}
+def _retrieval(cfg, rng, pin_emb: np.ndarray) -> dict:
+    """HNSW on the Milvus server vs exact numpy search, one query per request."""
+    queries = _l2(pin_emb[rng.integers(0, len(pin_emb), QUERIES)] + 0.3 * rng.normal(size=(QUERIES, DIM)))
+    truth = np.argsort(-(queries @ pin_emb.T), axis=1)[:, :10] + 1  # ids are row + 1
+    out: dict = {"queries": QUERIES, "loadavg_before": loadavg()}
+    t = time.perf_counter()
+    for q in queries:
+        s = pin_emb @ q
+        top = np.argpartition(-s, 10)[:10]
+        top[np.argsort(-s[top])]
+    exact_qps = QUERIES / (time.perf_counter() - t)
+    out["exact_numpy_per_request_queries_per_s"] = exact_qps
+    met = []
+    for ef in EFS:
+        index = mi.PinIndex(cfg.milvus.uri, cfg.milvus.alias, ef_search=ef, token=cfg.milvus_token())
+        try:
+            index.search(queries[:5], 10)  # warm-up
+            t = time.perf_counter()
+            got = np.concatenate([index.search(q[None, :], 10)[0] for q in queries])
+            qps = QUERIES / (time.perf_counter() - t)
+        finally:
+            index.close()
+        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth)]))
+        out[f"ef{ef}"] = {"recall_at_10": recall, "queries_per_s": qps, "ratio_qps_over_exact": qps / exact_qps}
+        if recall >= 0.95 and qps / exact_qps >= 20:
+            met.append(ef)
+        assert recall > 0.3  # a broken index would be near 0
+    out["goal"] = "recall@10 >= 0.95 at >= 20x exact per-request QPS"
+    out["goal_met_at_ef"] = met
+    out["loadavg_after"] = loadavg()
+    return out
 
 
-def test_bench_stack_local_vs_server(tmp_path, bench_record):
+def _ranker(tiny_data: Path, root: Path) -> tuple[Path, Path]:
+    """Train + export the serving-size ranker and build its Triton repository: (export dir, repository)."""
+    from components.serving.export import export_ranker
+    from components.training.ranker import train
+
+    train(config.load("ranker_tiny"), tiny_data, root / "model")
+    export = export_ranker(root / "model", root / "export", data_dir=tiny_data)
+    return export, mr.materialize(export, root / "repository")
+
+
+def test_bench_stack_local_vs_server(tiny_data, tmp_path, bench_record):
+    export, repository = _ranker(tiny_data, tmp_path / "ranker")
+    pre, meta = json.loads((export / "preprocess.json").read_text()), io.read_meta(tiny_data)
+    assert pre["dims"]["d_user"] == DIM and pre["embedding_versions"]["user"] == VERSION
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(max(PINS // 100, 10), DIM))
     pin_emb = _l2(centres[rng.integers(0, len(centres), PINS)] + 0.5 * rng.normal(size=(PINS, DIM)))
     now = dt.datetime.now(dt.UTC)
-    pins = EmbeddingTable(np.arange(1, PINS + 1, dtype=np.int64), pin_emb, "bench", now, "pin_id")
-    users = EmbeddingTable(np.arange(1, USERS + 1, dtype=np.int64), _l2(rng.normal(size=(USERS, DIM))), "bench", now,
-                           "user_id")
+    pins = EmbeddingTable(np.arange(1, PINS + 1, dtype=np.int64), pin_emb, VERSION, now, "pin_id")
+    # users near the pins (a user embedding lives in the pin tower's space)
+    user_emb = _l2(pin_emb[rng.integers(0, PINS, USERS)] + 0.3 * rng.normal(size=(USERS, DIM)))
+    users = EmbeddingTable(np.arange(1, USERS + 1, dtype=np.int64), user_emb, VERSION, now, "user_id")
     pins_path = write_table(pins, tmp_path / "pins.parquet")
-    result = {"what": "recommend-path store stages per request (Feast user embedding, Milvus top-N, Feast ranker "
-                      "features for N pins), local (SQLite + Milvus Lite) vs server (Redis/Valkey + SQL registry + "
-                      "Milvus server); Triton excluded", "pins": PINS, "users": USERS, "dim": DIM, "candidates": N,
-              "requests": REQUESTS}
-    local = load_stack("local")
-    local.feast.repo, local.milvus.uri = str(tmp_path / "local_repo"), str(tmp_path / "milvus.db")
-    result["local_publish"] = _publish(local, rng, pins, users, pins_path)
-    result["local"] = _requests(local, rng, users)
-    with stack.running("server", tmp_path / "server", feast_server=False) as server:
-        server.feast.repo = str(tmp_path / "server_repo")
-        result["server_publish"] = _publish(server, rng, pins, users, pins_path)
-        result["server"] = _requests(server, rng, users)
+    result: dict = {"what": "recommend end to end per request (Recommender.recommend: Feast user embedding, Milvus "
+                            "top-500 at ef 128, Feast ranker features of 500 pins, Triton ranker ensemble), local "
+                            "(SQLite + Milvus Lite) vs server (Redis/Valkey + SQL registry + Milvus 2.3.5 server); "
+                            "then HNSW vs exact on the Milvus server", "pins": PINS, "users": USERS, "dim": DIM,
+                    "candidates": N, "k": K, "requests": REQUESTS, "ranker": "ranker_tiny (serving size)",
+                    "profiles": PROFILES}
+    triton = TritonServer(repository, log_path=tmp_path / "triton.log").start()
+    try:
+        if "local" in PROFILES:
+            local = load_stack("local")
+            local.feast.repo, local.milvus.uri = str(tmp_path / "local_repo"), str(tmp_path / "milvus.db")
+            result["local_publish"] = _publish(local, rng, pins, users, pins_path, meta, pre)
+            result["local"] = _requests(local, triton, export, rng, users)
+        if "server" in PROFILES:
+            with stack.running("server", tmp_path / "server", feast_server=False) as server:
+                server.feast.repo = str(tmp_path / "server_repo")
+                result["server_publish"] = _publish(server, rng, pins, users, pins_path, meta, pre)
+                result["server"] = _requests(server, triton, export, rng, users)
+                result["server_retrieval"] = _retrieval(server, rng, pin_emb)
+                p99 = result["server"]["total"]["p99_ms"]
+                result["server_goal_p99_le_50ms"] = bool(p99 <= 50)
+    finally:
+        triton.stop()
+    if "local" in result and "server" in result:
         result["ratio_local_over_server_p50"] = {k: result["local"][k]["p50_ms"] / result["server"][k]["p50_ms"]
-                                                 for k in result["local"]}
-        # HNSW recall@10 vs exact search on the Milvus server
-        queries = _l2(pin_emb[rng.integers(0, PINS, 200)] + 0.3 * rng.normal(size=(200, DIM)))
-        truth = np.argsort(-(queries @ pin_emb.T), axis=1)[:, :10] + 1
-        for ef in (16, 64, 128, 256):
-            index = mi.PinIndex(server.milvus.uri, server.milvus.alias, ef_search=ef, token=server.milvus_token())
-            try:
-                t = time.perf_counter()
-                got = np.concatenate([index.search(q[None, :], 10)[0] for q in queries])
-                qps = len(queries) / (time.perf_counter() - t)
-            finally:
-                index.close()
-            recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth)]))
-            result[f"server_hnsw_ef{ef}_recall_at_10"] = recall
-            result[f"server_hnsw_ef{ef}_queries_per_s"] = qps
-            assert recall > 0.5  # a broken index would be near 0
-    bench_record("stack_local_vs_server", result)
+                                                 for k in result["local"] if "p50_ms" in result["local"][k]}
+    bench_record(f"stack_recommend_{PINS // 1000}k", result)
