@@ -284,7 +284,7 @@ def serve_and_measure(out: Path, training: dict[str, Any], daily: dict[str, Any]
     import numpy as np  # the serving imports come after the output is routed to the log (import-time warnings)
 
     from components.data.io import atomic_write_json
-    from components.inference.tables import VersionedStore
+    from components.data.tables import VersionedStore
     from components.serving.model_repository import materialize
     from components.serving.triton import TritonServer, free_port
 

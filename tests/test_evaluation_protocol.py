@@ -9,12 +9,12 @@ import pytest
 from components import config
 from components.config import ConfigError
 from components.data import io
+from components.data.baseline import content_embeddings
 from components.data.validate import load_events
 from components.evaluation import pinsage as pinsage_eval
 from components.evaluation.pinnerformer_harness import heldout_half
 from components.evaluation.protocol import SPLIT_SEED, in_period, parse_seeds, period_bounds
 from components.graph.graph import build_graph
-from components.inference.baseline import content_embeddings
 from components.training import pinnerformer as pinnerformer_training
 
 

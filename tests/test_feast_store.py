@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from components.data import io
-from components.inference.baseline import content_embeddings
-from components.inference.tables import write_table
+from components.data.baseline import content_embeddings
+from components.data.tables import write_table
 from components.serving import feast_store
 
 

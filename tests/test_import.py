@@ -402,8 +402,8 @@ def test_meta_without_eval_days_and_domain_feature_is_valid(shop_dirs, tmp_path)
 
 def test_daily_user_embedding_reads_the_imported_vocabulary(shop_dirs, tmp_path):
     """embed_users loads events itself (not through load_events): it must keep the dataset's action types."""
-    from components.inference.baseline import content_embeddings
-    from components.inference.tables import write_table
+    from components.data.baseline import content_embeddings
+    from components.data.tables import write_table
     from components.inference.users import embed_users
     from components.training import pinnerformer
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from components import stack
-from components.inference.baseline import content_embeddings
-from components.inference.tables import write_table
+from components.data.baseline import content_embeddings
+from components.data.tables import write_table
 from components.serving import milvus_index as mi
 
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from components import config
+from components.data.baseline import content_embeddings
+from components.data.tables import write_table
 from components.data.validate import load_events
-from components.inference.baseline import content_embeddings
-from components.inference.tables import write_table
 from components.layers.time_encoding import TimeEncoding
 from components.models.pinnerformer import PinnerFormer, load_model
 from components.training.loop import Checkpoints
@@ -87,7 +87,7 @@ def test_padding_does_not_change_valid_positions():
 
 
 def test_sampling_knobs(tiny_data, pin_table):
-    from components.inference.tables import read_table
+    from components.data.tables import read_table
 
     table = read_table(pin_table)
     seqs = build_sequences(load_events(tiny_data), table.ids)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from components import config
+from components.data.baseline import content_embeddings
 from components.data.prepare import prepare
+from components.data.tables import write_table
 from components.evaluation.pinnerformer import recall_at_split
-from components.inference.baseline import content_embeddings
-from components.inference.tables import write_table
 from components.models.pinnerformer import load_model
 from components.training.pinnerformer import load_pin_table, train
 

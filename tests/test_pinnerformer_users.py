@@ -16,8 +16,8 @@ import pytest
 from components import config
 from components.cli import main as cli_main
 from components.data import io
-from components.inference.baseline import content_embeddings
-from components.inference.tables import VersionedStore, write_table
+from components.data.baseline import content_embeddings
+from components.data.tables import VersionedStore, write_table
 from components.inference.users import embed_pin_tower, embed_users
 from components.training.pinnerformer import train
 
@@ -178,7 +178,7 @@ def test_cli_embed_users_and_pin_tower(tiny_data, trained, tmp_path, capsys):
 def test_pin_tower_rejects_wrong_dimension(trained, tmp_path):
     import datetime as dt
 
-    from components.inference.tables import EmbeddingTable
+    from components.data.tables import EmbeddingTable
 
     model_dir, _ = trained
     bad = write_table(EmbeddingTable(np.arange(3), np.ones((3, 5), np.float32), "x", dt.datetime.now(dt.UTC)),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from components.cli import main as cli_main
-from components.inference.tables import VersionedStore
+from components.data.tables import VersionedStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -204,8 +204,8 @@ def test_resume_continues_to_the_same_weights(tiny_data, tmp_path):
 
 
 def test_embedding_tables_from_paths_and_missing_rows(tiny_data, tmp_path):
-    from components.inference.baseline import content_embeddings
-    from components.inference.tables import EmbeddingTable, VersionedStore, write_table
+    from components.data.baseline import content_embeddings
+    from components.data.tables import EmbeddingTable, VersionedStore, write_table
 
     pins, users = content_embeddings(tiny_data)
     half = EmbeddingTable(users.ids[::2], users.embeddings[::2], "half", users.created_at, "user_id")

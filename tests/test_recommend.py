@@ -18,8 +18,8 @@ import torch
 
 from components import cli, config
 from components.data import io
-from components.inference.baseline import content_embeddings
-from components.inference.tables import write_table
+from components.data.baseline import content_embeddings
+from components.data.tables import write_table
 from components.serving import ranker_io
 from components.serving.recommend import RecommendConfig, Recommender
 

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from components.data.tables import EmbeddingTable, write_table
 from components.evaluation.result import EvalResult, PaperNumber, write_result
-from components.inference.tables import EmbeddingTable, write_table
 from components.report import build_report
 from components.report.browser import check_in_browser, chromium, decode_images
 

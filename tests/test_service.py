@@ -30,8 +30,8 @@ import requests
 
 from components import cli, config
 from components.data import io
-from components.inference.baseline import content_embeddings
-from components.inference.tables import VersionedStore
+from components.data.baseline import content_embeddings
+from components.data.tables import VersionedStore
 from components.serving import milvus_index as mi
 from components.serving.recommend import LastGood, RecommendConfig, Recommender
 from components.serving.triton import free_port
@@ -57,7 +57,7 @@ DAILY = '''
 import sys
 import numpy as np
 from components import cli
-from components.inference.tables import EmbeddingTable, VersionedStore
+from components.data.tables import EmbeddingTable, VersionedStore
 emb, repo, data, base, date, uri, seed = sys.argv[1:]
 print("STEP embed", flush=True)
 for name in ("users", "pins"):

@@ -12,7 +12,7 @@ import signal
 import numpy as np
 import pytest
 
-from components.inference.tables import EmbeddingTable, VersionedStore, VersionError, check_version
+from components.data.tables import EmbeddingTable, VersionedStore, VersionError, check_version
 
 
 def _table(seed: int, n: int = 5, d: int = 4, version: str = "m1") -> EmbeddingTable:

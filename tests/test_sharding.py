@@ -13,8 +13,8 @@ import pytest
 
 from components import config
 from components.data import io
+from components.data.tables import EmbeddingTable, VersionedStore, read_table
 from components.inference import shards as sh
-from components.inference.tables import EmbeddingTable, VersionedStore, read_table
 
 SHARDS = 3
 

@@ -17,8 +17,8 @@ import yaml
 
 from components import stack, stackconfig
 from components.data import io
-from components.inference.baseline import content_embeddings
-from components.inference.tables import write_table
+from components.data.baseline import content_embeddings
+from components.data.tables import write_table
 from components.serving import feast_store
 from components.serving import milvus_index as mi
 from components.stackconfig import StackConfigError, load_stack, parse_stack

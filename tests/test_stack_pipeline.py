@@ -14,7 +14,7 @@ import pytest
 
 from components import config, stack
 from components.data import io
-from components.inference.tables import VersionedStore, read_table
+from components.data.tables import VersionedStore, read_table
 from components.serving import feast_store
 from components.serving import milvus_index as mi
 from components.stackconfig import dump_stack

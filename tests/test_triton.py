@@ -18,9 +18,9 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from components import config
+from components.data.baseline import content_embeddings
 from components.data.schemas import SURFACES
 from components.data.validate import load_table
-from components.inference.baseline import content_embeddings
 from components.serving import model_repository as mr
 from components.serving import ranker_io
 from components.serving.triton import TritonServer

@@ -27,7 +27,7 @@ def _clean_errors(fn: Command) -> Command:
 
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
-        from components.inference.tables import VersionError
+        from components.data.tables import VersionError
         from components.serving.feast_store import FeatureStoreError
         from components.serving.milvus_index import MilvusIndexError
         from components.serving.model_repository import ModelRepositoryError
@@ -193,7 +193,7 @@ def _serve_recommend(args: argparse.Namespace) -> int:
 
 @_clean_errors
 def _embed_set_current(args: argparse.Namespace) -> int:
-    from components.inference.tables import VersionedStore
+    from components.data.tables import VersionedStore
 
     store = VersionedStore(args.store)
     before = store.current()

@@ -27,11 +27,11 @@ import torch
 
 from components.config import PinnerFormerConfig
 from components.data import io
+from components.data.tables import EmbeddingTable
 from components.data.validate import load_events
 from components.evaluation.baselines import popularity_counts
 from components.evaluation.metrics import recall_at_k, recall_at_k_scores
 from components.evaluation.protocol import SPLIT_SEED
-from components.inference.tables import EmbeddingTable
 from components.models.pinnerformer import PinnerFormer
 from components.training.pinnerformer_data import UserSequences, build_sequences, embed_windows
 

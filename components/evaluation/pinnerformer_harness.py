@@ -15,13 +15,13 @@ import numpy as np
 
 from components import config as config_mod
 from components.data import io
+from components.data.baseline import content_embeddings
+from components.data.tables import write_table
 from components.data.validate import load_events
 from components.evaluation import papers
 from components.evaluation.pinnerformer import daily_vs_realtime, popularity_recall, recall_at_split
 from components.evaluation.protocol import SPLIT_SEED, Period, parse_seeds
 from components.evaluation.result import EvalResult, write_result
-from components.inference.baseline import content_embeddings
-from components.inference.tables import write_table
 from components.models.pinnerformer import load_model
 from components.training.pinnerformer import load_pin_table, train
 from components.training.pinnerformer_data import build_sequences
@@ -69,7 +69,7 @@ def run_eval(data_dir: str | Path, out_dir: str | Path, pin_embeddings: str | Pa
     work = out_dir / f"pinnerformer_{dataset}_runs"
     if pin_embeddings is None:
         pin_embeddings = content_pin_table(data_dir, work / "content_pins.parquet")
-        pin_source = "content baseline (components.inference.baseline)"
+        pin_source = "content baseline (components.data.baseline)"
     else:
         pin_source = str(pin_embeddings)
     table = load_pin_table(pin_embeddings)

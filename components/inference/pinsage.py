@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from components.data.tables import EmbeddingTable, VersionedStore
 from components.graph.graph import build_graph
 from components.graph.sampling import build_neighbourhoods, computation_graph
 from components.inference.shards import in_shard
-from components.inference.tables import EmbeddingTable, VersionedStore
 from components.models.pinsage import PinSage, load_model
 from components.progress import progress
 

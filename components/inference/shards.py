@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.inference.tables import EmbeddingTable, read_table
+from components.data.tables import EmbeddingTable, read_table
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)

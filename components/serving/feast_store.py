@@ -37,7 +37,7 @@ from feast.infra.registry.file import FileRegistryStore
 from components import stackconfig
 from components.data import io
 from components.data.io import atomic_write_json, atomic_write_parquet
-from components.inference.tables import VersionedStore, read_table
+from components.data.tables import VersionedStore, read_table
 
 REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "feature_repo"
 SOURCE_NAMES = ("user_embedding", "pin_embedding", "user_features", "pin_features")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.inference.tables import EmbeddingTable, read_table
+from components.data.tables import EmbeddingTable, read_table
 
 ALIAS = "pins"
 ID_FIELD = "pin_id"

@@ -47,7 +47,7 @@ def table_path(path: str | Path) -> Path:
     """The published embedding table of an artifact: ``path`` may be a VersionedStore root (CURRENT), an
     embeddings root holding one store (``users/`` or ``pins/``, as components.inference.users writes),
     a folder with the table, or the table file."""
-    from components.inference.tables import TABLE_FILE, VersionedStore
+    from components.data.tables import TABLE_FILE, VersionedStore
 
     path = Path(path)
     if (path / "CURRENT").exists():

@@ -24,7 +24,7 @@ def embed_users(data: Input[Dataset], model: Input[Model], pin_embeddings: Input
     import os
 
     from components.data.io import partitions
-    from components.inference.tables import VersionedStore, read_table
+    from components.data.tables import VersionedStore, read_table
     from components.inference.users import USERS_STORE
     from components.inference.users import embed_users as run
     from components.stackconfig import load_stack

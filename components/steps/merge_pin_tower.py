@@ -12,8 +12,8 @@ def merge_pin_tower(parts: Input[list[Dataset]], embeddings: Output[Dataset], st
     ``embeddings/pins`` (the layout of the unsharded ``embed_pin_tower`` step's output)."""
     import os
 
+    from components.data.tables import VersionedStore
     from components.inference.shards import merge_files
-    from components.inference.tables import VersionedStore
     from components.inference.users import PINS_STORE
     from components.steps.common import log_metrics, table_path
 

@@ -10,8 +10,8 @@ def merge_pins(parts: Input[list[Dataset]], embeddings: Output[Dataset], stats: 
                version: str = ""):
     """``components.inference.shards.merge_files(parts)`` published as ``version`` of the VersionedStore
     ``embeddings`` (the layout of the unsharded ``embed_pins`` step's output)."""
+    from components.data.tables import VersionedStore
     from components.inference.shards import merge_files
-    from components.inference.tables import VersionedStore
     from components.steps.common import log_metrics, table_path
 
     table = merge_files([table_path(p.path) for p in parts])

@@ -13,8 +13,8 @@ def merge_users(parts: Input[list[Dataset]], model: Input[Model], users: Output[
     ``embed_users``: the stack file's ``embeddings.root``, else ``store_root``, else this artifact."""
     import os
 
+    from components.data.tables import VersionedStore, read_table
     from components.inference.shards import merge_files
-    from components.inference.tables import VersionedStore, read_table
     from components.inference.users import USERS_STORE, publish_users
     from components.stackconfig import load_stack
     from components.steps.common import describe_users, table_path

@@ -23,9 +23,9 @@ from torch import nn
 
 from components.config import PinnerFormerConfig
 from components.data import io
+from components.data.tables import EmbeddingTable, VersionedStore, read_table
 from components.data.validate import load_events
 from components.evaluation.pinnerformer import recall_at_split
-from components.inference.tables import EmbeddingTable, VersionedStore, read_table
 from components.models.pinnerformer import PinnerFormer
 from components.training.common import DistInfo, shard
 from components.training.countmin import CountMinSketch

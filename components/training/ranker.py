@@ -21,12 +21,12 @@ from torch import nn
 
 from components.config import RankerConfig
 from components.data import io
+from components.data.baseline import content_embeddings
 from components.data.schemas import SURFACES
+from components.data.tables import EmbeddingTable
 from components.data.validate import DataValidationError, load_table
 from components.data.vocab import vocab_of_frame
 from components.evaluation.metrics import auc, hit_at_k
-from components.inference.baseline import content_embeddings
-from components.inference.tables import EmbeddingTable
 from components.models.ranker import FeatureSpec, Ranker
 from components.serving.ranker_io import clamp_sparse, clamp_surface, normalize_dense
 from components.training.common import DistInfo, shard

@@ -22,9 +22,9 @@ import torch
 
 from components import config
 from components.data import io
+from components.data.baseline import content_embeddings
 from components.data.prepare import prepare
-from components.inference.baseline import content_embeddings
-from components.inference.tables import write_table
+from components.data.tables import write_table
 from components.inference.users import embed_users
 from components.training.pinnerformer import train
 

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from components.inference.tables import EmbeddingTable, write_table
+from components.data.tables import EmbeddingTable, write_table
 from components.serving import milvus_index
 
 PINS = int(os.environ.get("HOMEFEED_BENCH_RETRIEVAL_PINS", "100000"))

@@ -35,10 +35,10 @@ from pathlib import Path
 from components import config
 from components.data import io
 from components.data.prepare import prepare
+from components.data.tables import VersionedStore
 from components.graph.graph import build_graph
 from components.graph.sampling import build_neighbourhoods
 from components.inference.pinsage import embed_pins
-from components.inference.tables import VersionedStore
 from components.inference.users import embed_pin_tower, embed_users
 from components.serving import milvus_index
 from components.training import pinnerformer, pinsage, ranker

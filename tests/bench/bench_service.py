@@ -24,8 +24,8 @@ import requests
 
 from components import cli, config
 from components.data import io
-from components.inference.baseline import content_embeddings
-from components.inference.tables import write_table
+from components.data.baseline import content_embeddings
+from components.data.tables import write_table
 from components.serving import model_repository as mr
 from components.serving.triton import TritonServer, free_port
 from components.stackconfig import (

@@ -22,10 +22,10 @@ import torch
 
 from components import config
 from components.data import io
+from components.data.baseline import content_embeddings
 from components.data.schemas import SURFACES
+from components.data.tables import write_table
 from components.data.validate import load_table
-from components.inference.baseline import content_embeddings
-from components.inference.tables import write_table
 from components.serving import feast_store, milvus_index, ranker_io
 from components.serving import model_repository as mr
 from components.serving.recommend import RecommendConfig, Recommender

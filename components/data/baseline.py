@@ -15,9 +15,9 @@ import numpy as np
 
 from components.data import io
 from components.data.schemas import POSITIVE_MIN_DURATION_S
+from components.data.tables import EmbeddingTable
 from components.data.validate import load_events, pin_features
 from components.data.vocab import vocab_of_frame
-from components.inference.tables import EmbeddingTable
 
 
 def is_positive(action_type: np.ndarray, duration_s: np.ndarray) -> np.ndarray:
