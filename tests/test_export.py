@@ -20,16 +20,10 @@ from components.cli import main as cli_main
 from components.data import io
 from components.data.schemas import SURFACES
 from components.models.ranker import load_model
+from components.models.ranker_examples import random_inputs
+from components.models.ranker_inputs import MODEL_INPUTS, clamp_sparse, clamp_surface, normalize_dense
 from components.serving import export as export_mod
-from components.serving.ranker_io import (
-    MODEL_INPUTS,
-    ONNX_FILE,
-    OUTPUTS,
-    PREPROCESS_FILE,
-    clamp_sparse,
-    clamp_surface,
-    normalize_dense,
-)
+from components.serving.ranker_io import ONNX_FILE, OUTPUTS, PREPROCESS_FILE
 from components.training import ranker as ranker_training
 
 
@@ -68,7 +62,7 @@ def test_export_writes_onnx_preprocess_and_config(exported, trained):
 def test_onnx_matches_torch_within_1e5_on_random_and_real_batches(exported, trained, tiny_data):
     model, _, extra = load_model(trained)
     sess = ort.InferenceSession(str(exported / ONNX_FILE), providers=["CPUExecutionProvider"])
-    batches = [export_mod.random_inputs(extra, b, seed=b) for b in (1, 5, 600)]  # dynamic batch, up to > 512
+    batches = [random_inputs(extra, b, seed=b) for b in (1, 5, 600)]  # dynamic batch, up to > 512
     batches.append(export_mod.real_inputs(extra, tiny_data, 300))
     for x in batches:
         probs, score = sess.run(list(OUTPUTS), x)
@@ -80,7 +74,7 @@ def test_onnx_matches_torch_within_1e5_on_random_and_real_batches(exported, trai
 
 
 def test_raw_request_through_preprocess_json_equals_training_inputs(exported, trained, tiny_data):
-    """What ranker_preprocess does with preprocess.json (ranker_io's functions) reproduces the training arrays."""
+    """What ranker_preprocess does with preprocess.json (ranker_inputs' functions) reproduces the training arrays."""
     pre = json.loads((exported / PREPROCESS_FILE).read_text())
     _, cfg, _ = load_model(trained)
     _, evaluation, _ = ranker_training.prepare_data(cfg, tiny_data)

@@ -14,8 +14,9 @@ from components import config
 from components.cli import main as cli_main
 from components.data.tables import VersionedStore, read_table
 from components.evaluation import pinsage as pinsage_eval
-from components.inference.pinsage import embed_pins, layerwise_embeddings, per_node_embeddings
+from components.inference.pinsage import embed_pins
 from components.models.pinsage import Convolve, PinSage, load_model
+from components.models.pinsage_layerwise import layerwise_embeddings, per_node_embeddings
 from components.training.pinsage import prepare_inputs, train
 
 

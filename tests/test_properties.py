@@ -7,7 +7,7 @@ or leaves the outputs unchanged.
   ``validate_dir`` reports problems, each naming a table file or folder, and the loaders refuse the
   directory with ``DataValidationError``; or validation passes and every loader returns exactly what
   it returned before the corruption (e.g. a flipped byte in unused footer metadata).
-- Requests: random corruptions of a valid raw request run through ``ranker_io.check_request`` and
+- Requests: random corruptions of a valid raw request run through ``ranker_inputs.check_request`` and
   the preprocess transforms (the very code ``ranker_preprocess`` runs in Triton): either a ValueError
   naming the input, or outputs equal to the request's with unknown sparse ids mapped to 0, finite and
   in range. tests/test_triton.py checks the same property against a running tritonserver.
@@ -31,7 +31,7 @@ from components import config
 from components.data.prepare import prepare
 from components.data.schemas import TABLES
 from components.data.validate import DataValidationError, load_events, load_table, pin_features, validate_dir
-from components.serving import ranker_io
+from components.models import ranker_inputs
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -170,7 +170,7 @@ def test_corrupted_data_is_rejected_with_a_message_or_reads_the_same(small_data,
 # Ranker requests
 # ---------------------------------------------------------------------------------------------
 
-SHAPES = ranker_io.RankerShapes(n_dense=3, n_sparse=2, d_user=4, d_pin=4, n_tasks=2)
+SHAPES = ranker_inputs.RankerShapes(n_dense=3, n_sparse=2, d_user=4, d_pin=4, n_tasks=2)
 MEAN, STD, CARDS, N_SURFACES = np.array([1.0, 0.0, 5.0]), np.array([2.0, 1.0, 0.5]), np.array([10, 3]), 3
 
 
@@ -199,14 +199,14 @@ def corrupt_request(x: dict[str, np.ndarray], name: str, kind: str, row: int, co
 
 def transform(x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What ranker_preprocess answers for an accepted request."""
-    return {"x_dense": ranker_io.normalize_dense(x["dense"], MEAN, STD),
-            "x_sparse": ranker_io.clamp_sparse(x["sparse"], CARDS),
-            "x_surface": ranker_io.clamp_surface(x["surface"], N_SURFACES),
+    return {"x_dense": ranker_inputs.normalize_dense(x["dense"], MEAN, STD),
+            "x_sparse": ranker_inputs.clamp_sparse(x["sparse"], CARDS),
+            "x_surface": ranker_inputs.clamp_surface(x["surface"], N_SURFACES),
             "x_user_embedding": x["user_embedding"], "x_pin_embedding": x["pin_embedding"]}
 
 
 request_corruption = st.tuples(
-    st.sampled_from(list(ranker_io.RAW_INPUTS)), st.sampled_from(["value", "value", "shape"]), st.integers(0, 99),
+    st.sampled_from(list(ranker_inputs.RAW_INPUTS)), st.sampled_from(["value", "value", "shape"]), st.integers(0, 99),
     st.integers(0, 99),
     st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e30, -1e16, 1e12, 2.0**62, -7.0, 99.0, 1.0, 0.0]))
 
@@ -218,7 +218,7 @@ def test_corrupted_requests_are_rejected_naming_the_input_or_scored_as_documente
     for c in corruptions:
         x = corrupt_request(x, *c)
     try:
-        ranker_io.check_request(x, SHAPES, N_SURFACES)
+        ranker_inputs.check_request(x, SHAPES, N_SURFACES)
     except ValueError as e:
         assert "input '" in str(e) or "empty batch" in str(e), e
         return
@@ -228,7 +228,7 @@ def test_corrupted_requests_are_rejected_naming_the_input_or_scored_as_documente
     for k, v in transform(mapped).items():
         np.testing.assert_array_equal(out[k], v)
     assert all(np.isfinite(v).all() for v in out.values())
-    assert np.abs(out["x_dense"]).max() <= ranker_io.DENSE_CLIP
+    assert np.abs(out["x_dense"]).max() <= ranker_inputs.DENSE_CLIP
     assert ((out["x_sparse"] >= 0) & (out["x_sparse"] < CARDS)).all()
     assert ((out["x_surface"] >= 0) & (out["x_surface"] < N_SURFACES)).all()
-    assert (ranker_io.unknown_sparse_counts(x["sparse"], CARDS) == (x["sparse"] != mapped["sparse"]).sum(0)).all()
+    assert (ranker_inputs.unknown_sparse_counts(x["sparse"], CARDS) == (x["sparse"] != mapped["sparse"]).sum(0)).all()

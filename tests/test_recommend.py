@@ -20,7 +20,7 @@ from components import cli, config
 from components.data import io
 from components.data.baseline import content_embeddings
 from components.data.tables import write_table
-from components.serving import ranker_io
+from components.models import ranker_inputs
 from components.serving.recommend import RecommendConfig, Recommender
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,8 +92,8 @@ def test_recommend_runs_the_whole_path(stack):
 
         model, _, _ = load_model(stack["root"] / "model")
         pre = rec.pre
-        x = (ranker_io.normalize_dense(raw["dense"], pre["dense"]["mean"], pre["dense"]["std"]),
-             ranker_io.clamp_sparse(raw["sparse"], pre["sparse"]["cardinalities"]), raw["surface"],
+        x = (ranker_inputs.normalize_dense(raw["dense"], pre["dense"]["mean"], pre["dense"]["std"]),
+             ranker_inputs.clamp_sparse(raw["sparse"], pre["sparse"]["cardinalities"]), raw["surface"],
              raw["user_embedding"], raw["pin_embedding"])
         with torch.no_grad():
             _, score = model.predict(*(torch.from_numpy(np.ascontiguousarray(a)) for a in x))

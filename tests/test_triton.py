@@ -21,6 +21,7 @@ from components import config
 from components.data.baseline import content_embeddings
 from components.data.schemas import SURFACES
 from components.data.validate import load_table
+from components.models import ranker_inputs
 from components.serving import model_repository as mr
 from components.serving import ranker_io
 from components.serving.triton import TritonServer
@@ -67,9 +68,9 @@ def torch_reference(model_dir: Path, raw: dict[str, np.ndarray], pre: dict) -> t
     from components.models.ranker import load_model
 
     model, _, _ = load_model(model_dir)
-    x = (ranker_io.normalize_dense(raw["dense"], pre["dense"]["mean"], pre["dense"]["std"]),
-         ranker_io.clamp_sparse(raw["sparse"], pre["sparse"]["cardinalities"]),
-         ranker_io.clamp_surface(raw["surface"], len(pre["surfaces"])), raw["user_embedding"], raw["pin_embedding"])
+    x = (ranker_inputs.normalize_dense(raw["dense"], pre["dense"]["mean"], pre["dense"]["std"]),
+         ranker_inputs.clamp_sparse(raw["sparse"], pre["sparse"]["cardinalities"]),
+         ranker_inputs.clamp_surface(raw["surface"], len(pre["surfaces"])), raw["user_embedding"], raw["pin_embedding"])
     with torch.no_grad():
         p, s = model.predict(*(torch.from_numpy(np.ascontiguousarray(a)) for a in x))
     return p.numpy(), s.numpy()
@@ -179,7 +180,7 @@ def test_repository_configs_parse_for_every_target(exported, tmp_path):
     assert trt_cfg.platform == "tensorrt_plan" and trt_cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     ens = text_format.Parse(texts["ranker_ensemble"], model_config_pb2.ModelConfig())
     assert [s.model_name for s in ens.ensemble_scheduling.step] == ["ranker_preprocess", "ranker"]
-    assert [i.name for i in ens.input] == list(ranker_io.RAW_INPUTS)
+    assert [i.name for i in ens.input] == list(ranker_inputs.RAW_INPUTS)
     assert [list(i.dims) for i in ens.input] == [list(s) for s in shapes.raw().values()]
     # the onnxruntime target writes the same ONNX file the python backend serves
     repo = mr.materialize(exported / "export", tmp_path / "ort", target="onnxruntime")
@@ -210,7 +211,7 @@ def test_failed_build_leaves_the_served_repository_intact(exported, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Bad-input policy of ranker_preprocess (ranker_io.check_request; docs/bad-input.md)
+# Bad-input policy of ranker_preprocess (ranker_inputs.check_request; docs/bad-input.md)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -303,7 +304,7 @@ def json_load(path: Path) -> dict:
 
 
 @settings(max_examples=12, deadline=None, derandomize=True, database=None)
-@given(name=st.sampled_from(list(ranker_io.RAW_INPUTS)), row=st.integers(0, 4), col=st.integers(0, 99),
+@given(name=st.sampled_from(list(ranker_inputs.RAW_INPUTS)), row=st.integers(0, 4), col=st.integers(0, 99),
        value=st.sampled_from([float("nan"), float("inf"), 1e30, -1e16, 1e12, 2.0**62, -7.0, 99.0, -1.0]))
 def test_random_request_corruptions_are_rejected_or_scored_as_documented(server, reference, name, row, col, value):
     """Property (hypothesis, against the running server): a corrupted cell is rejected naming the input,

@@ -32,8 +32,8 @@ from components.evaluation.protocol import Period, in_period, parse_seeds, perio
 from components.evaluation.ranker_baselines import gbdt, logistic_regression, popularity_scores
 from components.evaluation.result import EvalResult, write_result
 from components.models.ranker import FeatureSpec, load_model
-from components.serving.export import random_inputs
-from components.serving.ranker_io import MODEL_INPUTS
+from components.models.ranker_examples import random_inputs
+from components.models.ranker_inputs import MODEL_INPUTS
 from components.training.ranker import evaluate as evaluate_model
 from components.training.ranker import load_impressions, prepare_data, train
 

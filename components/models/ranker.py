@@ -1,7 +1,7 @@
 """The homefeed ranker (arXiv 2412.01985) with PEPNet gates (arXiv 2302.01115): a multi-task model that
 scores (user, pin, context) for K actions at once.
 
-Inputs are the serving contract's model inputs (components/serving/ranker_io.py): ``x_dense`` already
+Inputs are the serving contract's model inputs (components/models/ranker_inputs.py): ``x_dense`` already
 normalised with the training statistics, ``x_sparse`` ids, ``x_surface`` (the domain), the user
 (PinnerFormer) and pin (PinSage) embeddings. Preprocessing inside the model: sparse ids through learned
 tables sized by cardinality, embeddings projected down, sparse and embedding features L2-normalised,
@@ -193,7 +193,7 @@ class FeatureSpec:
 
 
 def _surface_ids(x_surface: torch.Tensor) -> torch.Tensor:
-    """(B, 1) surface indices -> (B,), out of range -> 0 (as ranker_io.clamp_surface)."""
+    """(B, 1) surface indices -> (B,), out of range -> 0 (as ranker_inputs.clamp_surface)."""
     s = x_surface[:, 0]
     return torch.where((s >= 0) & (s < len(SURFACES)), s, 0)
 

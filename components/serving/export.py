@@ -2,7 +2,7 @@
 (``preprocess.json``) and the config, checked against PyTorch with ONNX Runtime; and a TensorRT plan build
 for GPU nodes (TensorRT's Python builder, or the equivalent ``trtexec`` command).
 
-EXPORT_DIR (names from components/serving/ranker_io.py)::
+EXPORT_DIR (names from components/models/ranker_inputs.py and components/serving/ranker_io.py)::
 
     model.onnx        inputs x_dense, x_sparse, x_surface, x_user_embedding, x_pin_embedding [B, ...]
                       outputs probabilities [B, K], score [B, 1]
@@ -31,8 +31,11 @@ import torch
 from components import config as config_mod
 from components.data.io import replace_dir
 from components.data.schemas import SURFACES
+from components.models import ranker_inputs
+from components.models.ranker_examples import random_inputs, shapes_of
+from components.models.ranker_inputs import MODEL_INPUTS, RankerShapes
 from components.serving import ranker_io
-from components.serving.ranker_io import MODEL_INPUTS, ONNX_FILE, OUTPUTS, PREPROCESS_FILE, RankerShapes
+from components.serving.ranker_io import ONNX_FILE, OUTPUTS, PREPROCESS_FILE
 
 OPSET = 17
 PARITY_TOL = 1e-5
@@ -48,26 +51,6 @@ class ServingRanker(torch.nn.Module):
     def forward(self, x_dense: torch.Tensor, x_sparse: torch.Tensor, x_surface: torch.Tensor,
                 x_user_embedding: torch.Tensor, x_pin_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.predict(x_dense, x_sparse, x_surface, x_user_embedding, x_pin_embedding)
-
-
-def shapes_of(extra: dict[str, Any]) -> RankerShapes:
-    spec = extra["spec"]
-    return RankerShapes(n_dense=len(spec["dense"]), n_sparse=len(spec["sparse"]), d_user=spec["user_dim"],
-                        d_pin=spec["pin_dim"], n_tasks=len(extra["tasks"]))
-
-
-def random_inputs(extra: dict[str, Any], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """A random batch of model inputs, including out-of-range sparse ids (which the model maps to 0)."""
-    rng = np.random.default_rng(seed)
-    spec, sh = extra["spec"], shapes_of(extra)
-    cards = np.asarray(spec["cardinalities"])
-    return {
-        "x_dense": rng.normal(size=(batch, sh.n_dense)).astype(np.float32),
-        "x_sparse": rng.integers(-1, cards + 2, size=(batch, sh.n_sparse)).astype(np.int64),
-        "x_surface": rng.integers(0, len(SURFACES), size=(batch, 1)).astype(np.int64),
-        "x_user_embedding": rng.normal(size=(batch, sh.d_user)).astype(np.float32),
-        "x_pin_embedding": rng.normal(size=(batch, sh.d_pin)).astype(np.float32),
-    }
 
 
 def real_inputs(extra: dict[str, Any], data_dir: str | Path, batch: int) -> dict[str, np.ndarray]:
@@ -92,7 +75,7 @@ def preprocess_spec(cfg: Any, extra: dict[str, Any]) -> dict[str, Any]:
     spec, sh = extra["spec"], shapes_of(extra)
     return {
         "dense": {"names": spec["dense"], "mean": extra["dense_mean"], "std": extra["dense_std"],
-                  "clip": ranker_io.DENSE_CLIP, "min_std": ranker_io.MIN_STD},
+                  "clip": ranker_inputs.DENSE_CLIP, "min_std": ranker_inputs.MIN_STD},
         "sparse": {"names": spec["sparse"], "cardinalities": spec["cardinalities"], "unknown_id": 0},
         "surfaces": list(extra.get("surfaces", SURFACES)),  # the training data's surfaces (meta.json)
         "tasks": list(extra["tasks"]),
@@ -178,7 +161,7 @@ def _profile_shapes(export_dir: Path, opt_batch: int, max_batch: int) -> dict[st
     pre = json.loads((export_dir / PREPROCESS_FILE).read_text())
     d = pre["dims"]
     sh = RankerShapes(d["n_dense"], d["n_sparse"], d["d_user"], d["d_pin"], d["n_tasks"])
-    return {ranker_io.MODEL_PREFIX + name: ((1, *s), (opt_batch, *s), (max_batch, *s)) for name, s in sh.raw().items()}
+    return {ranker_inputs.MODEL_PREFIX + name: ((1, *s), (opt_batch, *s), (max_batch, *s)) for name, s in sh.raw().items()}
 
 
 def trtexec_command(onnx_path: str | Path, plan_path: str | Path, fp16: bool = False, opt_batch: int = 512,

@@ -4,7 +4,7 @@ An export directory (``components.serving.export.export_ranker``) holds ``model.
 ``preprocess.json``. ``materialize(export_dir, repo_dir, target)`` writes::
 
     repo_dir/
-      ranker_preprocess/config.pbtxt, 1/{model.py, ranker_io.py, preprocess.json}   (python backend)
+      ranker_preprocess/config.pbtxt, 1/{model.py, ranker_io.py, ranker_inputs.py, preprocess.json}  (python backend)
       ranker/config.pbtxt, 1/<the model for the target>                            (dynamic batching)
       ranker_ensemble/config.pbtxt, 1/                                             (platform "ensemble")
 
@@ -15,8 +15,9 @@ Targets of ``ranker``:
 - ``tensorrt_plan``: a TensorRT plan on GPU (built from the ONNX by ``export.build_tensorrt`` unless the
   export directory already holds ``model.plan``).
 
-Every config is generated from ``ranker_io`` (names, dtypes, shapes: the contract shared with the
-exporter). The repository is built in a temporary directory beside ``repo_dir`` and swapped in only
+Every config is generated from ``ranker_io`` and ``components.models.ranker_inputs`` (names, dtypes,
+shapes: the contract shared with the exporter and training). The repository is built in a temporary
+directory beside ``repo_dir`` and swapped in only
 when complete, so a failed build leaves the served repository intact.
 
 Integrity: the export's ``manifest.json`` (SHA-256 of each file, written by the exporter) is checked
@@ -33,8 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.data.io import replace_dir
+from components.models import ranker_inputs
+from components.models.ranker_inputs import MODEL_INPUTS, MODEL_PREFIX, RankerShapes
 from components.serving import ranker_io
-from components.serving.ranker_io import DTYPES, MODEL_INPUTS, MODEL_PREFIX, ONNX_FILE, OUTPUTS, PREPROCESS_FILE
+from components.serving.ranker_io import DTYPES, ONNX_FILE, OUTPUTS, PREPROCESS_FILE
 
 SOURCES = Path(__file__).resolve().parents[2] / "triton_models"
 TARGETS = ("python_onnx", "onnxruntime", "tensorrt_plan")
@@ -56,7 +59,7 @@ class RepositoryOptions:
     intra_op_threads: int = 1
 
 
-def read_export(export_dir: str | Path) -> tuple[dict, ranker_io.RankerShapes]:
+def read_export(export_dir: str | Path) -> tuple[dict, RankerShapes]:
     """(preprocess.json, shapes) of an export directory, checked against the contract."""
     export_dir = Path(export_dir)
     for f in (ONNX_FILE, PREPROCESS_FILE):
@@ -69,7 +72,7 @@ def read_export(export_dir: str | Path) -> tuple[dict, ranker_io.RankerShapes]:
     try:
         pre = json.loads((export_dir / PREPROCESS_FILE).read_text())
         d = pre["dims"]
-        shapes = ranker_io.RankerShapes(int(d["n_dense"]), int(d["n_sparse"]), int(d["d_user"]), int(d["d_pin"]),
+        shapes = RankerShapes(int(d["n_dense"]), int(d["n_sparse"]), int(d["d_user"]), int(d["d_pin"]),
                                         int(d["n_tasks"]))
         checks = {"dense.mean": len(pre["dense"]["mean"]) == shapes.n_dense,
                   "dense.std": len(pre["dense"]["std"]) == shapes.n_dense,
@@ -92,25 +95,25 @@ def _io_block(kind: str, tensors: list[tuple[str, tuple[int, ...], str]]) -> str
     return f"{kind} [\n" + ",\n".join(_tensor(*t) for t in tensors) + "\n]\n"
 
 
-def _raw_tensors(shapes: ranker_io.RankerShapes) -> list[tuple[str, tuple[int, ...], str]]:
+def _raw_tensors(shapes: RankerShapes) -> list[tuple[str, tuple[int, ...], str]]:
     return [(n, s, DTYPES[n]) for n, s in shapes.raw().items()]
 
 
-def _model_tensors(shapes: ranker_io.RankerShapes) -> list[tuple[str, tuple[int, ...], str]]:
+def _model_tensors(shapes: RankerShapes) -> list[tuple[str, tuple[int, ...], str]]:
     return [(MODEL_PREFIX + n, s, DTYPES[n]) for n, s in shapes.raw().items()]
 
 
-def _out_tensors(shapes: ranker_io.RankerShapes) -> list[tuple[str, tuple[int, ...], str]]:
+def _out_tensors(shapes: RankerShapes) -> list[tuple[str, tuple[int, ...], str]]:
     return [(n, s, DTYPES[n]) for n, s in shapes.outputs().items()]
 
 
-def preprocess_config(shapes: ranker_io.RankerShapes, opt: RepositoryOptions) -> str:
+def preprocess_config(shapes: RankerShapes, opt: RepositoryOptions) -> str:
     return (f'name: "{PREPROCESS}"\nbackend: "python"\nmax_batch_size: {opt.max_batch}\n'
             + _io_block("input", _raw_tensors(shapes)) + _io_block("output", _model_tensors(shapes))
             + f"instance_group [ {{ kind: KIND_CPU count: {opt.preprocess_instances} }} ]\n")
 
 
-def ranker_config(shapes: ranker_io.RankerShapes, opt: RepositoryOptions, target: str) -> str:
+def ranker_config(shapes: RankerShapes, opt: RepositoryOptions, target: str) -> str:
     head = {"python_onnx": 'backend: "python"',
             "onnxruntime": f'platform: "onnxruntime_onnx"\ndefault_model_filename: "{ONNX_FILE}"',
             "tensorrt_plan": f'platform: "tensorrt_plan"\ndefault_model_filename: "{PLAN_FILE}"'}[target]
@@ -127,7 +130,7 @@ def ranker_config(shapes: ranker_io.RankerShapes, opt: RepositoryOptions, target
     return text
 
 
-def ensemble_config(shapes: ranker_io.RankerShapes, opt: RepositoryOptions) -> str:
+def ensemble_config(shapes: RankerShapes, opt: RepositoryOptions) -> str:
     def maps(kind: str, pairs: list[tuple[str, str]]) -> str:
         return "".join(f'      {kind} {{ key: "{k}" value: "{v}" }}\n' for k, v in pairs)
 
@@ -160,8 +163,9 @@ def materialize(export_dir: str | Path, repo_dir: str | Path, target: str = "pyt
         pre.mkdir(parents=True)
         shutil.copy2(SOURCES / PREPROCESS / "1" / "model.py", pre / "model.py")
         shutil.copy2(Path(ranker_io.__file__), pre / "ranker_io.py")
+        shutil.copy2(Path(ranker_inputs.__file__), pre / "ranker_inputs.py")
         shutil.copy2(export_dir / PREPROCESS_FILE, pre / PREPROCESS_FILE)
-        ranker_io.write_manifest(pre, ["model.py", "ranker_io.py", PREPROCESS_FILE])
+        ranker_io.write_manifest(pre, ["model.py", "ranker_io.py", "ranker_inputs.py", PREPROCESS_FILE])
         (tmp / PREPROCESS / "config.pbtxt").write_text(preprocess_config(shapes, opt))
 
         rk = tmp / RANKER / "1"

@@ -370,7 +370,7 @@ class Recommender:
 
     def ranker_inputs(self, user_id: int, pin_ids: np.ndarray, when: dt.datetime,
                       surface: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-        """Raw ranker inputs (ranker_io.RAW_INPUTS) for (user, each pin); counts of filled missing values."""
+        """Raw ranker inputs (ranker_inputs.RAW_INPUTS) for (user, each pin); counts of filled missing values."""
         feats, _ = self.ranker_features(user_id, pin_ids)
         return self._raw_inputs(feats, len(pin_ids), when, surface or self.cfg.surface)
 

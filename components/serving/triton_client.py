@@ -1,9 +1,11 @@
-"""A client of the ``ranker_ensemble`` over gRPC or HTTP (tritonclient), built on the ranker_io contract."""
+"""A client of the ``ranker_ensemble`` over gRPC or HTTP (tritonclient), built on the ranker_io contract
+and the raw input names of ``components.models.ranker_inputs``."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from components.models import ranker_inputs
 from components.serving import ranker_io
 from components.serving.model_repository import ENSEMBLE
 
@@ -11,7 +13,7 @@ _NP = {"FP32": np.float32, "INT64": np.int64}
 
 
 class RankerClient:
-    """``score(raw) -> (probabilities (B, K), score (B,))`` for raw inputs named as ``ranker_io.RAW_INPUTS``.
+    """``score(raw) -> (probabilities (B, K), score (B,))`` for raw inputs named as ``ranker_inputs.RAW_INPUTS``.
 
     ``infer`` sends exactly what it is given (the server validates); ``score`` casts to the contract's
     dtypes and splits batches larger than ``max_batch`` into several requests.
@@ -42,10 +44,10 @@ class RankerClient:
         return res.as_numpy("probabilities"), res.as_numpy("score")
 
     def score(self, raw: dict[str, np.ndarray], max_batch: int = ranker_io.MAX_BATCH) -> tuple[np.ndarray, np.ndarray]:
-        missing = [n for n in ranker_io.RAW_INPUTS if n not in raw]
+        missing = [n for n in ranker_inputs.RAW_INPUTS if n not in raw]
         if missing:
-            raise ValueError(f"ranker request is missing inputs {missing}; expected {list(ranker_io.RAW_INPUTS)}")
-        arrays = {n: np.ascontiguousarray(raw[n], _NP[ranker_io.DTYPES[n]]) for n in ranker_io.RAW_INPUTS}
+            raise ValueError(f"ranker request is missing inputs {missing}; expected {list(ranker_inputs.RAW_INPUTS)}")
+        arrays = {n: np.ascontiguousarray(raw[n], _NP[ranker_io.DTYPES[n]]) for n in ranker_inputs.RAW_INPUTS}
         arrays["surface"] = arrays["surface"].reshape(-1, 1)
         n = len(arrays["dense"])
         if n == 0:

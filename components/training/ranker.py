@@ -28,7 +28,7 @@ from components.data.validate import DataValidationError, load_table
 from components.data.vocab import vocab_of_frame
 from components.evaluation.metrics import auc, hit_at_k
 from components.models.ranker import FeatureSpec, Ranker
-from components.serving.ranker_io import clamp_sparse, clamp_surface, normalize_dense
+from components.models.ranker_inputs import clamp_sparse, clamp_surface, normalize_dense
 from components.training.common import DistInfo, shard
 from components.training.loop import TrainTask, fit
 from components.training.pinnerformer import open_table
@@ -38,7 +38,7 @@ EmbeddingSource = str | Path | EmbeddingTable | None
 
 @dataclass
 class RankerData:
-    """Model-ready arrays for a set of impressions (inputs in ranker_io.MODEL_INPUTS order)."""
+    """Model-ready arrays for a set of impressions (inputs in ranker_inputs.MODEL_INPUTS order)."""
 
     dense: np.ndarray  # (n, N) float32, normalised
     sparse: np.ndarray  # (n, S) int64
@@ -106,7 +106,7 @@ def dense_stats(df: pd.DataFrame, spec: FeatureSpec) -> tuple[list[float], list[
 
 def to_arrays(df: pd.DataFrame, spec: FeatureSpec, tasks: list[str], mean: list[float], std: list[float],
               users: EmbeddingTable, pins: EmbeddingTable) -> tuple[RankerData, dict[str, int]]:
-    """Impressions -> model inputs exactly as serving builds them (ranker_io's normalisation and clamps)."""
+    """Impressions -> model inputs exactly as serving builds them (ranker_inputs' normalisation and clamps)."""
     surface = vocab_of_frame(df).surface_codes(df["surface"])  # the dataset's surfaces (meta.json)
     user, user_found = users.lookup(df["user_id"].to_numpy())
     pin, pin_found = pins.lookup(df["pin_id"].to_numpy())

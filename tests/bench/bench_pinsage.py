@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from components import config
-from components.inference.pinsage import layerwise_embeddings, per_node_embeddings
 from components.models.pinsage import PinSage
+from components.models.pinsage_layerwise import layerwise_embeddings, per_node_embeddings
 from components.training.pinsage import prepare_inputs, train
 
 REPS = 3

@@ -14,8 +14,10 @@ import torch
 
 from components.evaluation.ranker import train_isolated
 from components.models.ranker import ARCHS, load_model
-from components.serving.export import export_ranker, random_inputs
-from components.serving.ranker_io import MODEL_INPUTS, ONNX_FILE, OUTPUTS
+from components.models.ranker_examples import random_inputs
+from components.models.ranker_inputs import MODEL_INPUTS
+from components.serving.export import export_ranker
+from components.serving.ranker_io import ONNX_FILE, OUTPUTS
 
 TRAIN_STEPS = 10
 REPS = 15

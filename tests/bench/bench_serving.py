@@ -26,7 +26,8 @@ from components.data.baseline import content_embeddings
 from components.data.schemas import SURFACES
 from components.data.tables import write_table
 from components.data.validate import load_table
-from components.serving import feast_store, milvus_index, ranker_io
+from components.models import ranker_inputs
+from components.serving import feast_store, milvus_index
 from components.serving import model_repository as mr
 from components.serving.recommend import RecommendConfig, Recommender
 from components.serving.triton import TritonServer
@@ -80,9 +81,9 @@ def _eager(model_dir, pre, raw, batch: int) -> tuple[float, list[float]]:
     while time.perf_counter() < end:
         s = (i * batch) % (n - batch)
         t = time.perf_counter()
-        x = (ranker_io.normalize_dense(raw["dense"][s:s + batch], pre["dense"]["mean"], pre["dense"]["std"]),
-             ranker_io.clamp_sparse(raw["sparse"][s:s + batch], pre["sparse"]["cardinalities"]),
-             ranker_io.clamp_surface(raw["surface"][s:s + batch], len(pre["surfaces"])),
+        x = (ranker_inputs.normalize_dense(raw["dense"][s:s + batch], pre["dense"]["mean"], pre["dense"]["std"]),
+             ranker_inputs.clamp_sparse(raw["sparse"][s:s + batch], pre["sparse"]["cardinalities"]),
+             ranker_inputs.clamp_surface(raw["surface"][s:s + batch], len(pre["surfaces"])),
              raw["user_embedding"][s:s + batch], raw["pin_embedding"][s:s + batch])
         with torch.no_grad():
             model.predict(*(torch.from_numpy(np.ascontiguousarray(a)) for a in x))
