@@ -15,6 +15,7 @@ def build_index(pin_embeddings: Input[Dataset], index: Output[Dataset], stats: O
     "" = a Milvus Lite file inside this run's ``index`` artifact. The previous collection serves until the
     alias switch and is kept for rollback.
     """
+    # the local (lightweight) component runs this function's source alone, so its imports live inside it
     import os
     import time
 

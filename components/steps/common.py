@@ -1,17 +1,21 @@
 """Helpers shared by the Kubeflow steps (imported inside each step function, so that the lightweight
-local components and the containerized cluster components run the same code)."""
+local components and the containerized cluster components run the same code). Its own imports are at
+module level: importing it is what a step does once it runs."""
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from pathlib import Path
 from typing import Any
 
+from components import config
+from components.data.io import read_meta
+from components.data.tables import TABLE_FILE, VersionedStore
+
 
 def load_config(experiment: str, overrides: list[str] | None, model: str | None = None):
     """``config.load`` plus the resolved config as a plain dict (for artifact metadata)."""
-    from components import config
-
     cfg = config.load(experiment, list(overrides or []), model=model)
     return cfg, config.to_dict(cfg)
 
@@ -47,8 +51,6 @@ def table_path(path: str | Path) -> Path:
     """The published embedding table of an artifact: ``path`` may be a VersionedStore root (CURRENT), an
     embeddings root holding one store (``users/`` or ``pins/``, as components.inference.users writes),
     a folder with the table, or the table file."""
-    from components.data.tables import TABLE_FILE, VersionedStore
-
     path = Path(path)
     if (path / "CURRENT").exists():
         return VersionedStore(path).path()
@@ -64,10 +66,6 @@ def table_path(path: str | Path) -> Path:
 
 def default_date(data_dir: str | Path) -> str:
     """The last training day: the UTC day before ``meta.json``'s ``split_timestamp`` (YYYY-MM-DD)."""
-    import datetime as dt
-
-    from components.data.io import read_meta
-
     split = int(read_meta(data_dir)["split_timestamp"])
     return (dt.datetime.fromtimestamp(split, dt.UTC) - dt.timedelta(days=1)).strftime("%Y-%m-%d")
 

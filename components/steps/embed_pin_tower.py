@@ -10,6 +10,7 @@ def embed_pin_tower(model: Input[Model], pin_embeddings: Input[Dataset], embeddi
                     stats: Output[Metrics], version: str = "", shard: int = 0, shards: int = 0):
     """``components.inference.users.embed_pin_tower(model, pin_embeddings, embeddings, version)``; ``shards`` > 0:
     only shard ``shard``'s pins (the daily pipeline's ParallelFor; ``merge_pin_tower`` publishes the union)."""
+    # the local (lightweight) component runs this function's source alone, so its imports live inside it
     from components.data.tables import read_table
     from components.inference.users import embed_pin_tower as run
     from components.steps.common import log_metrics, table_path

@@ -11,6 +11,7 @@ def embed_pins(data: Input[Dataset], model: Input[Model], embeddings: Output[Dat
     """``components.inference.pinsage.embed_pins(model, data, embeddings, version)``; ``embeddings`` is a
     VersionedStore root (``CURRENT`` names the table). ``shards`` > 0: only shard ``shard``'s pins (the
     daily pipeline's ParallelFor; ``merge_pins`` publishes the union)."""
+    # the local (lightweight) component runs this function's source alone, so its imports live inside it
     from components.data.tables import read_table
     from components.inference.pinsage import embed_pins as run
     from components.steps.common import log_metrics

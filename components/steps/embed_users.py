@@ -21,11 +21,12 @@ def embed_users(data: Input[Dataset], model: Input[Model], pin_embeddings: Input
     ``shards`` > 0: only shard ``shard``'s active users, written unmerged to this artifact (the daily pipeline's
     ParallelFor); ``merge_users`` merges the shards into the store and publishes.
     """
+    # the local (lightweight) component runs this function's source alone, so its imports live inside it
     import os
 
     from components.data.io import partitions
     from components.data.tables import VersionedStore, read_table
-    from components.inference.users import USERS_STORE
+    from components.inference.users import USERS_STORE, embed_active_users
     from components.inference.users import embed_users as run
     from components.stackconfig import load_stack
     from components.steps.common import default_date, describe_users, table_path
@@ -39,8 +40,6 @@ def embed_users(data: Input[Dataset], model: Input[Model], pin_embeddings: Input
     replay = replay[-backfill_days:] if backfill_days > 0 else []
     since = replay[0] if replay else None
     if shards > 0:
-        from components.inference.users import embed_active_users
-
         rows = embed_active_users(model.path, data.path, pins, date, since=since, shard=(shard, shards))
         path = VersionedStore(os.path.join(users.path, USERS_STORE)).publish(rows, date)
     else:

@@ -14,6 +14,7 @@ def evaluate_ranker(data: Input[Dataset], model: Input[Model], metrics: Output[M
     The evaluation rows are rebuilt with the same embedding tables as training. Fails (so the pipeline
     stops before export) when the mean task AUC is below ``min_auc``.
     """
+    # the local (lightweight) component runs this function's source alone, so its imports live inside it
     from components.models.ranker import load_model
     from components.steps.common import log_metrics, table_path
     from components.training.ranker import evaluate, prepare_data

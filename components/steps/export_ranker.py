@@ -8,6 +8,7 @@ from components.steps.images import step
 @step
 def export_ranker(model: Input[Model], data: Input[Dataset], exported: Output[Model], stats: Output[Metrics]):
     """``components.serving.export.export_ranker(model, exported, data)`` (ONNX parity checked on a real batch)."""
+    # the local (lightweight) component runs this function's source alone, so its imports live inside it
     import json
     import os
 

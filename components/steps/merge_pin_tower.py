@@ -10,6 +10,7 @@ def merge_pin_tower(parts: Input[list[Dataset]], embeddings: Output[Dataset], st
                     version: str = ""):
     """``components.inference.shards.merge_files(parts)`` published as ``version`` of
     ``embeddings/pins`` (the layout of the unsharded ``embed_pin_tower`` step's output)."""
+    # the local (lightweight) component runs this function's source alone, so its imports live inside it
     import os
 
     from components.data.tables import VersionedStore

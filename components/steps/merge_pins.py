@@ -10,6 +10,7 @@ def merge_pins(parts: Input[list[Dataset]], embeddings: Output[Dataset], stats: 
                version: str = ""):
     """``components.inference.shards.merge_files(parts)`` published as ``version`` of the VersionedStore
     ``embeddings`` (the layout of the unsharded ``embed_pins`` step's output)."""
+    # the local (lightweight) component runs this function's source alone, so its imports live inside it
     from components.data.tables import VersionedStore
     from components.inference.shards import merge_files
     from components.steps.common import log_metrics, table_path

@@ -11,6 +11,7 @@ def merge_users(parts: Input[list[Dataset]], model: Input[Model], users: Output[
                 stats: Output[Metrics], date: str, store_root: str = "", stack: str = ""):
     """``components.inference.users.publish_users(merge_files(parts), root, date)``; ``root`` as in
     ``embed_users``: the stack file's ``embeddings.root``, else ``store_root``, else this artifact."""
+    # the local (lightweight) component runs this function's source alone, so its imports live inside it
     import os
 
     from components.data.tables import VersionedStore, read_table

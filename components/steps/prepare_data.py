@@ -8,6 +8,7 @@ from components.steps.images import step
 @step
 def prepare_data(experiment: str, data: Output[Dataset], stats: Output[Metrics], overrides: list = None):
     """``components.data.prepare.prepare(config.load(experiment, overrides), data.path)``."""
+    # the local (lightweight) component runs this function's source alone, so its imports live inside it
     from components.data.prepare import prepare
     from components.steps.common import load_config, log_metrics
 

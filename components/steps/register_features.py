@@ -17,6 +17,7 @@ def register_features(data: Input[Dataset], repo: Output[Dataset], stats: Output
     ``repo_dir``: the persistent Feast repo (a PVC path on a cluster) used without a stack; "" = this run's
     artifact. ``date`` "" = the date of the user embeddings (or the last training day).
     """
+    # the local (lightweight) component runs this function's source alone, so its imports live inside it
     from components.serving import feast_store
     from components.stackconfig import load_stack
     from components.steps.common import default_date, log_metrics, table_path

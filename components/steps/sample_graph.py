@@ -10,6 +10,7 @@ def sample_graph(experiment: str, data: Input[Dataset], graph: Output[Dataset], 
                  overrides: list = None):
     """``components.graph.sampling.build_neighbourhoods(build_graph(data), cfg)`` -> ``neighbourhoods.npz``
     (pin_ids (N,), nbr_ids (N, T) pin indices, nbr_weights (N, T) L1-normalised visit counts)."""
+    # the local (lightweight) component runs this function's source alone, so its imports live inside it
     import io
     import os
 

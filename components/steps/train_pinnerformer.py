@@ -9,6 +9,7 @@ from components.steps.images import step
 def train_pinnerformer(experiment: str, data: Input[Dataset], pin_embeddings: Input[Dataset], model: Output[Model],
                        metrics: Output[Metrics], overrides: list = None, num_nodes: int = 1, nproc_per_node: int = 1):
     """``components.training.pinnerformer.train(cfg, data, pin_embeddings, model)`` through ``components.launch``."""
+    # the local (lightweight) component runs this function's source alone, so its imports live inside it
     from components.launch import launch, train_call
     from components.steps.common import load_config, log_metrics, table_path
 

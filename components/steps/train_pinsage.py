@@ -11,6 +11,7 @@ def train_pinsage(experiment: str, data: Input[Dataset], graph: Input[Dataset], 
                   metrics: Output[Metrics], overrides: list = None, num_nodes: int = 1, nproc_per_node: int = 1):
     """``components.training.pinsage.train(cfg, data, model, neighbourhoods=graph)`` through
     ``components.launch``: the neighbourhoods sample_graph wrote are used, not sampled again."""
+    # the local (lightweight) component runs this function's source alone, so its imports live inside it
     from components.launch import launch, train_call
     from components.steps.common import load_config, log_metrics
 

@@ -11,6 +11,7 @@ def train_ranker(experiment: str, data: Input[Dataset], model: Output[Model], me
                  overrides: list = None, num_nodes: int = 1, nproc_per_node: int = 1):
     """``components.training.ranker.train(cfg, data, model, user_embeddings, pin_embeddings)`` through
     ``components.launch``; a missing embedding table falls back to the content baseline."""
+    # the local (lightweight) component runs this function's source alone, so its imports live inside it
     from components.launch import launch, train_call
     from components.steps.common import load_config, log_metrics, table_path
 
