@@ -36,6 +36,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from components.data.io import atomic_write_json
+from components.evaluation import papers
+from components.evaluation.result import EvalResult, read_result, write_result
+from components.progress import Progress
+from components.stackconfig import SecretRef, dump_stack, load_stack
+
 # Model sizes for the demo on ML-100k: the papers' architectures, trained briefly so the demo fits in
 # minutes on 2 cores (`homefeed eval <model>` runs the full comparisons).
 DEMO_TRAINING = {
@@ -204,7 +210,7 @@ class TaskWatcher(threading.Thread):
 
 def run_pipeline(name: str, out: Path, params: dict[str, Any] | None, console: Console) -> dict[str, Any]:
     """``run_local`` with a line per task and a progress bar on the terminal."""
-    from components.progress import Progress
+    # kfp and every step, imported after the output is routed to the log (import-time warnings)
     from pipelines.runner import PIPELINES, pipeline_func, run_local
 
     tasks = pipeline_func(name, local=True).pipeline_spec.root.dag.tasks
@@ -258,8 +264,6 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 
 def write_stack(out: Path, daily: dict[str, Any], triton_url: str, repository: Path) -> tuple[Path, Path]:
     """The demo's stores as a stack file (the ``local`` profile with the demo's paths) and a fresh bearer token
     file (mode 0600) it references: what ``homefeed serve recommend`` and ``homefeed recommend`` read."""
-    from components.stackconfig import SecretRef, dump_stack, load_stack
-
     p = daily["parameters"]
     secrets_dir = out / "secrets"
     secrets_dir.mkdir(mode=0o700, exist_ok=True)
@@ -281,9 +285,9 @@ def serve_and_measure(out: Path, training: dict[str, Any], daily: dict[str, Any]
     """Start tritonserver over the exported ranker and the recommend service over the demo's stores (recorded
     in ``<out>/serving.json`` by process group); ask it for a few users' recommendations and time
     ``requests`` more per stage (``<out>/recommend_latency.json``)."""
-    import numpy as np  # the serving imports come after the output is routed to the log (import-time warnings)
+    # the serving imports come after the output is routed to the log (import-time warnings)
+    import numpy as np
 
-    from components.data.io import atomic_write_json
     from components.data.tables import VersionedStore
     from components.serving.model_repository import materialize
     from components.serving.triton import TritonServer, free_port
@@ -348,6 +352,7 @@ def _cmdline(pid: int) -> str:
 def stop_serving(out: Path) -> list[str]:
     """Stop the servers a demo in ``out`` left running (``serving.json``): each by its process group, only if
     the recorded process is still the one the demo started (its command line matches). Returns their names."""
+    # pymilvus, redis, psycopg, imported after the output is routed to the log (import-time warnings)
     from components.stack.servers import stop_group
 
     path = out / SERVING_FILE
@@ -373,9 +378,6 @@ def write_evaluations(training: dict[str, Any], eval_dir: Path, dataset: str) ->
     one seed: a table, not a comparison). Only quality metrics: the steps' counters (times, data wait) stay in
     the run summary, which the report shows as operational counters. A model whose step logged no quality
     metric gets no file; a result written by ``homefeed eval`` is left as it is."""
-    from components.evaluation import papers
-    from components.evaluation.result import EvalResult, read_result, write_result
-
     params = training["parameters"]
     sources = {"pinsage": ("train-pinsage", params["pinsage_experiment"]),
                "pinnerformer": ("train-pinnerformer", params["pinnerformer_experiment"]),
@@ -409,8 +411,6 @@ def write_evaluations(training: dict[str, Any], eval_dir: Path, dataset: str) ->
 
 def report_inputs(out: Path, training: dict[str, Any], daily: dict[str, Any], serving: dict[str, Any]) -> Path:
     """``<out>/demo.json``: what the report reads beyond the evaluations (data, pin embeddings, latency)."""
-    from components.data.io import atomic_write_json
-
     pins = (daily["artifacts"].get("merge-pins") or training["artifacts"]["embed-pins"])["embeddings"]
     info = {"training_run": training["run_dir"], "daily_run": daily["run_dir"],
             "data_dir": training["artifacts"]["prepare-data"]["data"]["path"],
@@ -453,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stop-serving", action="store_true", help="only stop the servers a previous demo in --out left")
     ap.add_argument("--verbose", "-v", action="store_true", help="show every step's output (default: to the log)")
     args = ap.parse_args(argv)
+    # kfp and every step, imported after the output is routed to the log (import-time warnings)
     from pipelines.runner import check_params, parse_params
 
     out = Path(args.out).resolve()
@@ -499,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, out: Path, params: dict[str, Any], dataset: str, console: Console,
          log_path: Path | None) -> int:
-    from components.report import build_report  # after the output is routed to the log (import-time warnings)
+    # matplotlib, kfp and every step, imported after the output is routed to the log (import-time warnings)
+    from components.report import build_report
     from pipelines.runner import pipeline_func
 
     console.line(f"homefeed demo on {dataset}" + (f"; step output -> {_rel(log_path)}" if log_path else ""),

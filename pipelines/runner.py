@@ -10,11 +10,21 @@ lists every artifact path and the parameters, and the daily run reads the traini
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import kfp
+import yaml
+from kfp import compiler
+from kfp import local as kfp_local
+
+from components.data.io import atomic_write_bytes, read_meta
+from pipelines import daily_embedding, training
 
 PIPELINES = {"training": "homefeed-training", "daily": "homefeed-daily-embedding"}
 
@@ -31,20 +41,14 @@ def pipeline_func(name: str, local: bool = False, local_import: bool = False) ->
     """The pipeline function ``training`` or ``daily`` (cluster settings unless ``local``); ``local_import``:
     the local training DAG starts from import_data instead of prepare_data (see pipelines.training.build)."""
     if name == "training":
-        from pipelines.training import build
-
-        return build(local=local, local_import=local_import)
-    elif name == "daily":
-        from pipelines.daily_embedding import build
-    else:
-        raise ValueError(f"unknown pipeline '{name}'; expected one of {', '.join(PIPELINES)}")
-    return build(local=local)
+        return training.build(local=local, local_import=local_import)
+    if name == "daily":
+        return daily_embedding.build(local=local)
+    raise ValueError(f"unknown pipeline '{name}'; expected one of {', '.join(PIPELINES)}")
 
 
 def compile_pipelines(out_dir: str | Path, names: list[str] | None = None) -> list[Path]:
     """Compile the cluster pipelines to ``<out_dir>/<name>.yaml`` (atomically); return the paths."""
-    from kfp import compiler
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -59,8 +63,6 @@ def compile_pipelines(out_dir: str | Path, names: list[str] | None = None) -> li
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:
     """``["min_auc=0.6", "ranker_overrides=[epochs=2]"]`` -> typed values (YAML; dates stay strings)."""
-    import yaml
-
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
@@ -72,8 +74,6 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
 
 
 def _check_params(func: Callable, params: dict[str, Any], name: str) -> None:
-    import inspect
-
     known = set(inspect.signature(func.pipeline_func).parameters) if hasattr(func, "pipeline_func") else None
     if known is None:
         known = set(func.component_spec.inputs or {})
@@ -109,8 +109,6 @@ def run_local(name: str, out: str | Path, params: dict[str, Any] | None = None) 
     ``training`` defaults to the tiny experiments; ``daily`` defaults to the artifacts of the last local
     training run in ``out`` and to the first held-out day of its data.
     """
-    from kfp import local
-
     out = Path(out).resolve()
     store = out / "store"
     params = dict(params or {})
@@ -123,15 +121,13 @@ def run_local(name: str, out: str | Path, params: dict[str, Any] | None = None) 
     _check_params(func, params, name)
     root = out / "kfp"
     root.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+    kfp_local.init(runner=kfp_local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                workspace_root=str(out / "kfp-workspace"), raise_on_error=True)
     t0 = time.time()
     func(**params)
     run_dir, tasks = _summary(root, PIPELINES[name], t0)
     summary = {"pipeline": PIPELINES[name], "run_dir": str(run_dir), "seconds": round(time.time() - t0, 1),
                "parameters": params, "artifacts": tasks}
-    from components.data.io import atomic_write_bytes
-
     atomic_write_bytes(out / f"{name}-run.json", json.dumps(summary, indent=2).encode())
     return summary
 
@@ -148,7 +144,6 @@ def daily_defaults(out: Path, date: str | None = None) -> dict[str, Any]:
     if not data:  # the training pipeline builds its data with prepare_data or, given an import config, import_data
         raise ValueError(f"{path}: neither prepare-data nor import-data wrote a data artifact")
     if not date:
-        from components.data.io import read_meta
         split = int(read_meta(data)["split_timestamp"])
         date = dt.datetime.fromtimestamp(split, dt.UTC).strftime("%Y-%m-%d")
     return {"date": date, "data_uri": data, "pinsage_model_uri": a["train-pinsage"]["model"]["path"],
@@ -163,10 +158,6 @@ def submit(name: str, host: str, params: dict[str, Any] | None = None, experimen
 
     Multi-user KFP needs the profile namespace: ``$KFP_NAMESPACE`` (set by the Helm chart's CronJob).
     """
-    import os
-
-    import kfp
-
     func = pipeline_func(name)
     params = dict(params or {})
     _check_params(func, params, name)
