@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from components.report import build_report
 
 
 def _report(args: argparse.Namespace) -> int:
-    from components.report import build_report
-
     info = build_report(args.eval, args.bench, args.out, args.markdown, runs_dir=args.runs or None)
     print(f"wrote {info['html']}: {info['evaluations']} evaluations, {info['benchmarks']} benchmarks, "
           f"{info['curves']} training curves, {info['images']} figures"
@@ -34,10 +37,6 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
 
 
 def _bench_run(args: argparse.Namespace) -> int:
-    import subprocess
-    import sys
-    from pathlib import Path
-
     bench_dir = Path(__file__).resolve().parents[2] / "tests" / "bench"
     if not bench_dir.is_dir():
         raise FileNotFoundError(f"{bench_dir}: the benchmarks live in a source checkout (tests/bench)")

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
+from components.data.movielens import GENRES
 from components.evaluation.result import EvalResult, read_result
 
 MODELS = ("pinsage", "pinnerformer", "ranker")
@@ -143,10 +145,6 @@ def load_curves(runs_dir: Path) -> list[TrainCurve]:
 
 def pin_labels(data_dir: Path, ids: np.ndarray) -> tuple[list[str], str] | None:
     """Per pin: the planted topic (synthetic ``ground_truth/pin_topics``) or the primary genre (ML-100k)."""
-    import pyarrow.parquet as pq
-
-    from components.data.movielens import GENRES
-
     truth = data_dir / "ground_truth" / "pin_topics.parquet"
     if truth.exists():
         t = pq.read_table(truth).to_pandas()
@@ -164,8 +162,7 @@ def pin_labels(data_dir: Path, ids: np.ndarray) -> tuple[list[str], str] | None:
 
 def load_projection(table_path: Path, data_dir: Path, notes: list[str], seed: int = 0) -> Projection | None:
     """PCA of (a sample of) the pin embeddings in ``table_path``, labelled from ``data_dir``."""
-    import pyarrow.parquet as pq
-    from sklearn.decomposition import PCA
+    from sklearn.decomposition import PCA  # scikit-learn: seconds to import, only for this projection
 
     if not table_path.exists():
         notes.append(f"{table_path}: missing, so no pin embedding projection")

@@ -24,10 +24,10 @@ PALETTE = ["#c8102e", "#2a6f97", "#f0a202", "#3a7d44", "#6a4c93", "#e07a5f", "#0
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # matplotlib: seconds to import, only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display backend on a server
 
     plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
                          "axes.grid": True, "grid.alpha": 0.25, "figure.dpi": 100})
