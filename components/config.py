@@ -164,6 +164,9 @@ class PinSageConfig(Checked):
     inference_chunk: PositiveInt = 4096
     eval_pool: PositiveInt = 5000  # candidate pins per held-out query (all pins when the corpus is smaller)
     eval_max_queries: PositiveInt = 2000
+    epoch_pairs: NonNegInt = 0  # related pairs drawn (seeded, per epoch) for each epoch; 0 = every pair
+    patience: NonNegInt = 0  # eval harness: validation-period evaluations without gain before stopping; 0 = none
+    val_every: NonNegInt = 0  # eval harness: steps between validations (0 = each epoch) when patience > 0
 
     def check(self) -> None:
         band = self.hard_negative_band
@@ -211,6 +214,8 @@ class PinnerFormerConfig(Checked):
     eval_user_fraction: Annotated[float, Range(lo=0, hi=1, hi_open=True)] = 0.1  # users held out of training
     eval_at: EvalAt = "split"  # embedding time of a held-out user: split | user (70% through their own history)
     num_workers: NonNegInt = 0
+    patience: NonNegInt = 0  # eval harness: validation evaluations without gain before stopping; 0 = none
+    val_every: NonNegInt = 0  # eval harness: steps between validations (0 = each epoch) when patience > 0
 
     def check(self) -> None:
         if self.d_model % self.num_heads:
@@ -259,6 +264,8 @@ class RankerConfig(Checked):
     checkpoint_every: NonNegInt = 200  # 0 = no checkpoints (only model.pt)
     keep_checkpoints: NonNegInt = 2  # the last N step-*.pt are kept; 0 = keep all
     log_every: PositiveInt = 50
+    patience: NonNegInt = 0  # eval harness: validation-period evaluations without gain before stopping; 0 = none
+    val_every: NonNegInt = 0  # eval harness: steps between validations (0 = each epoch) when patience > 0
 
     def check(self) -> None:
         if not self.tasks:

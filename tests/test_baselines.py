@@ -84,7 +84,10 @@ def test_pinnerformer_popularity_recall_on_a_hand_built_sequence():
         positive=np.ones(18, bool))
     cfg = PinnerFormerConfig(eval_pool=20, future_window_days=1)
     r = popularity_recall(cfg, seqs, np.array([1, 2]), split=100, n_pins=20)
-    assert r == {"recall@10": 0.5, "eval_users_scored": 2}
+    assert r["recall@10"] == 0.5 and r["eval_users_scored"] == 2
+    # every K of the curve from one ranking: pin 3 is first (recall@1 = 0.5); pin 0 ranks behind the 13 engaged
+    # pins, so only K >= 14 reaches it (19 pool pins besides it: recall@20 = recall@100 = 1)
+    assert [r[f"recall@{k}"] for k in (1, 2, 5, 10, 20, 50, 100)] == [0.5, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0]
 
 
 def test_logistic_regression_chooses_its_penalty_without_evaluation_labels():

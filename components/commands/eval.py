@@ -38,7 +38,7 @@ def _pinsage(args: argparse.Namespace) -> int:
     cfg = config.load(args.experiment, args.overrides, model="pinsage")
     seeds = parse_seeds(args.seeds)
     result = pinsage_eval.compare(cfg, args.data, args.out, seeds=seeds, period=args.period,
-                                  baselines=not args.no_baselines,
+                                  baselines=not args.no_baselines, variants=pinsage_eval.select_variants(args.variants),
                                   command=_command(f"homefeed eval pinsage --experiment {args.experiment} "
                                                    f"--data {args.data} --out {args.out} --seeds {args.seeds}"))
     return _done(result, args.out)
@@ -47,7 +47,7 @@ def _pinsage(args: argparse.Namespace) -> int:
 def _pinnerformer(args: argparse.Namespace) -> int:
     result = pinnerformer_harness.run_eval(
         args.data, args.out, args.pin_embeddings, args.experiment, args.overrides, seeds=parse_seeds(args.seeds),
-        period=args.period, baselines=not args.no_baselines,
+        period=args.period, baselines=not args.no_baselines, rows=pinnerformer_harness.parse_rows(args.rows),
         command=_command(f"homefeed eval pinnerformer --experiment {args.experiment} --data {args.data} "
                          f"--out {args.out} --seeds {args.seeds}"))
     return _done(result, args.out)
@@ -77,6 +77,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     _common(v)
     v.add_argument("--period", choices=PERIODS, default="all",
                    help="held-out pairs from the val (first half), test (second half) or all evaluation days")
+    v.add_argument("--variants", default="", help="comma-separated subset of content-only, mean-pooling, "
+                                                  "no-hard-negatives, full (default: all)")
     v.set_defaults(func=_pinsage)
 
     e = groups["eval"].add_parser("pinnerformer", help="Recall@10: objectives, negatives, logQ, daily vs real-time")
@@ -85,6 +87,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     e.add_argument("--period", choices=PERIODS, default="all",
                    help="held-out users: val or test half, or all of them")
     e.add_argument("--pin-embeddings", default=None, help="pin embedding table (default: content baseline)")
+    e.add_argument("--rows", default="", help="comma-separated objective/negatives/logq|nologq rows, e.g. "
+                                              "dense_all_action/mixed/logq,next_action/mixed/logq (default: all)")
     e.set_defaults(func=_pinnerformer)
 
     r = groups["eval"].add_parser("ranker", help="train and compare ranker architectures and baselines on one split")

@@ -1,8 +1,8 @@
 """Ranking metrics, in one module, for all three models.
 
 - :func:`rank_metrics`: hit@K and MRR from the 1-based rank of each query's positive (PinSage related pins).
-- :func:`recall_at_k`: the share of each query's targets in the top K against a candidate pool
-  (PinnerFormer's 14-day Recall@10).
+- :func:`recall_at_k` / :func:`recall_at_ks`: the share of each query's targets in the top K against a
+  candidate pool (PinnerFormer's 14-day Recall@10; at every K of :data:`CURVE_KS` for the Recall@K curves).
 - :func:`hit_at_k`: HIT@3/save (arXiv 2412.01985): rank each request's logged items by the new scores and
   count the saves in the top 3; reported as the mean over requests with at least one save (``hit``), and
   normalised by the best possible count min(saves, 3) (``hit_norm``).
@@ -14,6 +14,8 @@ A metric that cannot be computed is ``None``, never NaN: the result type shows i
 from __future__ import annotations
 
 import numpy as np
+
+CURVE_KS = (1, 2, 5, 10, 20, 50, 100)  # the K of every metric@K curve (PinSage hit@K, PinnerFormer Recall@K)
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -88,8 +90,14 @@ def recall_at_k(user_emb: np.ndarray, targets: list[np.ndarray], pin_emb: np.nda
                 k: int = 10) -> np.ndarray:
     """Per-query recall@k: the share of each query's target pins (rows of ``pin_emb``) that rank in the
     top k against the ``pool`` rows (targets removed from the pool). Returns (Q,)."""
-    return recall_at_k_scores(user_emb @ pin_emb[pool].T, [pin_emb[np.unique(t)] @ u for t, u in zip(targets, user_emb)],
-                              [np.isin(pool, t) for t in targets], k)
+    return recall_at_ks(user_emb, targets, pin_emb, pool, (k,))[:, 0]
+
+
+def recall_at_ks(user_emb: np.ndarray, targets: list[np.ndarray], pin_emb: np.ndarray, pool: np.ndarray,
+                 ks: tuple[int, ...] = CURVE_KS) -> np.ndarray:
+    """Per-query recall at each K of ``ks`` (one ranking, every K): (Q, len(ks))."""
+    return recall_at_ks_scores(user_emb @ pin_emb[pool].T, [pin_emb[np.unique(t)] @ u for t, u in zip(targets, user_emb)],
+                               [np.isin(pool, t) for t in targets], ks)
 
 
 def recall_at_k_scores(pool_scores: np.ndarray, target_scores: list[np.ndarray], in_targets: list[np.ndarray],
@@ -97,9 +105,21 @@ def recall_at_k_scores(pool_scores: np.ndarray, target_scores: list[np.ndarray],
     """recall@k from scores: ``pool_scores`` (Q, Npool), per query its targets' scores (T,) and the mask of
     pool entries that are its own targets (removed from the pool). For models that are not embeddings
     (baselines scoring pins directly)."""
-    out = np.zeros(len(target_scores))
+    return recall_at_ks_scores(pool_scores, target_scores, in_targets, (k,))[:, 0]
+
+
+def recall_at_ks_scores(pool_scores: np.ndarray, target_scores: list[np.ndarray], in_targets: list[np.ndarray],
+                        ks: tuple[int, ...] = CURVE_KS) -> np.ndarray:
+    """:func:`recall_at_k_scores` at every K of ``ks`` from one ranking: (Q, len(ks))."""
+    kk = np.asarray(ks)
+    out = np.zeros((len(target_scores), len(kk)))
     for q, s_t in enumerate(target_scores):
         s_pool = pool_scores[q][~in_targets[q]]
         beaten_by = (s_pool[None, :] > s_t[:, None]).sum(1)  # (T,)
-        out[q] = float((beaten_by < k).mean())
+        out[q] = (beaten_by[:, None] < kk[None, :]).mean(0)
     return out
+
+
+def recall_dict(per_query: np.ndarray, ks: tuple[int, ...] = CURVE_KS) -> dict[str, float]:
+    """``{"recall@1": mean, ...}`` from :func:`recall_at_ks`' (Q, len(ks)) per-query values."""
+    return {f"recall@{k}": float(per_query[:, i].mean()) for i, k in enumerate(ks)}

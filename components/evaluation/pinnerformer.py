@@ -30,7 +30,7 @@ from components.data import io
 from components.data.tables import EmbeddingTable
 from components.data.validate import load_events
 from components.evaluation.baselines import popularity_counts
-from components.evaluation.metrics import recall_at_k, recall_at_k_scores
+from components.evaluation.metrics import CURVE_KS, recall_at_k, recall_at_ks, recall_at_ks_scores, recall_dict
 from components.evaluation.protocol import SPLIT_SEED
 from components.models.pinnerformer import PinnerFormer
 from components.training.pinnerformer_data import UserSequences, build_sequences, embed_windows
@@ -75,16 +75,17 @@ def anchor_index(seqs: UserSequences, u: int, split: int, at: str) -> int:
 
 def recall_at_split(model: PinnerFormer, cfg: PinnerFormerConfig, data_dir: str | Path, table: EmbeddingTable,
                     users: np.ndarray, seqs: UserSequences | None = None) -> dict:
-    """Recall@10 of the 14 days after each held-out user's embedding time (``cfg.eval_at``)."""
+    """Recall@K (every K of ``CURVE_KS``; Recall@10 is the paper's) of the 14 days after each held-out user's
+    embedding time (``cfg.eval_at``)."""
     split = int(io.read_meta(data_dir)["split_timestamp"])
     seqs = seqs if seqs is not None else build_sequences(load_events(data_dir), table.ids)
     pins = torch.from_numpy(np.ascontiguousarray(table.embeddings, dtype=np.float32))
     windows, targets = split_queries(cfg, seqs, users, split)
     if not windows:
-        return {"recall@10": None, "eval_users_scored": 0}
-    recall = recall_at_k(embed_windows(model, pins, seqs, windows), targets, pin_space(model, pins),
-                         _pool(len(pins), cfg.eval_pool))
-    return {"recall@10": float(recall.mean()), "eval_users_scored": len(windows)}
+        return {**{f"recall@{k}": None for k in CURVE_KS}, "eval_users_scored": 0}
+    recall = recall_at_ks(embed_windows(model, pins, seqs, windows), targets, pin_space(model, pins),
+                          _pool(len(pins), cfg.eval_pool))  # (users, len(CURVE_KS))
+    return {**recall_dict(recall), "eval_users_scored": len(windows)}
 
 
 def split_queries(cfg: PinnerFormerConfig, seqs: UserSequences, users: np.ndarray, split: int
@@ -110,18 +111,18 @@ def split_queries(cfg: PinnerFormerConfig, seqs: UserSequences, users: np.ndarra
 
 def popularity_recall(cfg: PinnerFormerConfig, seqs: UserSequences, users: np.ndarray, split: int,
                       n_pins: int) -> dict:
-    """Recall@10 of the popularity baseline: every user gets the pins with the most positive engagements
+    """Recall@K of the popularity baseline: every user gets the pins with the most positive engagements
     before the split (all users' training-period actions), on the same queries and pool as the models."""
     windows, targets = split_queries(cfg, seqs, users, split)
     if not windows:
-        return {"recall@10": None, "eval_users_scored": 0}
+        return {**{f"recall@{k}": None for k in CURVE_KS}, "eval_users_scored": 0}
     before = seqs.timestamp < split
     pop = popularity_counts(np.where(before & seqs.positive, seqs.pin_row, -1), n_pins)  # (N,)
     pop = pop + 1e-6 * np.random.default_rng([SPLIT_SEED, 19]).random(n_pins)  # ties: a fixed random order
     pool = _pool(n_pins, cfg.eval_pool)
-    recall = recall_at_k_scores(np.broadcast_to(pop[pool], (len(targets), len(pool))),
-                                [pop[np.unique(t)] for t in targets], [np.isin(pool, t) for t in targets])
-    return {"recall@10": float(recall.mean()), "eval_users_scored": len(windows)}
+    recall = recall_at_ks_scores(np.broadcast_to(pop[pool], (len(targets), len(pool))),
+                                 [pop[np.unique(t)] for t in targets], [np.isin(pool, t) for t in targets])
+    return {**recall_dict(recall), "eval_users_scored": len(windows)}
 
 
 def daily_vs_realtime(model: PinnerFormer, cfg: PinnerFormerConfig, data_dir: str | Path, table: EmbeddingTable,

@@ -1,6 +1,11 @@
 """``homefeed eval pinnerformer``: train the objective / negative-sampling / logQ variants once per seed on one
-data directory and report Recall@10 (:mod:`components.evaluation.pinnerformer`) on the held-out users of a
-period, with the popularity baseline; writes ``pinnerformer_<dataset>.json`` and ``.md`` (an EvalResult).
+data directory and report Recall@K, K in 1..100 (:mod:`components.evaluation.pinnerformer`; the report draws
+the curves) on the held-out users of a period, with the popularity baseline; writes
+``pinnerformer_<dataset>.json`` and ``.md`` (an EvalResult).
+
+Early stopping (``patience`` > 0, as in ``pinnerformer_eval``): every run is validated on the ``val`` half of
+the held-out users (Recall@10, every ``val_every`` steps or each epoch), keeps its best weights and stops after
+``patience`` validations without gain; report ``--period test`` (the other half) for numbers no choice saw.
 """
 
 from __future__ import annotations
@@ -14,22 +19,26 @@ from pathlib import Path
 import numpy as np
 
 from components import config as config_mod
+from components.config import ConfigError
 from components.data import io
 from components.data.baseline import content_embeddings
 from components.data.tables import write_table
 from components.data.validate import load_events
 from components.evaluation import papers
+from components.evaluation.metrics import CURVE_KS
 from components.evaluation.pinnerformer import daily_vs_realtime, popularity_recall, recall_at_split
 from components.evaluation.protocol import SPLIT_SEED, Period, parse_seeds
 from components.evaluation.result import EvalResult, write_result
 from components.models.pinnerformer import load_model
-from components.training.pinnerformer import load_pin_table, train
+from components.training.loop import Validation
+from components.training.pinnerformer import EVAL_SPLIT_SEED, load_pin_table, split_users, train
 from components.training.pinnerformer_data import build_sequences
 
 OBJECTIVE_ROWS = [("next_action", "mixed", True), ("all_action", "mixed", True), ("dense_all_action", "mixed", True)]
 NEGATIVE_ROWS = [("dense_all_action", neg, logq) for neg in ("in_batch", "random", "mixed") for logq in (False, True)]
 POPULARITY = "popularity (baseline)"
-METRICS = {"recall@10": "higher", "recall@10_daily": "higher", "recall@10_realtime": "higher",
+RECALLS = tuple(f"recall@{k}" for k in CURVE_KS)
+METRICS = {**{r: "higher" for r in RECALLS}, "recall@10_daily": "higher", "recall@10_realtime": "higher",
            "train_seconds": "lower", "sequences_per_s": "higher"}
 EVAL_OVERRIDES = {"checkpoint_every": 0}  # evaluation runs keep model.pt only
 
@@ -56,6 +65,33 @@ def heldout_half(users: np.ndarray, period: Period) -> np.ndarray:
     perm = np.random.default_rng([SPLIT_SEED, 23]).permutation(len(users))
     half = perm[: len(users) // 2] if period == "val" else perm[len(users) // 2:]
     return np.sort(users[half])
+
+
+def parse_rows(text: str | None) -> list[tuple[str, str, bool]] | None:
+    """``"dense_all_action/mixed/logq,next_action/mixed/logq"`` -> rows (None/"" = every row); ``nologq`` turns
+    the correction off. A malformed or unknown row is a ConfigError naming the known rows."""
+    if not text:
+        return None
+    known = list(dict.fromkeys(OBJECTIVE_ROWS + NEGATIVE_ROWS))
+    rows = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        parts = item.split("/")
+        row = (parts[0], parts[1], parts[2] == "logq") if len(parts) == 3 and parts[2] in ("logq", "nologq") else None
+        if row not in known:
+            names = ", ".join(f"{o}/{n}/{'logq' if q else 'nologq'}" for o, n, q in known)
+            raise ConfigError(f"--rows: '{item}' is not one of {names}")
+        rows.append(row)
+    return rows
+
+
+def _validation(cfg: config_mod.PinnerFormerConfig, data_dir: Path, table, seqs) -> Validation | None:
+    """Recall@10 of the 'val' half of the held-out users (the users training holds out, computed the same way)."""
+    if cfg.patience <= 0:
+        return None
+    all_users = io.read_table(data_dir, "users").column("user_id").to_numpy()
+    val_users = heldout_half(split_users(all_users, cfg.eval_user_fraction, EVAL_SPLIT_SEED)[1], "val")
+    return Validation(lambda model: recall_at_split(model, cfg, data_dir, table, val_users, seqs)["recall@10"],
+                      metric="val_recall@10", direction="higher", every=cfg.val_every, patience=cfg.patience)
 
 
 def run_eval(data_dir: str | Path, out_dir: str | Path, pin_embeddings: str | Path | None = None,
@@ -86,7 +122,10 @@ def run_eval(data_dir: str | Path, out_dir: str | Path, pin_embeddings: str | Pa
                            f"'{period}' (val/test: disjoint halves of them)",
                   "candidate pool": int(min(base.eval_pool, len(table))), "future window days": base.future_window_days,
                   "seeds": seeds, "experiment": experiment, "overrides": list(overrides or []),
-                  "pin input": pin_source},
+                  "pin input": pin_source,
+                  "early stopping": (f"Recall@10 of the 'val' half of the held-out users every "
+                                     f"{base.val_every or 'epoch'} {'steps' if base.val_every else ''}, patience "
+                                     f"{base.patience}, best weights kept" if base.patience > 0 else "none")},
         metrics=dict(METRICS))
     users = None
     for objective, negatives, logq in todo:
@@ -97,21 +136,23 @@ def run_eval(data_dir: str | Path, out_dir: str | Path, pin_embeddings: str | Pa
             object.__setattr__(cfg, "_experiment", experiment)
             run_dir = work / f"{objective}-{negatives}-{'logq' if logq else 'nologq'}" / f"seed-{seed}"
             t0 = time.perf_counter()
-            metrics = train(cfg, data_dir, pin_embeddings, run_dir, evaluate=False)
+            metrics = train(cfg, data_dir, pin_embeddings, run_dir, evaluate=False,
+                            validation=_validation(cfg, data_dir, table, seqs))
             train_s = time.perf_counter() - t0
             model, cfg_saved, extra = load_model(run_dir)
             users = heldout_half(np.asarray(extra["eval_users"], np.int64), period)
             m = recall_at_split(model, cfg_saved, data_dir, table, users, seqs)
             if (objective, negatives, logq) in OBJECTIVE_ROWS:
                 m.update(daily_vs_realtime(model, cfg_saved, data_dir, table, users, seqs))
-            result.add(name, seed, details={"steps": metrics["steps"], "eval_users_scored": m.get("eval_users_scored")},
+            details = {k: metrics[k] for k in ("steps", "best_step", "stopped_early") if k in metrics}
+            result.add(name, seed, details={**details, "eval_users_scored": m.get("eval_users_scored")},
                        train_seconds=train_s, sequences_per_s=metrics["train_examples_per_s"],
-                       **{k: m.get(k) for k in ("recall@10", "recall@10_daily", "recall@10_realtime")})
+                       **{k: m.get(k) for k in (*RECALLS, "recall@10_daily", "recall@10_realtime")})
             print(json.dumps({"variant": name, "seed": seed, **m}, default=str), flush=True)
     if baselines and users is not None:
         pop = popularity_recall(base, seqs, users, split, len(table))
         for seed in seeds:  # deterministic: the same value for every seed, listed per seed for pairing
-            result.add(POPULARITY, seed, details={"baseline": True}, **{"recall@10": pop["recall@10"]})
+            result.add(POPULARITY, seed, details={"baseline": True}, **{k: pop[k] for k in RECALLS})
     result.details["eval_users"] = 0 if users is None else len(users)
     if len(seeds) > 1:
         names = result.variants
@@ -122,6 +163,9 @@ def run_eval(data_dir: str | Path, out_dir: str | Path, pin_embeddings: str | Pa
                               (variant_name("dense_all_action", "mixed", True), POPULARITY)]:
             if better in names and worse in names:
                 result.compare(better, worse, "recall@10")
+    if base.patience > 0 and period != "test":
+        result.notes.append(f"early stopping looked at the 'val' half of the held-out users, part of the reported "
+                            f"'{period}' users: report --period test for numbers no choice has seen")
     result.papers = papers.for_result("pinnerformer", result.protocol)
     result.notes.append("next_action/mixed/logQ is the SASRec-style baseline: the same causal transformer "
                         "trained to predict only the next positive action.")

@@ -7,8 +7,14 @@ events of one evaluation *period* (``val``: the first half of the days after ``m
 most ``eval_pool`` pins, otherwise ``eval_pool`` random pins (``SPLIT_SEED``) shared by all queries. The
 same pairs and pool for every variant and every training seed.
 
-Metrics (:mod:`components.evaluation.metrics`): hit@10, hit@50, MRR (plain 1/rank) and, on synthetic data,
-topic@10 (the share of each pin's 10 nearest pins sharing its planted topic).
+Metrics (:mod:`components.evaluation.metrics`): hit@K for K in 1, 2, 5, 10, 20, 50, 100 (the report draws them
+as a hit@K curve), MRR (plain 1/rank) and, on synthetic data, topic@10 (the share of each pin's 10 nearest pins
+sharing its planted topic).
+
+Early stopping (``patience`` > 0 in the config, as in ``pinsage_eval``): each trained run is validated on the
+``val`` period's pairs (MRR, every ``val_every`` steps or each epoch), keeps its best weights and stops after
+``patience`` validations without gain; report the ``test`` period (``--period test``) so that no choice saw
+the reported pairs.
 
 Rows: baselines (content features untrained, popularity, item co-occurrence, Pixie-style random-walk
 visit counts) and the trained variants (content-only MLP, mean pooling, no hard negatives, full PinSage),
@@ -28,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.config import PinSageConfig
+from components.config import ConfigError, PinSageConfig
 from components.data import io
 from components.data.validate import load_events
 from components.evaluation import papers
@@ -37,7 +43,10 @@ from components.evaluation.metrics import rank_metrics, rank_of_positive
 from components.evaluation.protocol import SPLIT_SEED, Period, in_period, period_bounds
 from components.evaluation.result import EvalResult, write_result
 from components.graph.graph import PinBoardGraph, build_graph
-from components.inference.pinsage import embed_data
+from components.graph.sampling import build_neighbourhoods
+from components.models.pinsage import load_model
+from components.models.pinsage_layerwise import layerwise_embeddings
+from components.training.loop import Validation
 from components.training.pinsage import graph_features, train
 from components.training.pinsage_data import coengagement_pairs
 
@@ -47,10 +56,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "PinSage, no hard negatives": {"hard_negatives": False},
     "PinSage (full)": {},
 }
+VARIANT_KEYS = {"content-only": "content-only (MLP on features)", "mean-pooling": "PinSage, mean pooling",
+                "no-hard-negatives": "PinSage, no hard negatives", "full": "PinSage (full)"}  # --variants keys
 BASELINES = ("content features, untrained (cosine)", "popularity", "item co-occurrence",
              "random-walk visit counts (Pixie)")
-HIT_KS = (10, 50)
-METRICS = {"hit@10": "higher", "hit@50": "higher", "mrr": "higher", "topic@10": "higher", "train_seconds": "lower"}
+HIT_KS = (1, 2, 5, 10, 20, 50, 100)
+METRICS = {**{f"hit@{k}": "higher" for k in HIT_KS}, "mrr": "higher", "topic@10": "higher", "train_seconds": "lower"}
 EVAL_OVERRIDES = {"checkpoint_every": 0}  # evaluation runs keep model.pt only, never thousands of step files
 
 
@@ -126,9 +137,26 @@ def planted_topics(data_dir: str | Path, pin_ids: np.ndarray) -> np.ndarray | No
     return topic[np.searchsorted(ids, pin_ids).clip(0, len(ids) - 1)]
 
 
-def train_and_embed(cfg: PinSageConfig, data_dir: str | Path, model_dir: str | Path) -> tuple[np.ndarray, dict]:
-    metrics = train(cfg, data_dir, model_dir)
-    return embed_data(model_dir, data_dir)[1], metrics
+def train_and_embed(cfg: PinSageConfig, data_dir: str | Path, model_dir: str | Path,
+                    val_pairs: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Train one run and embed every pin (layer-wise) with the neighbourhoods it trained on. With ``val_pairs``
+    and ``cfg.patience`` > 0 the run is validated on them (MRR), keeps its best weights and stops early."""
+    model_dir = Path(model_dir)
+    graph = build_graph(data_dir, cfg.use_engagement_edges)
+    feats = graph_features(graph, data_dir)
+    nbr_ids, nbr_w = build_neighbourhoods(graph, cfg)  # sampled once: training reads the same file
+    model_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(model_dir / "neighbourhoods.npz", pin_ids=graph.pin_ids, nbr_ids=nbr_ids, nbr_weights=nbr_w)
+    validation = None
+    if val_pairs is not None and cfg.patience > 0:
+        def val_mrr(model: Any) -> float:
+            emb = layerwise_embeddings(model, feats, nbr_ids, nbr_w, cfg.inference_chunk)
+            return ranking_metrics(emb, val_pairs, cfg.eval_pool)["mrr"]
+        validation = Validation(val_mrr, metric="val_mrr", direction="higher", every=cfg.val_every,
+                                patience=cfg.patience)
+    metrics = train(cfg, data_dir, model_dir, neighbourhoods=model_dir / "neighbourhoods.npz", validation=validation)
+    model, _, _ = load_model(model_dir)
+    return layerwise_embeddings(model, feats, nbr_ids, nbr_w, cfg.inference_chunk), metrics
 
 
 def baseline_scorers(graph: PinBoardGraph, data_dir: str | Path, cfg: PinSageConfig
@@ -155,7 +183,7 @@ def baseline_scorers(graph: PinBoardGraph, data_dir: str | Path, cfg: PinSageCon
 
 def _score_metrics(scores: np.ndarray, pairs: np.ndarray, pool: np.ndarray | None) -> dict[str, float]:
     m = rank_metrics(ranks_from_scores(scores, pairs, pool), HIT_KS)
-    return {k: m[k] for k in ("hit@10", "hit@50", "mrr")}
+    return {k: m[k] for k in (*(f"hit@{k}" for k in HIT_KS), "mrr")}
 
 
 def compare(cfg: PinSageConfig, data_dir: str | Path, out_dir: str | Path, command: str = "",
@@ -170,13 +198,17 @@ def compare(cfg: PinSageConfig, data_dir: str | Path, out_dir: str | Path, comma
     pairs = heldout_pairs(data_dir, graph.pin_ids, cfg, period)
     pool = candidate_pool(graph.num_pins, cfg.eval_pool)
     topics = planted_topics(data_dir, graph.pin_ids)
+    val_pairs = heldout_pairs(data_dir, graph.pin_ids, cfg, "val") if cfg.patience > 0 else None
     result = EvalResult(
         model="pinsage", dataset=dataset, command=command,
         protocol={"task": "related pins: rank the co-engaged pin i of each held-out pair (q, i)",
                   "split": f"period '{period}' of the events after meta.json split_timestamp (protocol.period_bounds)",
                   "queries": f"{len(pairs)} co-engagement pairs (window {cfg.pair_window_s} s), sampled with SPLIT_SEED",
                   "candidate pool": "all other pins" if pool is None else f"{len(pool)} random pins (SPLIT_SEED)",
-                  "num_pins": graph.num_pins, "seeds": seeds, "experiment": cfg_experiment(cfg)},
+                  "num_pins": graph.num_pins, "seeds": seeds, "experiment": cfg_experiment(cfg),
+                  "early stopping": (f"MRR on {len(val_pairs)} 'val' period pairs every "
+                                     f"{cfg.val_every or 'epoch'} {'steps' if cfg.val_every else ''}, patience "
+                                     f"{cfg.patience}, best weights kept" if val_pairs is not None else "none")},
         metrics={k: v for k, v in METRICS.items() if k != "topic@10" or topics is not None})
     if baselines:
         for name, scorer in baseline_scorers(graph, data_dir, cfg).items():
@@ -192,19 +224,35 @@ def compare(cfg: PinSageConfig, data_dir: str | Path, out_dir: str | Path, comma
             vcfg = dataclasses.replace(copy.deepcopy(cfg), **{**EVAL_OVERRIDES, **overrides, "seed": seed})
             model_dir = out_dir / "models" / f"pinsage_{dataset}" / slug / f"seed-{seed}"
             t0 = time.perf_counter()
-            emb, tm = train_and_embed(vcfg, data_dir, model_dir)
+            emb, tm = train_and_embed(vcfg, data_dir, model_dir, val_pairs)
             m = evaluate_embeddings(emb, pairs, cfg, topics)
             m = {k: v for k, v in m.items() if k in result.metrics}
-            result.add(name, seed, details={"steps": tm.get("steps")}, **m, train_seconds=time.perf_counter() - t0)
+            result.add(name, seed, details={k: tm.get(k) for k in ("steps", "best_step", "best_val_mrr", "stopped_early")
+                                            if k in tm}, **m, train_seconds=time.perf_counter() - t0)
             print(f"{name} (seed {seed}): {m}", flush=True)
-    if len(seeds) > 1 and not variants:
+    if len(seeds) > 1:
         for better, worse in [("PinSage (full)", "PinSage, no hard negatives"), ("PinSage (full)", "PinSage, mean pooling"),
                               ("PinSage (full)", "content-only (MLP on features)")] + (
                 [("PinSage (full)", b) for b in BASELINES[1:]] if baselines else []):
-            result.compare(better, worse, "mrr")
+            if better in result.variants and worse in result.variants:
+                result.compare(better, worse, "mrr")
+    if val_pairs is not None and period != "test":
+        result.notes.append(f"early stopping looked at the 'val' period, which is part of the reported '{period}' "
+                            "period: report --period test for numbers no choice has seen")
     result.papers = papers.for_result("pinsage", result.protocol)
     write_result(result, out_dir)
     return result
+
+
+def select_variants(keys: str | None) -> dict[str, dict[str, Any]] | None:
+    """``"content-only,full"`` -> those VARIANTS (None/"" = all); an unknown key is a ConfigError naming the known."""
+    if not keys:
+        return None
+    chosen = [k.strip() for k in keys.split(",") if k.strip()]
+    unknown = [k for k in chosen if k not in VARIANT_KEYS]
+    if unknown:
+        raise ConfigError(f"--variants: unknown {unknown}; expected a comma-separated subset of {list(VARIANT_KEYS)}")
+    return {VARIANT_KEYS[k]: VARIANTS[VARIANT_KEYS[k]] for k in chosen}
 
 
 def cfg_experiment(cfg: Any) -> str | None:

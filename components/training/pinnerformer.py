@@ -29,7 +29,7 @@ from components.evaluation.pinnerformer import recall_at_split
 from components.models.pinnerformer import PinnerFormer
 from components.training.common import DistInfo, shard
 from components.training.countmin import CountMinSketch
-from components.training.loop import TrainTask, fit
+from components.training.loop import TrainTask, Validation, fit
 from components.training.losses import sampled_softmax_loss
 from components.training.pinnerformer_data import UserSequences, build_sequences, collate_examples, sample_examples
 
@@ -169,9 +169,10 @@ class PinnerFormerTask(TrainTask):
 
 
 def train(cfg: PinnerFormerConfig, data_dir: str | Path, pin_embeddings: str | Path, out_dir: str | Path,
-          resume: bool = False, evaluate: bool = True) -> dict[str, Any]:
+          resume: bool = False, evaluate: bool = True, validation: Validation | None = None) -> dict[str, Any]:
     """Train PinnerFormer into ``out_dir`` (model.pt, config.yaml, checkpoints/, train_log.jsonl, metrics.json);
-    ``evaluate`` adds Recall@10 of the held-out users to the metrics."""
+    ``evaluate`` adds Recall@10 of the held-out users to the metrics; ``validation`` keeps the best weights and
+    stops early (the evaluation harness passes one)."""
     table = load_pin_table(pin_embeddings)
     cfg = dataclasses.replace(cfg, pin_dim=table.dim)
-    return fit(PinnerFormerTask(cfg, data_dir, table, evaluate), out_dir, resume=resume)
+    return fit(PinnerFormerTask(cfg, data_dir, table, evaluate), out_dir, resume=resume, validation=validation)

@@ -6,7 +6,7 @@ producers; the loop itself (DDP, checkpoints, exact resume, logs) is :func:`comp
 Steps: build the pin-board graph from the data before the split -> importance neighbourhoods of every pin
 (seeded walks, or the ``neighbourhoods.npz`` the sample_graph step wrote) -> related pairs (co-engagement +
 same board), shuffled with the seed and sharded by rank -> PPR-band hard-negative candidates for the query
-pins (when ``hard_negatives``) -> epochs of minibatches from a DataLoader (workers build each minibatch's
+pins (when ``hard_negatives``) -> epochs (of all pairs, or of ``epoch_pairs`` drawn per epoch) of minibatches from a DataLoader (workers build each minibatch's
 computation graph while the trainer computes) -> Adam.
 
 Minibatches depend only on (seed, rank, epoch, batch), so a resumed run ends with the same parameters as an
@@ -30,7 +30,7 @@ from components.graph.graph import PinBoardGraph, build_graph
 from components.graph.sampling import build_neighbourhoods, hard_negative_candidates
 from components.models.pinsage import build_model
 from components.training.common import DistInfo, shard
-from components.training.loop import TrainTask, fit
+from components.training.loop import TrainTask, Validation, fit
 from components.training.pinsage_data import PairBatches, board_pairs, coengagement_pairs, max_margin_loss
 
 HARD_CANDIDATES = 32  # PPR-band pins kept per query pin; each epoch draws its hard negatives from them
@@ -107,16 +107,19 @@ class PinSageTask(TrainTask):
         self.inputs = prepare_inputs(cfg, self.data_dir, self.neighbourhoods)
         graph, all_pairs = self.inputs["graph"], self.inputs["pairs"]
         self.pairs = all_pairs[shard(len(all_pairs), info)]
-        per_epoch = PairBatches.batches_per_epoch(len(self.pairs), cfg.batch_size)
+        # epoch_pairs: each epoch trains on a fresh seeded sample of the pairs (an "epoch" of a large log)
+        self.epoch_pairs = len(self.pairs) if not cfg.epoch_pairs else min(len(self.pairs),
+                                                                           cfg.epoch_pairs // info.world_size)
+        per_epoch = self.per_epoch = PairBatches.batches_per_epoch(self.epoch_pairs, cfg.batch_size)
         if per_epoch == 0:
-            raise ValueError(f"{self.data_dir}: {len(self.pairs)} related pairs per rank is less than "
+            raise ValueError(f"{self.data_dir}: {self.epoch_pairs} related pairs per rank and epoch is less than "
                              f"batch_size={cfg.batch_size}")
         total = cfg.epochs * per_epoch if cfg.max_steps <= 0 else min(cfg.max_steps, cfg.epochs * per_epoch)
         # The curriculum: epoch n adds n-1 hard negatives (stages of one epoch). A run shorter than one epoch
         # (max_steps) compresses it into its length, `epochs` stages of ceil(total / epochs) steps, so it still
         # reaches them; a run of an epoch or more keeps the per-epoch stages (a resume never changes them).
         self.stage_len = per_epoch if total > per_epoch else max(1, -(-total // cfg.epochs))
-        self.hard = None
+        self.hard, self.max_hard = None, 0
         if cfg.hard_negatives and total <= self.stage_len:
             warnings.warn(f"pinsage: hard_negatives is on but the run has one curriculum stage ({total} steps, "
                           f"epochs={cfg.epochs}): hard negatives never activate; use epochs >= 2", stacklevel=2)
@@ -131,7 +134,11 @@ class PinSageTask(TrainTask):
 
     def batches(self, epoch: int, start: int) -> torch.utils.data.DataLoader:
         cfg = self.cfg
-        ds = PairBatches(self.pairs, self.inputs["features"], self.inputs["nbr_ids"], self.inputs["nbr_w"],
+        pairs = self.pairs
+        if self.epoch_pairs < len(pairs):  # a pure function of (seed, rank, epoch): resumes see the same sample
+            rng = np.random.default_rng([cfg.seed, self.info.rank, epoch, 4])
+            pairs = pairs[np.sort(rng.choice(len(pairs), self.epoch_pairs, replace=False))]
+        ds = PairBatches(pairs, self.inputs["features"], self.inputs["nbr_ids"], self.inputs["nbr_w"],
                          cfg.num_layers, cfg.batch_size, cfg.num_negatives, self.hard,
                          cfg.epochs - 1 if cfg.hard_negatives else 0, cfg.seed, self.info.rank, epoch, start=start,
                          stage_len=self.stage_len)
@@ -144,10 +151,14 @@ class PinSageTask(TrainTask):
         emb = module(batch["h0"], batch["blocks"])  # (B_K, D)
         zh = emb[batch["hard"]] if batch["hard"].shape[1] else None  # (B, H, D)
         loss = max_margin_loss(emb[batch["q"]], emb[batch["p"]], emb[batch["neg"]], zh, self.cfg.margin)
+        self.max_hard = max(self.max_hard, int(batch["hard"].shape[1]))
         return loss, {"hard_per_positive": int(batch["hard"].shape[1])}
 
     def count(self, batch: dict[str, Any]) -> int:
         return len(batch["q"])
+
+    def steps_per_epoch(self) -> int:
+        return self.per_epoch
 
     def start_record(self) -> dict[str, Any]:
         graph = self.inputs["graph"]
@@ -156,12 +167,23 @@ class PinSageTask(TrainTask):
     def model_extra(self) -> dict[str, Any]:
         return {"num_pins": self.inputs["graph"].num_pins, "feature_dim": self.cfg.feature_dim}
 
+    def state(self) -> dict[str, Any]:
+        return {"max_hard": self.max_hard}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.max_hard = int(state.get("max_hard", 0))
+
     def finish(self, model: nn.Module) -> dict[str, Any]:
-        return {"pairs_per_rank": len(self.pairs)}
+        if self.cfg.hard_negatives and self.max_hard == 0:  # e.g. early stopping before the second stage
+            warnings.warn("pinsage: hard_negatives is on but no minibatch of this run had a hard negative "
+                          f"(stopped at a step before the curriculum's second stage, {self.stage_len} steps); "
+                          "this run equals 'no hard negatives'", stacklevel=2)
+        return {"pairs_per_rank": len(self.pairs), "hard_per_positive_max": self.max_hard}
 
 
 def train(cfg: PinSageConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
-          neighbourhoods: str | Path | None = None) -> dict[str, Any]:
+          neighbourhoods: str | Path | None = None, validation: Validation | None = None) -> dict[str, Any]:
     """Train PinSage on ``data_dir`` into ``out_dir`` (model.pt, config.yaml, checkpoints/, train_log.jsonl,
-    metrics.json); ``neighbourhoods`` reuses the sample_graph step's output instead of re-sampling."""
-    return fit(PinSageTask(cfg, data_dir, neighbourhoods), out_dir, resume=resume)
+    metrics.json); ``neighbourhoods`` reuses the sample_graph step's output instead of re-sampling;
+    ``validation`` keeps the best weights and stops early (the evaluation harness passes one)."""
+    return fit(PinSageTask(cfg, data_dir, neighbourhoods), out_dir, resume=resume, validation=validation)
