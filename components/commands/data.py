@@ -8,11 +8,13 @@ import sys
 
 from components import config
 from components.cli import add_config_args
+from components.data.import_config import load_import_config
+from components.data.importer import format_report, import_data
+from components.data.prepare import format_summary, prepare
+from components.data.validate import fix_types, validate_dir
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from components.data.prepare import format_summary, prepare
-
     experiment = args.experiment or ("ml100k" if args.dataset == "ml-100k" else "synthetic")
     overrides = config.parse_overrides(args.overrides)
     for key in ("dataset", "users", "pins", "boards", "topics", "days", "seed"):
@@ -31,9 +33,6 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from components.data.prepare import format_summary
-    from components.data.validate import fix_types, validate_dir
-
     if args.fix_types:
         cast = fix_types(args.dir)
         print("\n".join(["cast:", *(f"  {line}" for line in cast)]) if cast else "cast: nothing to cast",
@@ -48,10 +47,6 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from components.data.import_config import load_import_config
-    from components.data.importer import format_report, import_data
-    from components.data.prepare import format_summary
-
     cfg = load_import_config(args.config)
     print(f"importing {args.config} into {args.out} ...", flush=True)
     report = import_data(cfg, args.out)

@@ -16,6 +16,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _embed_users(args: argparse.Namespace) -> int:
+    # torch: only this command needs it (the train commands in this group launch torchrun without importing it)
     from components.inference.users import embed_users
 
     path = embed_users(args.model, args.data, args.pin_embeddings, args.out, args.date, since=args.since)
@@ -24,6 +25,7 @@ def _embed_users(args: argparse.Namespace) -> int:
 
 
 def _embed_pin_tower(args: argparse.Namespace) -> int:
+    # torch: only this command needs it (the train commands in this group launch torchrun without importing it)
     from components.inference.users import embed_pin_tower
 
     path = embed_pin_tower(args.model, args.pin_embeddings, args.out, version=args.version)

@@ -16,6 +16,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
+    # torch: only this command needs it (the train commands in this group launch torchrun without importing it)
     from components.inference.pinsage import embed_pins
 
     path = embed_pins(args.model, args.data, Path(args.out) / "pinsage", version=args.version)

@@ -5,18 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipelines.runner import compile_pipelines, parse_params, run_local, submit
+
 
 def _compile(args: argparse.Namespace) -> int:
-    from pipelines.runner import compile_pipelines
-
     for path in compile_pipelines(args.out, None if args.pipeline == "all" else [args.pipeline]):
         print(f"compiled: {path}")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipelines.runner import parse_params, run_local
-
     if not args.local:
         print("error: only --local runs are supported here; use `homefeed pipeline submit --host URL` for a cluster")
         return 2
@@ -27,8 +25,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipelines.runner import parse_params, submit
-
     run_id = submit(args.pipeline, args.host, parse_params(args.params), experiment=args.experiment_name)
     print(json.dumps({"run_id": run_id}) if args.json else f"submitted run {run_id}")
     return 0

@@ -10,6 +10,7 @@ from components import config
 from components.cli import add_config_args
 from components.commands.training import add_launch_args, run_training
 from components.evaluation.result import fmt
+from components.serving.ranker_io import ONNX_FILE
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -22,8 +23,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    # torch: only this command needs it (the train commands in this group launch torchrun without importing it)
     from components.serving.export import build_tensorrt, export_ranker, trtexec_command
-    from components.serving.ranker_io import ONNX_FILE
 
     out = export_ranker(args.model, args.out, data_dir=args.data)
     print(f"exported to {out}: {ONNX_FILE}, preprocess.json, config.yaml (ONNX Runtime matches torch within 1e-5)")
