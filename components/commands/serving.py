@@ -27,6 +27,7 @@ def _clean_errors(fn: Command) -> Command:
 
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
+        # lazy: this module serves five groups; only the command that runs loads its clients (pymilvus, feast, tritonclient)
         from components.data.tables import VersionError
         from components.serving.feast_store import FeatureStoreError
         from components.serving.milvus_index import MilvusIndexError
@@ -46,6 +47,7 @@ def _clean_errors(fn: Command) -> Command:
 
 def _feast_stack(args: argparse.Namespace):
     """(the stack of ``--stack``, the repo instance: ``--repo`` or the stack's ``feast.repo``)."""
+    # lazy: this module serves five groups; only the command that runs loads its clients (pymilvus, feast, tritonclient)
     from components.stackconfig import load_stack
 
     stack = load_stack(args.stack)
@@ -54,6 +56,7 @@ def _feast_stack(args: argparse.Namespace):
 
 @_clean_errors
 def _features_apply(args: argparse.Namespace) -> int:
+    # lazy: this module serves five groups; only the command that runs loads its clients (pymilvus, feast, tritonclient)
     from components.serving import feast_store
 
     stack, repo = _feast_stack(args)
@@ -70,6 +73,7 @@ def _features_apply(args: argparse.Namespace) -> int:
 
 @_clean_errors
 def _features_materialize(args: argparse.Namespace) -> int:
+    # lazy: this module serves five groups; only the command that runs loads its clients (pymilvus, feast, tritonclient)
     from components.serving import feast_store
 
     stack, repo = _feast_stack(args)
@@ -80,11 +84,13 @@ def _features_materialize(args: argparse.Namespace) -> int:
 
 @_clean_errors
 def _index_build(args: argparse.Namespace) -> int:
+    # lazy: this module serves five groups; only the command that runs loads its clients (pymilvus, feast, tritonclient)
     from components.serving import milvus_index
 
     def progress(done: int, total: int) -> None:
         print(f"\rinserted {done}/{total}", end="", flush=True)
 
+    # lazy: this module serves five groups; only the command that runs loads its clients (pymilvus, feast, tritonclient)
     from components.stackconfig import load_stack
 
     m = load_stack(args.stack).milvus
@@ -104,6 +110,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 @_clean_errors
 def _serve_triton(args: argparse.Namespace) -> int:
+    # lazy: this module serves five groups; only the command that runs loads its clients (pymilvus, feast, tritonclient)
     from components.serving import model_repository
     from components.serving.triton import TritonServer
 
@@ -139,6 +146,7 @@ def _serve_triton(args: argparse.Namespace) -> int:
 
 def _recommend_config(args: argparse.Namespace):
     """The recommend path of ``--stack`` with the explicitly given flags on top."""
+    # lazy: this module serves five groups; only the command that runs loads its clients (pymilvus, feast, tritonclient)
     from components.serving.recommend import RecommendConfig
     from components.stackconfig import load_stack
 
@@ -151,6 +159,7 @@ def _recommend_config(args: argparse.Namespace):
 
 @_clean_errors
 def _recommend(args: argparse.Namespace) -> int:
+    # lazy: this module serves five groups; only the command that runs loads its clients (pymilvus, feast, tritonclient)
     from components.serving.recommend import check_limits, format_table, recommend
 
     cfg, _ = _recommend_config(args)
@@ -165,6 +174,7 @@ TOKEN_FILE = Path("/var/run/secrets/homefeed/api-token")  # where the chart moun
 
 def _service_token(args: argparse.Namespace, stack) -> str:
     """--token-file, else the stack's service.token reference, else the chart's mounted Secret file."""
+    # lazy: this module serves five groups; only the command that runs loads its clients (pymilvus, feast, tritonclient)
     from components.stackconfig import SecretRef
 
     if args.token_file:
@@ -179,6 +189,7 @@ def _service_token(args: argparse.Namespace, stack) -> str:
 
 @_clean_errors
 def _serve_recommend(args: argparse.Namespace) -> int:
+    # lazy: this module serves five groups; only the command that runs loads its clients (pymilvus, feast, tritonclient)
     from components.serving.service import ServiceSettings, run
 
     cfg, stack = _recommend_config(args)
@@ -193,6 +204,7 @@ def _serve_recommend(args: argparse.Namespace) -> int:
 
 @_clean_errors
 def _embed_set_current(args: argparse.Namespace) -> int:
+    # lazy: this module serves five groups; only the command that runs loads its clients (pymilvus, feast, tritonclient)
     from components.data.tables import VersionedStore
 
     store = VersionedStore(args.store)

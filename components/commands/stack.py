@@ -9,6 +9,7 @@ from pathlib import Path
 
 def _stack_errors(fn):
     def run(args: argparse.Namespace) -> int:
+        # lazy: only the command that runs loads the servers' clients (pymilvus, psycopg, redis) or the stack
         from components.serving.milvus_index import MilvusIndexError
         from components.stack import StackError
 
@@ -23,6 +24,7 @@ def _stack_errors(fn):
 
 @_stack_errors
 def _up(args: argparse.Namespace) -> int:
+    # lazy: only the command that runs loads the servers' clients (pymilvus, psycopg, redis) or the stack
     from components import stack
 
     cfg = stack.up(args.profile, args.state, triton_repository=args.triton_repository,
@@ -35,6 +37,7 @@ def _up(args: argparse.Namespace) -> int:
 
 @_stack_errors
 def _down(args: argparse.Namespace) -> int:
+    # lazy: only the command that runs loads the servers' clients (pymilvus, psycopg, redis) or the stack
     from components import stack
 
     names = stack.down(args.state, purge=args.purge)
@@ -43,6 +46,7 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    # lazy: only the command that runs loads the servers' clients (pymilvus, psycopg, redis) or the stack
     import yaml
 
     from components.stackconfig import load_stack, to_dict
@@ -54,6 +58,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _milvus(args: argparse.Namespace) -> tuple[str, str, str | None]:
+    # lazy: only the command that runs loads the servers' clients (pymilvus, psycopg, redis) or the stack
     from components.stackconfig import load_stack
 
     m = load_stack(args.stack).milvus
@@ -64,6 +69,7 @@ def _milvus(args: argparse.Namespace) -> tuple[str, str, str | None]:
 
 @_stack_errors
 def _index_list(args: argparse.Namespace) -> int:
+    # lazy: only the command that runs loads the servers' clients (pymilvus, psycopg, redis) or the stack
     from components.serving import milvus_index
 
     uri, alias, token = _milvus(args)
@@ -76,6 +82,7 @@ def _index_list(args: argparse.Namespace) -> int:
 
 @_stack_errors
 def _index_rollback(args: argparse.Namespace) -> int:
+    # lazy: only the command that runs loads the servers' clients (pymilvus, psycopg, redis) or the stack
     from components.serving import milvus_index
 
     uri, alias, token = _milvus(args)
