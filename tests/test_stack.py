@@ -223,3 +223,40 @@ def test_index_on_the_milvus_server_keeps_and_rolls_back(server_stack, tables, t
         assert (index.search(pins.embeddings[:5], 3)[0][:, 0] == pins.ids[:5]).all()
     finally:
         index.close()
+
+
+def test_a_stopped_server_restarts_on_its_port_with_its_data_and_password(server_stack):
+    """components.stack.stop_server / restart (the fault drills of tests/test_service.py): Valkey stopped, then
+    started again from the recorded state: same endpoint, a new process group, the password from the same secret
+    file, and the keys it held (saved on SIGTERM, loaded at start). An unknown name is an error naming the
+    recorded servers."""
+    import redis
+
+    state = Path(server_stack.source).parent
+    before = {p.name: p for p in stack.processes(state)}
+    host, port = server_stack.feast.online_store.connection_string.rsplit(":", 1)
+    password = server_stack.feast.online_store.password.resolve()
+
+    def client(pw: str | None = password) -> redis.Redis:
+        return redis.Redis(host=host, port=int(port), password=pw, socket_connect_timeout=2)
+
+    c = client()
+    c.set("homefeed:restart-probe", "kept")
+    c.close()
+    stack.stop_server(state, "valkey")
+    assert stack.servers.alive(before["valkey"].pgid) == []
+    with pytest.raises(redis.exceptions.ConnectionError):
+        client().ping()
+    back = stack.restart(state, "valkey")
+    assert back.endpoint == before["valkey"].endpoint and back.pgid != before["valkey"].pgid
+    assert {p.name: p.pgid for p in stack.processes(state)}["valkey"] == back.pgid  # recorded for `stack down`
+    c = client()
+    try:
+        assert c.get("homefeed:restart-probe") == b"kept"
+        c.delete("homefeed:restart-probe")
+    finally:
+        c.close()
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        client("wrong").ping()
+    with pytest.raises(stack.StackError, match="no server 'nope' recorded; recorded: .*valkey"):
+        stack.restart(state, "nope")

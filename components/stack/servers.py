@@ -126,12 +126,16 @@ def stop_group(pgid: int, sig: int = signal.SIGTERM, grace_s: float = 20.0) -> l
     return alive(pgid)
 
 
-def wait_port_free(port: int, timeout_s: float = 120.0) -> None:
-    """Wait until ``port`` on 127.0.0.1 can be bound again without SO_REUSEADDR (a stopped server's sockets sit
-    in TIME_WAIT for up to a minute; milvus-server treats a busy --proxy-port as "look for the next free one")."""
+def wait_port_free(port: int, timeout_s: float = 120.0, reuse_addr: bool = True) -> None:
+    """Wait until ``port`` on 127.0.0.1 can be bound again: nothing listens there any more. Servers that bind with
+    SO_REUSEADDR (Valkey, PostgreSQL, uvicorn, Triton) can bind over the stopped server's TIME_WAIT sockets;
+    ``reuse_addr=False`` also waits those out (up to a minute): milvus-server probes its --proxy-port without it
+    and would silently move to the next free port."""
     deadline = time.monotonic() + timeout_s
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            if reuse_addr:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
                 return
@@ -321,7 +325,7 @@ def start_milvus(state: Path, password: str, timeout_s: float = 420.0, port: int
     data = state / "milvus"
     _link_milvus_binaries(data / "bin")
     if restart:
-        wait_port_free(port)
+        wait_port_free(port, reuse_addr=False)
     else:
         port = free_port()
     log = state / "logs" / "milvus.log"
