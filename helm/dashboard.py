@@ -2,7 +2,8 @@
 
 Usage: .venv/bin/python helm/dashboard.py   (tests/test_helm.py fails when the JSON is out of date)
 
-Panels: the recommend service (requests/s, error rate by class, fallbacks, p50/p99 per stage, dependencies),
+Panels: the recommend service (requests/s, error rate by class, fallbacks, p50/p99 per stage, dependencies,
+the model versions served),
 Triton (inferences/s, batch size, queue and compute time, model versions) and the daily CronJob
 (kube-state-metrics: time since the last successful run, active runs, failures). Every query is filtered by the
 dashboard's `namespace` variable.
@@ -76,6 +77,15 @@ panel("Dependencies up", [(f'min by (dependency) (homefeed_dependency_up{{{NS}}}
 panel("Recommend connections open", [(f'sum(homefeed_recommenders_open{{{NS}}})', "open")], "none", 16,
       description="Recommend-path connection sets held open across requests (all replicas).")
 y += 8
+panel("Serving versions (recommend service)", [
+    (f'max by (ranker_version, user_embedding_version, pin_index_collection) '
+     f'(homefeed_serving_version_info{{{NS}}})', "{{ranker_version}} {{user_embedding_version}} "
+                                                "{{pin_index_collection}}")],
+    "none", 0, w=24, h=6, kind="table",
+    description="The ranker export, the user-embedding model and the Milvus collection behind the alias that the "
+                "replicas' last ranked responses came from. More than one row for long: replicas disagree (a "
+                "rollout or a daily run in progress).")
+y += 6
 
 row("Triton (ranker)")
 panel("Inferences / s", [

@@ -1123,6 +1123,8 @@ def test_recommend_service_deployment(rendered):
     assert "--tls-cert" not in c["args"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http", "scheme": "HTTP"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http", "scheme": "HTTP"}
+    # /readyz asks Feast, Milvus (a 5 s client timeout) and Triton in turn: a shorter probe timeout flaps
+    assert c["readinessProbe"]["timeoutSeconds"] >= 5
     assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
     # the bearer token: a file from an existing Secret, never a value
     mount = next(m for m in c["volumeMounts"] if m["name"] == "api-token")
@@ -1487,7 +1489,7 @@ def test_dashboard_queries_name_metrics_that_are_exported(restricted_triton):
             assert sources, f"panel {title!r}: {name} is exported by none of {sorted(exported)}"
             used[sources[0]].add(name)
     assert {"homefeed_requests_total", "homefeed_request_errors_total",
-            "homefeed_stage_latency_seconds_bucket"} <= used["service"]
+            "homefeed_stage_latency_seconds_bucket", "homefeed_serving_version_info"} <= used["service"]
     assert {"nv_inference_request_success", "nv_inference_count", "nv_inference_exec_count",
             "nv_inference_queue_duration_us"} <= used["triton"]
     assert "kube_cronjob_status_last_successful_time" in used["kube-state-metrics"]

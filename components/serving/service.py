@@ -31,9 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pymilvus import MilvusClient
 from starlette.concurrency import run_in_threadpool
 
 from components.serving import feast_store
@@ -85,6 +87,25 @@ class Metrics:
                         ["dependency"], registry=self.registry)
         self.pool = Gauge("homefeed_recommenders_open", "recommend-path connections held open",
                           registry=self.registry)
+        self.versions = Gauge("homefeed_serving_version_info", "1 for the model versions the last ranked response "
+                              "was served with (ranker export digest, user-embedding model, Milvus collection)",
+                              ["ranker_version", "user_embedding_version", "pin_index_collection"],
+                              registry=self.registry)
+        self._versions_lock = threading.Lock()
+        self._served: tuple[str, str, str] | None = None
+
+    def set_versions(self, versions: dict[str, Any]) -> None:
+        """Point ``homefeed_serving_version_info`` at the versions of a ranked response (one series: the
+        previous label set is removed when a daily run or a rollout changes a version)."""
+        labels = (str(versions.get("ranker") or ""), str(versions.get("user_embeddings") or ""),
+                  str(versions.get("index_collection") or ""))
+        with self._versions_lock:
+            if labels == self._served:
+                return
+            if self._served is not None:
+                self.versions.remove(*self._served)
+            self.versions.labels(*labels).set(1)
+            self._served = labels
 
 
 class RecommenderPool:
@@ -172,9 +193,10 @@ class Probes:
         try:
             self._store.get_online_features(features=self._store.get_feature_service("retrieval_v1"),
                                             entity_rows=[{"user_id": -1}]).to_dict()
-        except Exception:
+        except Exception as e:
+            kind = getattr(self._store.config.online_store, "type", "the")
             self._store = None
-            raise
+            raise RecommendError(f"{kind} online store read failed: {_first_line(e)}") from e
         return "ok"
 
     def milvus(self) -> str:
@@ -183,9 +205,7 @@ class Probes:
             raise FileNotFoundError(f"{uri}: no Milvus Lite database at this path")
         kw = {"token": self.cfg.milvus_token} if self.cfg.milvus_token else {}
         if "://" in uri:
-            from pymilvus import MilvusClient  # a server: a short-lived client with a timeout
-
-            client = MilvusClient(uri=uri, timeout=5, **kw)
+            client = MilvusClient(uri=uri, timeout=5, **kw)  # a server: a short-lived client with a timeout
             try:
                 name = served_collection(client, self.cfg.alias)
             finally:
@@ -334,6 +354,8 @@ def create_app(settings: ServiceSettings):
                 metrics.stage.labels(stage).observe(ms / 1000)
         if out["fallback"]:
             metrics.fallbacks.labels(out["fallback"]).inc()
+        if out["versions"].get("user_embeddings"):  # the user-side path ran: these versions served it
+            metrics.set_versions(out["versions"])
         metrics.requests.labels(ep, "200").inc()
         return JSONResponse(out)
 
@@ -375,8 +397,6 @@ def create_app(settings: ServiceSettings):
 def run(settings: ServiceSettings, host: str = "127.0.0.1", port: int = 8080, tls_cert: str | None = None,
         tls_key: str | None = None, log_level: str = "warning") -> None:
     """Serve until SIGINT/SIGTERM (uvicorn handles both and closes the pool through the lifespan)."""
-    import uvicorn
-
     if bool(tls_cert) != bool(tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
     for f in (tls_cert, tls_key):
