@@ -11,6 +11,7 @@ process so that its peak memory is its own: peak RSS is sampled every 5 ms while
 
 from __future__ import annotations
 
+import io as _io
 import json
 import multiprocessing as mp
 import os
@@ -269,12 +270,10 @@ def _default_command(experiments: list[str], data_dir: str | Path, out_dir: Path
 
 def plot(result: EvalResult, path: str | Path) -> Path:
     """A PNG bar chart: HIT@3/save mean with its 95% interval, and AUC(save), per variant."""
-    import io as _io
-
     import matplotlib  # a heavy import, needed only for this chart
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display backend on a server
 
     names = list(result.variants)
     hit = [result.stat(v, "hit3_save") for v in names]

@@ -24,6 +24,7 @@ from components.graph.sampling import build_neighbourhoods
 from components.inference.shards import in_shard
 from components.models.pinsage import load_model
 from components.models.pinsage_layerwise import layerwise_embeddings
+from components.training.pinsage import graph_features
 
 
 def embed_data(model_dir: str | Path, data_dir: str | Path,
@@ -36,8 +37,6 @@ def embed_data(model_dir: str | Path, data_dir: str | Path,
     seed over the whole graph) and computes the layers its pins need, so the shards' rows equal the
     unsharded table's.
     """
-    from components.training.pinsage import graph_features
-
     model, cfg, _ = load_model(model_dir)
     graph = build_graph(data_dir, cfg.use_engagement_edges)
     feats = graph_features(graph, data_dir)

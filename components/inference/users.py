@@ -33,7 +33,8 @@ from components.data.validate import DataValidationError, check_table, drop_out_
 from components.data.vocab import dataset_spec, vocab_of
 from components.inference.shards import in_shard
 from components.models.pinnerformer import load_model
-from components.training.pinnerformer_data import build_sequences
+from components.training.pinnerformer import load_pin_table
+from components.training.pinnerformer_data import build_sequences, embed_windows
 
 USERS_STORE = "users"
 PINS_STORE = "pins"
@@ -49,8 +50,6 @@ def model_digest(model_dir: str | Path) -> str:
 
 
 def _load_pin_table(path: str | Path) -> EmbeddingTable:
-    from components.training.pinnerformer import load_pin_table
-
     return load_pin_table(path)
 
 
@@ -95,8 +94,6 @@ def embed_active_users(model_dir: str | Path, data_dir: str | Path, pin_embeddin
     """The rows :func:`embed_users` computes (users active on ``date``, or from ``since`` to ``date``), not yet
     merged with the previous table; ``shard`` = (k, n): only the users of shard k of n
     (:mod:`components.inference.shards`), the daily pipeline's parallel tasks."""
-    from components.training.pinnerformer_data import embed_windows
-
     day_start, day_end = io.day_bounds(date)
     days = io.partitions(data_dir, "events")  # stored keys: days, or months for an imported long log
     if io.locate(data_dir, "events", date) is None:
