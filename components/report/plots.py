@@ -251,7 +251,7 @@ def _median(v: Any) -> float | None:
 
 
 SIZE_KEYS = ("pins", "events", "users", "rows", "n", "items", "batch", "candidates", "nodes", "edges", "active")
-TIME_KEY = re.compile(r"(seconds|_s$|us_per|ms|per_s|throughput)", re.I)
+TIME_KEY = re.compile(r"(seconds|_s$|us_per|ms|per_s|throughput|rss_mb)", re.I)
 
 
 def growth_series(doc: dict[str, Any]) -> list[tuple[str, str, list[tuple[str, list[float]]], list[float]]]:

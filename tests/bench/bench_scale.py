@@ -1,9 +1,14 @@
 """Scale benchmark: each pipeline stage at several catalogue sizes, its wall time and peak RSS, and how cost grows.
 
 Sizes: ``HOMEFEED_BENCH_SCALE`` = comma-separated pin counts (default ``10000,30000,100000``); users = pins / 10,
-boards = pins / 10, ~40 events per user (so events = 4 x pins). Every stage runs in its own subprocess (this file
-run as a script) and reports its own ``ru_maxrss``, so each peak is that stage's, not the session's. Stages, on
-the synthetic data of each size:
+boards = pins / 10, ~40 events per user (so events = 4 x pins). The issue #13 table::
+
+    HOMEFEED_BENCH_SCALE=10000,100000,1000000 pytest -q -s tests/bench/bench_scale.py
+
+Every stage runs in its own forked child of the benchmark process (modules imported once, before the first
+fork) and reports its own time, the RSS it starts with and its ``ru_maxrss``, so each peak is that stage's, not the session's, and
+``stage_rss_mb`` (peak minus the after-import baseline) is what the stage itself holds. Stages, on the synthetic
+data of each size:
 
   prepare            synthetic data directory (events in day partitions), validated
   sample_graph       pin-board graph + importance neighbourhoods of every pin
@@ -12,13 +17,17 @@ the synthetic data of each size:
   train_pinnerformer ``STEPS`` PinnerFormer steps
   embed_users        every user active in the last 7 event days, from their latest actions
   pin_tower          PinnerFormer's pin tower over every pin
-  train_ranker       ``STEPS`` ranker steps (``ranker_tiny``: the serving-size ranker is bench_ranker_serving's)
+  train_ranker       ``STEPS`` ranker steps (``ranker_tiny``: the serving-size ranker)
+  feast_materialize_server  Feast sources (``write_sources``) + apply + materialize of the user and pin embeddings
+                     and ranker features into the ``server`` profile (Valkey online store, PostgreSQL registry),
+                     started for real in the stage's process; only the Feast calls are timed
   index_build        Milvus Lite HNSW collection over the pin-tower table (``milvus_index.build_index``)
 
-Recorded per size: seconds and peak RSS (MB) per stage; per stage: the growth exponent a of cost ~ size^a
-between the smallest and the largest size (time and RSS), so a ~ 1 is linear growth and a < 1 sub-linear.
-Feast materialisation with the server profile is not part of this file (it needs the server stack: see
-docs/scale.md).
+Recorded per size: seconds, peak RSS and stage RSS (MB) per stage, the event count; per stage: the growth
+exponent a of cost ~ size^a (time, peak RSS, stage RSS) between consecutive sizes and between the smallest and
+the largest, so a ~ 1 is linear growth and a < 1 sub-linear. Events are 4 x pins, so an exponent in pins is the
+same exponent in events. Flat per-size rows (``time_*``, ``rss_*``) feed the report's growth plot.
+``/proc/loadavg`` is recorded before and after each size.
 """
 
 from __future__ import annotations
@@ -27,12 +36,14 @@ import json
 import math
 import os
 import resource
-import subprocess
-import sys
+import shutil
 import time
+import traceback
 from pathlib import Path
 
-from components import config
+import pyarrow.dataset as ds
+
+from components import config, stack
 from components.data import io
 from components.data.prepare import prepare
 from components.data.tables import VersionedStore
@@ -40,13 +51,15 @@ from components.graph.graph import build_graph
 from components.graph.sampling import build_neighbourhoods
 from components.inference.pinsage import embed_pins
 from components.inference.users import embed_pin_tower, embed_users
-from components.serving import milvus_index
+from components.serving import feast_store, milvus_index
 from components.training import pinnerformer, pinsage, ranker
 
 STEPS = 20
 STAGES = ("prepare", "sample_graph", "train_pinsage", "embed_pins", "train_pinnerformer", "embed_users",
-          "pin_tower", "train_ranker", "index_build")
-REPO = Path(__file__).resolve().parents[2]
+          "pin_tower", "train_ranker", "feast_materialize_server", "index_build")
+PLOT_GROUPS = {"time_data_and_stores": ("prepare", "sample_graph", "feast_materialize_server", "index_build"),
+               "time_training_20_steps": ("train_pinsage", "train_pinnerformer", "train_ranker"),
+               "time_embedding": ("embed_pins", "embed_users", "pin_tower")}
 
 
 def sizes() -> list[int]:
@@ -60,8 +73,9 @@ def sizes() -> list[int]:
     return out
 
 
-def run_stage(stage: str, pins: int, work: Path) -> None:
-    """One stage in this process (the subprocess side; the modules are imported before the clock starts)."""
+def run_stage(stage: str, pins: int, work: Path) -> float | None:
+    """One stage in this process (the forked child; the modules are imported before the clock starts).
+    Returns the seconds of its timed part when only part of it is timed (else None: all of it)."""
     data = work / "data"
     if stage == "prepare":
         prepare(config.load("synthetic", [f"pins={pins}", f"users={max(pins // 10, 50)}",
@@ -83,28 +97,75 @@ def run_stage(stage: str, pins: int, work: Path) -> None:
     elif stage == "train_ranker":
         ranker.train(config.load("ranker_tiny", [f"max_steps={STEPS}"]), data, work / "ranker",
                      user_embeddings=VersionedStore(work / "emb" / "users").path(), pin_embeddings=_pins(work))
+    elif stage == "feast_materialize_server":
+        return _feast_server(data, work)
     elif stage == "index_build":
         milvus_index.build_index(str(work / "milvus.db"), VersionedStore(work / "emb" / "pins").path(),
                                  params=milvus_index.HnswParams(insert_batch=20_000))
     else:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    return None
+
+
+def _feast_server(data: Path, work: Path) -> float:
+    """The daily run's register_features against the server profile: sources, apply, materialize (timed)."""
+    day = io.partitions(data, "events")[-1]
+    with stack.running("server", work / "server_stack", feast_server=False) as cfg:
+        t = time.perf_counter()
+        repo = feast_store.init_repo(cfg.feast.repo, stack=cfg)
+        feast_store.write_sources(repo, data, day, VersionedStore(work / "emb" / "users").path(), _pins(work))
+        feast_store.apply(repo, cfg)
+        feast_store.materialize(repo, day, cfg)
+        return time.perf_counter() - t
 
 
 def _pins(work: Path) -> Path:
     return VersionedStore(work / "pins").path()
 
 
+def events(work: Path) -> int:
+    return ds.dataset(work / "data" / "events", format="parquet", partitioning="hive").count_rows()
+
+
+def _child(stage: str, pins: int, work: Path, w: int) -> None:
+    """The forked child: run the stage, write its report to the pipe ``w``, exit without returning to pytest."""
+    code = 0
+    try:
+        os.environ["HOMEFEED_QUIET"] = "1"
+        baseline = _rss_mb()
+        t0 = time.perf_counter()
+        timed = run_stage(stage, pins, work)
+        elapsed = time.perf_counter() - t0 if timed is None else timed
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes, this process's peak
+        report = {"seconds": elapsed, "peak_rss_mb": peak_kb / 1024, "baseline_rss_mb": baseline}
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
+        report, code = {"error": traceback.format_exc()[-4000:]}, 1
+    with os.fdopen(w, "w") as f:
+        f.write(json.dumps(report))
+    os._exit(code)
+
+
 def measure(stage: str, pins: int, work: Path) -> dict[str, float]:
-    """Run ``stage`` in a fresh subprocess: its wall time and its own peak RSS."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HOMEFEED_QUIET": "1"}
+    """Run ``stage`` in a forked child of this process (the modules are imported once, here, before any stage:
+    a fresh interpreter per stage spent 90-170 s importing torch/Feast/pymilvus on this loaded machine): its
+    wall time, its own peak RSS and its RSS above the after-import baseline it inherits."""
+    r, w = os.pipe()
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, stage, str(pins), str(work)], env=env, capture_output=True,
-                          text=True, cwd=REPO)
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        _child(stage, pins, work, w)
+    os.close(w)
+    with os.fdopen(r) as f:
+        text = f.read()
+    _, status = os.waitpid(pid, 0)
     seconds = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise RuntimeError(f"stage {stage} at {pins} pins failed:\n{proc.stderr[-4000:]}")
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"seconds": seconds, "stage_seconds": report["seconds"], "peak_rss_mb": report["peak_rss_mb"]}
+    report = json.loads(text) if text else {"error": f"exited with status {status} and no report"}
+    if "error" in report or status != 0:
+        raise RuntimeError(f"stage {stage} at {pins} pins failed:\n{report.get('error', status)}")
+    return {"seconds": seconds, "stage_seconds": report["seconds"], "peak_rss_mb": report["peak_rss_mb"],
+            "baseline_rss_mb": report["baseline_rss_mb"],
+            "stage_rss_mb": max(report["peak_rss_mb"] - report["baseline_rss_mb"], 0.0)}
 
 
 def exponent(xs: list[float], ys: list[float]) -> float | None:
@@ -114,33 +175,63 @@ def exponent(xs: list[float], ys: list[float]) -> float | None:
     return math.log(ys[-1] / ys[0]) / math.log(xs[-1] / xs[0])
 
 
+def growth(ns: list[int], rows: list[dict]) -> dict[str, dict]:
+    """Per stage: exponents of time, peak RSS and stage RSS, end to end and between consecutive sizes."""
+    out = {}
+    for stage in STAGES:
+        g: dict = {}
+        for q, key in (("time", "stage_seconds"), ("peak_rss", "peak_rss_mb"), ("stage_rss", "stage_rss_mb")):
+            ys = [r["stages"][stage][key] for r in rows]
+            g[f"{q}_exponent"] = exponent(ns, ys)
+            g[f"{q}_exponent_steps"] = [exponent(ns[i:i + 2], ys[i:i + 2]) for i in range(len(ns) - 1)]
+        out[stage] = g
+    return out
+
+
+def plot_rows(rows: list[dict]) -> dict[str, list[dict]]:
+    """Flat per-size rows the report's growth plot reads (a size column, then time/RSS columns)."""
+    out = {name: [{"pins": r["pins"], **{f"{s}_seconds": r["stages"][s]["stage_seconds"] for s in group}}
+                  for r in rows] for name, group in PLOT_GROUPS.items()}
+    out["rss_vs_events"] = [{"events": r["events"], **{f"{s}_stage_rss_mb": r["stages"][s]["stage_rss_mb"]
+                                                       for s in ("prepare", "embed_users", "feast_materialize_server",
+                                                                 "embed_pins")}} for r in rows]
+    return out
+
+
 def test_bench_scale(tmp_path, bench_record):
     ns = sizes()
     rows = []
     for n in ns:
         work = tmp_path / f"pins{n}"
-        row = {"pins": n, "users": max(n // 10, 50), "events_approx": 40 * max(n // 10, 50), "stages": {}}
+        row = {"pins": n, "users": max(n // 10, 50), "loadavg_before": Path("/proc/loadavg").read_text().strip(),
+               "stages": {}}
         for stage in STAGES:
-            row["stages"][stage] = measure(stage, n, work)
+            try:
+                row["stages"][stage] = measure(stage, n, work)
+            except RuntimeError as e:  # recorded; the stages after it still run where they can
+                row["stages"][stage] = {"error": str(e)[-2000:]}
             print(n, stage, row["stages"][stage], flush=True)
+        row["events"] = events(work)
+        row["loadavg_after"] = Path("/proc/loadavg").read_text().strip()
         rows.append(row)
-    growth = {}
-    for stage in STAGES:
-        t = [r["stages"][stage]["stage_seconds"] for r in rows]
-        m = [r["stages"][stage]["peak_rss_mb"] for r in rows]
-        growth[stage] = {"time_exponent": exponent(ns, t), "peak_rss_exponent": exponent(ns, m)}
-    result = {"what": "per-stage wall time (in the stage's process, imports excluded) and peak RSS at each size; "
-                      "growth exponent a of cost ~ pins^a between the smallest and largest size",
-              "sizes": ns, "training_steps": STEPS, "rows": rows, "growth": growth}
+        shutil.rmtree(work, ignore_errors=True)  # the next size needs the disk more than this one's outputs
+    failed = [f"{r['pins']}:{s}" for r in rows for s, v in r["stages"].items() if "error" in v]
+    result = {"what": "per-stage wall time (in the stage's process, imports excluded), peak RSS and stage RSS (peak "
+                      "minus the after-import baseline) at each size; growth exponent a of cost ~ pins^a (events = "
+                      "4 x pins, so the same a in events)",
+              "sizes": ns, "training_steps": STEPS, "rows": rows}
+    if not failed:
+        result["growth"] = growth(ns, rows)
+        if len(ns) >= 3:
+            result.update(plot_rows(rows))
+    result["failed_stages"] = failed
     bench_record("scale.stages", result)
+    assert not failed, f"stages failed: {failed}"
     for r in rows:
         assert all(s["peak_rss_mb"] > 0 for s in r["stages"].values())
 
 
-if __name__ == "__main__":
-    stage_name, n_pins, work_dir = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
-    t0 = time.perf_counter()
-    run_stage(stage_name, n_pins, work_dir)
-    elapsed = time.perf_counter() - t0
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes, this process's peak
-    print(json.dumps({"seconds": elapsed, "peak_rss_mb": peak_kb / 1024}))
+def _rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
