@@ -85,3 +85,23 @@ def test_serve_recommend_needs_a_token_and_a_readable_token_file(tmp_path):
 def test_embed_set_current_rejects_a_path_escape(tmp_path):
     r = _homefeed("embed", "set-current", "--store", str(tmp_path), "--version", "x/../../../escaped")
     assert r.returncode == 2 and "not a valid name" in r.stderr and "Traceback" not in r.stderr
+
+
+HOLD = "import sys, time\nfrom pymilvus import MilvusClient\nMilvusClient(uri=sys.argv[1])\nprint('held', flush=True)\ntime.sleep(120)\n"
+
+
+def test_milvus_lite_held_by_another_process_is_one_clear_error(tmp_path):
+    """A Milvus Lite file another process holds open (a running `homefeed serve recommend --stack local`): the
+    command names that, exit 2, without milvus_lite's own traceback before it."""
+    db = tmp_path / "milvus.db"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(db)], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = _homefeed("recommend", "--user", "1", "--preprocess", str(_preprocess(tmp_path)), "--milvus", str(db))
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "Failed to start MilvusLite" not in r.stderr, r.stderr
+    assert f"{db}: the Milvus Lite database is held by another process" in r.stderr

@@ -85,12 +85,8 @@ def _features_materialize(args: argparse.Namespace) -> int:
 @_clean_errors
 def _index_build(args: argparse.Namespace) -> int:
     # lazy: this module serves five groups; only the command that runs loads its clients (pymilvus, feast, tritonclient)
+    from components.progress import Progress
     from components.serving import milvus_index
-
-    def progress(done: int, total: int) -> None:
-        print(f"\rinserted {done}/{total}", end="", flush=True)
-
-    # lazy: this module serves five groups; only the command that runs loads its clients (pymilvus, feast, tritonclient)
     from components.stackconfig import load_stack
 
     m = load_stack(args.stack).milvus
@@ -98,9 +94,14 @@ def _index_build(args: argparse.Namespace) -> int:
     token = None if args.uri else (m.token.resolve("milvus.token") if m.token else None)
     t = time.perf_counter()
     params = milvus_index.HnswParams(m=args.m, ef_construction=args.ef_construction)
-    name = milvus_index.build_index(uri, args.embeddings, alias=alias, params=params, on_batch=progress,
-                                    keep=m.keep_collections, token=token)
-    print(f"\nalias '{alias}' -> {name} at {uri} ({time.perf_counter() - t:.1f} s)")
+    with Progress(desc="milvus insert", unit="rows") as bar:
+        def inserted(done: int, total: int) -> None:
+            bar.set_total(total)
+            bar.update(done - bar.n)
+
+        name = milvus_index.build_index(uri, args.embeddings, alias=alias, params=params, on_batch=inserted,
+                                        keep=m.keep_collections, token=token)
+    print(f"alias '{alias}' -> {name} at {uri} ({bar.n} rows, {time.perf_counter() - t:.1f} s)")
     return 0
 
 

@@ -29,13 +29,16 @@ import numpy as np
 import torch
 
 from components import config as config_mod
-from components.data.io import replace_dir
+from components.data import io
+from components.data.io import atomic_write_bytes, replace_dir
 from components.data.schemas import SURFACES
 from components.models import ranker_inputs
+from components.models.ranker import FeatureSpec, load_model
 from components.models.ranker_examples import random_inputs, shapes_of
 from components.models.ranker_inputs import MODEL_INPUTS, RankerShapes
 from components.serving import ranker_io
 from components.serving.ranker_io import ONNX_FILE, OUTPUTS, PREPROCESS_FILE
+from components.training.ranker import embedding_tables, load_impressions, to_arrays
 
 OPSET = 17
 PARITY_TOL = 1e-5
@@ -56,10 +59,6 @@ class ServingRanker(torch.nn.Module):
 def real_inputs(extra: dict[str, Any], data_dir: str | Path, batch: int) -> dict[str, np.ndarray]:
     """Model inputs for the first ``batch`` evaluation impressions of ``data_dir``, built as training builds
     them, normalised with the model's own training statistics."""
-    from components.data import io
-    from components.models.ranker import FeatureSpec
-    from components.training.ranker import embedding_tables, load_impressions, to_arrays
-
     spec = FeatureSpec.from_dict(extra["spec"])
     users, pins = embedding_tables(data_dir, extra.get("user_embeddings_path"), extra.get("pin_embeddings_path"))
     if (users.dim, pins.dim) != (spec.user_dim, spec.pin_dim):
@@ -92,7 +91,7 @@ def preprocess_spec(cfg: Any, extra: dict[str, Any]) -> dict[str, Any]:
 def check_parity(model: torch.nn.Module, onnx_path: str | Path, batches: dict[str, dict[str, np.ndarray]],
                  tol: float = PARITY_TOL) -> dict[str, float]:
     """Max abs difference of every output between onnxruntime and torch per batch; raises above ``tol``."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # only for the parity check at export time (serving never loads it here)
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     wrapper = ServingRanker(model).eval()
@@ -115,8 +114,6 @@ def export_ranker(model_dir: str | Path, out_dir: str | Path, data_dir: str | Pa
     ``data_dir`` (default: the data directory the model was trained on, if it still exists) gives the real
     batch of the parity check; a random batch of 37 and a batch of 1 are always checked.
     """
-    from components.models.ranker import load_model
-
     model, cfg, extra = load_model(model_dir)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +130,7 @@ def export_ranker(model_dir: str | Path, out_dir: str | Path, data_dir: str | Pa
                 input_names=list(MODEL_INPUTS), output_names=list(OUTPUTS),
                 dynamic_axes={n: {0: "batch"} for n in (*MODEL_INPUTS, *OUTPUTS)},
                 opset_version=OPSET, dynamo=False, do_constant_folding=True)
-        import onnx
+        import onnx  # only at export time
 
         onnx.checker.check_model(str(onnx_path))
         (tmp / PREPROCESS_FILE).write_text(json.dumps(preprocess_spec(cfg, extra), indent=2) + "\n")
@@ -210,6 +207,4 @@ def build_tensorrt(onnx_path: str | Path, plan_path: str | Path, fp16: bool = Fa
     plan = builder.build_serialized_network(network, cfg)
     if plan is None:
         raise RuntimeError(f"{onnx_path}: TensorRT failed to build a plan (see the log above)")
-    from components.data.io import atomic_write_bytes
-
     return atomic_write_bytes(plan_path, bytes(plan))

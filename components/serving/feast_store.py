@@ -22,6 +22,7 @@ import datetime as dt
 import importlib.util
 import json
 import logging
+import re
 import shutil
 import sys
 import uuid
@@ -31,13 +32,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import redis
 import yaml
+from feast import Entity, FeatureService, FeatureStore, FeatureView
 from feast.infra.registry.file import FileRegistryStore
+from feast.repo_config import RepoConfig
 
 from components import stackconfig
 from components.data import io
 from components.data.io import atomic_write_json, atomic_write_parquet
 from components.data.tables import VersionedStore, read_table
+from components.data.validate import load_events
+from components.data.vocab import vocab_of_frame
+from components.progress import Progress
 
 REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "feature_repo"
 SOURCE_NAMES = ("user_embedding", "pin_embedding", "user_features", "pin_features")
@@ -177,9 +184,6 @@ def write_sources(repo_dir: str | Path, data_dir: str | Path, date: str, user_em
 def popular_pins(data_dir: str | Path, end: int, days: int = 14, top: int = 1000) -> pa.Table:
     """The cold-start list: pins by positive engagements in the ``days`` before ``end`` (all engagements
     break ties; all history if the window is empty)."""
-    from components.data.validate import load_events
-    from components.data.vocab import vocab_of_frame
-
     ev = load_events(data_dir)
     ev = ev[ev["timestamp"] < end]
     recent = ev[ev["timestamp"] >= end - days * 86_400]
@@ -194,9 +198,6 @@ def open_store(repo_dir: str | Path, stack: stackconfig.StackConfig | None = Non
     """The FeatureStore of a repo instance, configured by ``stack`` (None: the instance's own
     feature_store.yaml, ``${VAR}`` placeholders from the environment). Credentials are checked here: a
     wrong Redis password or registry password is a FeatureStoreError naming the store."""
-    from feast import FeatureStore
-    from feast.repo_config import RepoConfig
-
     repo_dir = Path(repo_dir).resolve()
     if stack is not None:
         raw = stackconfig.feature_store_yaml(stack)
@@ -224,8 +225,6 @@ def open_store(repo_dir: str | Path, stack: stackconfig.StackConfig | None = Non
 
 
 def _redact(url: str) -> str:
-    import re
-
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
@@ -236,8 +235,6 @@ def _first_line(e: BaseException) -> str:
 
 def _check_redis(connection_string: str) -> None:
     """Ping the Redis online store with Feast's connection options; a refused password names the store."""
-    import redis
-
     host, _, rest = connection_string.partition(",")
     address, _, port = host.rpartition(":")
     opts = dict(kv.split("=", 1) for kv in rest.split(",") if "=" in kv)
@@ -259,8 +256,6 @@ def _check_redis(connection_string: str) -> None:
 def _definitions(repo_dir: Path) -> list[Any]:
     """Import every definition file of the repo (as ``feast apply`` does) under a unique module name,
     so two repo instances in one process never share a cached module; collect the Feast objects."""
-    from feast import Entity, FeatureService, FeatureView
-
     objects: list[Any] = []
     for f in sorted(repo_dir.glob("*.py")):
         if f.name == "__init__.py":
@@ -315,16 +310,24 @@ def materialize(repo_dir: str | Path, date: str, stack: stackconfig.StackConfig 
     if not views:
         raise FeatureStoreError(f"{repo_dir}: no feature views registered; run apply first")
     done: dict[str, str] = {}
-    for fv in views:
-        ends = [e if e.tzinfo else e.replace(tzinfo=dt.UTC) for _, e in fv.materialization_intervals]
-        last = max(ends) if ends else None
-        if last is not None and end < last and not force:
-            raise FeatureStoreError(f"{repo_dir}: feature view '{fv.name}' already holds data through "
-                                    f"{last - dt.timedelta(days=1):%Y-%m-%d}; materializing {date} would move serving backwards (pass force)")
-        start = last if last is not None and end > last else EPOCH
-        store.materialize(start_date=start, end_date=end, feature_views=[fv.name])
-        done[fv.name] = f"{start.isoformat()} .. {end.isoformat()}" + (" (reload)" if start == EPOCH and last else "")
+    with Progress(total=len(views), desc="materialize", unit="view") as bar:
+        for fv in views:
+            bar.set_description(f"materialize {fv.name}")
+            done[fv.name] = _materialize_view(store, fv, repo_dir, date, end, force)
+            bar.update(1)
     return done
+
+
+def _materialize_view(store: Any, fv: Any, repo_dir: str | Path, date: str, end: dt.datetime, force: bool) -> str:
+    """One view: from its last materialized end (or the beginning, to reload) up to ``end``; the interval."""
+    ends = [e if e.tzinfo else e.replace(tzinfo=dt.UTC) for _, e in fv.materialization_intervals]
+    last = max(ends) if ends else None
+    if last is not None and end < last and not force:
+        raise FeatureStoreError(f"{repo_dir}: feature view '{fv.name}' already holds data through "
+                                f"{last - dt.timedelta(days=1):%Y-%m-%d}; materializing {date} would move serving backwards (pass force)")
+    start = last if last is not None and end > last else EPOCH
+    store.materialize(start_date=start, end_date=end, feature_views=[fv.name])
+    return f"{start.isoformat()} .. {end.isoformat()}" + (" (reload)" if start == EPOCH and last else "")
 
 
 def online_user_embeddings(repo_dir: str | Path, user_ids: list[int] | np.ndarray,

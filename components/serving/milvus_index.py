@@ -19,17 +19,23 @@ force until then; ``wait_for_index`` waits for it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
+import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from milvus_lite.server_manager import server_manager_instance
+from pymilvus import DataType, MilvusClient, MilvusException
 
 from components.data.tables import EmbeddingTable, read_table
+from components.serving.feast_store import table_path
 
 ALIAS = "pins"
 ID_FIELD = "pin_id"
@@ -53,6 +59,21 @@ def _lite_path(uri: str | Path) -> str | None:
     return None if "://" in uri else os.path.abspath(uri)
 
 
+class _LiteStartErrors(logging.Filter):
+    """Keeps milvus_lite's own traceback ("Failed to start MilvusLite server", logged by its server manager) off
+    stderr while :func:`connect` opens a file, and keeps the reason, so that connect raises one clear error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reasons: list[BaseException] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.reasons.append(record.exc_info[1])
+        return False
+
+
+_LITE_LOG = logging.getLogger("milvus_lite.server_manager")
 _LITE_OPEN: dict[str, int] = {}  # Milvus Lite file -> clients open on it in this process
 _LITE_LOCK = threading.Lock()
 
@@ -60,14 +81,21 @@ _LITE_LOCK = threading.Lock()
 def connect(uri: str | Path, token: str | None = None):
     """A MilvusClient for ``uri`` (a local file path -> Milvus Lite), with ``token`` for a server with
     authorization. Close it with :func:`disconnect`."""
-    from pymilvus import MilvusClient, MilvusException
-
     path = _lite_path(uri)
+    lite_errors = _LiteStartErrors()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _LITE_LOG.addFilter(lite_errors)
     try:
         client = MilvusClient(uri=str(uri), token=token or "")
     except MilvusException as e:
+        if any(type(r).__name__ == "DataDirLockedError" for r in lite_errors.reasons):
+            raise MilvusIndexError(f"{path}: the Milvus Lite database is held by another process (Milvus Lite is "
+                                   "single-process: a running `homefeed serve recommend` or pipeline step keeps it "
+                                   "open); stop that process, or serve from a Milvus server (the `server` stack "
+                                   "profile)") from None
+        if lite_errors.reasons:
+            raise MilvusIndexError(f"Milvus Lite at {path}: cannot open: {lite_errors.reasons[-1]}") from None
         # pymilvus reports a refused token as a generic connection failure: a server that accepts TCP
         # connections but not this client is an authentication failure
         if _is_auth_error(e) or (path is None and _reachable(str(uri))):
@@ -75,6 +103,8 @@ def connect(uri: str | Path, token: str | None = None):
                                    f"{'token' if token else 'connection without a token'} (check milvus.token): "
                                    f"{e.message}") from None
         raise MilvusIndexError(f"Milvus at {uri}: cannot connect: {e.message}") from None
+    finally:
+        _LITE_LOG.removeFilter(lite_errors)
     if path is not None:
         with _LITE_LOCK:
             _LITE_OPEN[path] = _LITE_OPEN.get(path, 0) + 1
@@ -100,15 +130,10 @@ def disconnect(client, uri: str | Path) -> None:
                 else:
                     _LITE_OPEN.pop(path, None)
             if left <= 0:
-                from milvus_lite.server_manager import server_manager_instance
-
                 server_manager_instance.release_server(path)
 
 
 def _reachable(uri: str) -> bool:
-    import socket
-    import urllib.parse
-
     parts = urllib.parse.urlsplit(uri)
     try:
         with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 19530), timeout=2):
@@ -165,8 +190,6 @@ def build_index(uri: str | Path, embeddings_path: str | Path, alias: str = ALIAS
     if keep < 1:
         raise MilvusIndexError(f"keep must be >= 1 (the served collection), got {keep}")
     params = params or HnswParams()
-    from components.serving.feast_store import table_path
-
     table = read_table(table_path(embeddings_path))
     if len(table) == 0:
         raise MilvusIndexError(f"{embeddings_path}: embedding table is empty; refusing to index it")
@@ -182,8 +205,6 @@ def build_index(uri: str | Path, embeddings_path: str | Path, alias: str = ALIAS
         client.drop_collection(name)  # left over from a failed build: never served
     try:
         schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
-        from pymilvus import DataType
-
         schema.add_field(ID_FIELD, DataType.INT64, is_primary=True)
         schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=table.dim)
         index = client.prepare_index_params()

@@ -181,6 +181,7 @@ def materialize(export_dir: str | Path, repo_dir: str | Path, target: str = "pyt
             if (export_dir / PLAN_FILE).exists():
                 shutil.copy2(export_dir / PLAN_FILE, rk / PLAN_FILE)
             else:
+                # export imports torch and the training code; only a TensorRT target without a plan needs it
                 from components.serving.export import build_tensorrt
 
                 build_tensorrt(export_dir / ONNX_FILE, rk / PLAN_FILE, max_batch=opt.max_batch)

@@ -23,6 +23,7 @@ class RankerClient:
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', got '{protocol}'")
         self.protocol, self.model, self.timeout_s = protocol, model, timeout_s
+        # only the chosen protocol's client: tritonclient.grpc pulls grpc, tritonclient.http gevent/geventhttpclient
         if protocol == "grpc":
             import tritonclient.grpc as lib
         else:
