@@ -6,8 +6,9 @@ ranked against a fixed random pool of ``eval_pool`` pins (the user's own targets
 pool) by cosine with the user embedding in the pin-tower space; Recall@10 is the share of targets
 ranked in the top 10, averaged per user, then over users (every user weighs the same).
 
-- ``recall_at_split``: T = the train/eval split time (or, with ``eval_at: user``, 70% through each
-  held-out user's own history), for users held out of training.
+- ``recall_at_split``: T = the train/eval split time (each user's own with a per-user split,
+  ``users.parquet: split_timestamp``; or, with ``eval_at: user``, 70% through each held-out user's own
+  history), for users held out of training.
 - ``daily_vs_realtime``: query points are held-out users' actions in the first days after the
   split; the real-time embedding includes every action up to the query, the daily one only the
   actions before the start of that day (the batch job ran at midnight); both predict the same
@@ -26,12 +27,11 @@ import numpy as np
 import torch
 
 from components.config import PinnerFormerConfig
-from components.data import io
 from components.data.tables import EmbeddingTable
 from components.data.validate import load_events
 from components.evaluation.baselines import popularity_counts
 from components.evaluation.metrics import CURVE_KS, recall_at_k, recall_at_ks, recall_at_ks_scores, recall_dict
-from components.evaluation.protocol import SPLIT_SEED
+from components.evaluation.protocol import SPLIT_SEED, split_times
 from components.models.pinnerformer import PinnerFormer
 from components.training.pinnerformer_data import UserSequences, build_sequences, embed_windows
 
@@ -58,6 +58,15 @@ def _targets(seqs: UserSequences, a: int, b: int, after: int, until: int) -> np.
     return seqs.pin_row[a:b][sel]
 
 
+def per_user_split(data_dir: str | Path, seqs: UserSequences) -> np.ndarray:
+    """(U,) split time of every user of ``seqs``: their own with a per-user split, else the global one."""
+    return split_times(data_dir, seqs.user_ids)
+
+
+def _split_of(split: int | np.ndarray, u: int) -> int:
+    return int(split[u]) if isinstance(split, np.ndarray) else int(split)
+
+
 def anchor_index(seqs: UserSequences, u: int, split: int, at: str) -> int:
     """The absolute index of the last action before user ``u``'s embedding time (a - 1 if none).
 
@@ -77,8 +86,8 @@ def recall_at_split(model: PinnerFormer, cfg: PinnerFormerConfig, data_dir: str 
                     users: np.ndarray, seqs: UserSequences | None = None) -> dict:
     """Recall@K (every K of ``CURVE_KS``; Recall@10 is the paper's) of the 14 days after each held-out user's
     embedding time (``cfg.eval_at``)."""
-    split = int(io.read_meta(data_dir)["split_timestamp"])
     seqs = seqs if seqs is not None else build_sequences(load_events(data_dir), table.ids)
+    split = per_user_split(data_dir, seqs)
     pins = torch.from_numpy(np.ascontiguousarray(table.embeddings, dtype=np.float32))
     windows, targets = split_queries(cfg, seqs, users, split)
     if not windows:
@@ -88,19 +97,21 @@ def recall_at_split(model: PinnerFormer, cfg: PinnerFormerConfig, data_dir: str 
     return {**recall_dict(recall), "eval_users_scored": len(windows)}
 
 
-def split_queries(cfg: PinnerFormerConfig, seqs: UserSequences, users: np.ndarray, split: int
+def split_queries(cfg: PinnerFormerConfig, seqs: UserSequences, users: np.ndarray, split: int | np.ndarray
                   ) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
     """For each held-out user with a positive in the window: (its action window up to the embedding time,
-    its target pin rows in the ``future_window_days`` after it)."""
+    its target pin rows in the ``future_window_days`` after it). ``split``: one time, or one per user of
+    ``seqs`` (:func:`per_user_split`)."""
     windows, targets = [], []
     for u in seqs.index_of(np.asarray(users, np.int64)):
         if u < 0:
             continue
         a, b = seqs.span(int(u))
-        e = anchor_index(seqs, int(u), split, cfg.eval_at)
+        su = _split_of(split, int(u))
+        e = anchor_index(seqs, int(u), su, cfg.eval_at)
         if e < a:
             continue
-        t_emb = split - 1 if cfg.eval_at == "split" else int(seqs.timestamp[e])
+        t_emb = su - 1 if cfg.eval_at == "split" else int(seqs.timestamp[e])
         tg = _targets(seqs, a, b, t_emb, t_emb + cfg.future_window_days * DAY)
         if len(tg) == 0:
             continue
@@ -109,14 +120,14 @@ def split_queries(cfg: PinnerFormerConfig, seqs: UserSequences, users: np.ndarra
     return windows, targets
 
 
-def popularity_recall(cfg: PinnerFormerConfig, seqs: UserSequences, users: np.ndarray, split: int,
+def popularity_recall(cfg: PinnerFormerConfig, seqs: UserSequences, users: np.ndarray, split: int | np.ndarray,
                       n_pins: int) -> dict:
     """Recall@K of the popularity baseline: every user gets the pins with the most positive engagements
     before the split (all users' training-period actions), on the same queries and pool as the models."""
     windows, targets = split_queries(cfg, seqs, users, split)
     if not windows:
         return {**{f"recall@{k}": None for k in CURVE_KS}, "eval_users_scored": 0}
-    before = seqs.timestamp < split
+    before = seqs.timestamp < (np.repeat(split, np.diff(seqs.offsets)) if isinstance(split, np.ndarray) else split)
     pop = popularity_counts(np.where(before & seqs.positive, seqs.pin_row, -1), n_pins)  # (N,)
     pop = pop + 1e-6 * np.random.default_rng([SPLIT_SEED, 19]).random(n_pins)  # ties: a fixed random order
     pool = _pool(n_pins, cfg.eval_pool)
@@ -130,8 +141,8 @@ def daily_vs_realtime(model: PinnerFormer, cfg: PinnerFormerConfig, data_dir: st
                       queries_per_user: int = 5) -> dict:
     """Recall@10 with daily (end of previous day) vs real-time (after every action) user embeddings,
     at held-out users' actions in the ``query_days`` after their embedding time."""
-    split = int(io.read_meta(data_dir)["split_timestamp"])
     seqs = seqs if seqs is not None else build_sequences(load_events(data_dir), table.ids)
+    split_u = per_user_split(data_dir, seqs)
     pins = torch.from_numpy(np.ascontiguousarray(table.embeddings, dtype=np.float32))
     rng = np.random.default_rng([SPLIT_SEED, 13])
     rt_windows, daily_windows, targets, owner = [], [], [], []
@@ -140,6 +151,7 @@ def daily_vs_realtime(model: PinnerFormer, cfg: PinnerFormerConfig, data_dir: st
             continue
         a, b = seqs.span(int(u))
         ts = seqs.timestamp[a:b]
+        split = int(split_u[u])
         e0 = anchor_index(seqs, int(u), split, cfg.eval_at)
         start = split if cfg.eval_at == "split" else (int(seqs.timestamp[e0]) + 1 if e0 >= a else split)
         queries = np.flatnonzero((ts >= start) & (ts < start + query_days * DAY))

@@ -26,7 +26,7 @@ from components.data.tables import write_table
 from components.data.validate import load_events
 from components.evaluation import papers
 from components.evaluation.metrics import CURVE_KS
-from components.evaluation.pinnerformer import daily_vs_realtime, popularity_recall, recall_at_split
+from components.evaluation.pinnerformer import daily_vs_realtime, per_user_split, popularity_recall, recall_at_split
 from components.evaluation.protocol import SPLIT_SEED, Period, parse_seeds
 from components.evaluation.result import EvalResult, write_result
 from components.models.pinnerformer import load_model
@@ -111,7 +111,6 @@ def run_eval(data_dir: str | Path, out_dir: str | Path, pin_embeddings: str | Pa
     table = load_pin_table(pin_embeddings)
     base = config_mod.load(experiment, overrides, model="pinnerformer")
     seeds = parse_seeds(seeds, default=base.seed)
-    split = int(io.read_meta(data_dir)["split_timestamp"])
     seqs = build_sequences(load_events(data_dir), table.ids)
     todo = rows if rows is not None else list(dict.fromkeys(OBJECTIVE_ROWS + NEGATIVE_ROWS))
     result = EvalResult(
@@ -128,29 +127,33 @@ def run_eval(data_dir: str | Path, out_dir: str | Path, pin_embeddings: str | Pa
                                      f"{base.patience}, best weights kept" if base.patience > 0 else "none")},
         metrics=dict(METRICS))
     users = None
-    for objective, negatives, logq in todo:
+    runs = [(seed, row) for seed in seeds for row in todo]  # seed by seed: a cut-short run has whole seeds
+    for i, (seed, (objective, negatives, logq)) in enumerate(runs):
         name = variant_name(objective, negatives, logq)
-        for seed in seeds:
-            cfg = dataclasses.replace(base, objective=objective, negatives=negatives, logq=logq, seed=seed,
-                                      **EVAL_OVERRIDES)
-            object.__setattr__(cfg, "_experiment", experiment)
-            run_dir = work / f"{objective}-{negatives}-{'logq' if logq else 'nologq'}" / f"seed-{seed}"
-            t0 = time.perf_counter()
-            metrics = train(cfg, data_dir, pin_embeddings, run_dir, evaluate=False,
-                            validation=_validation(cfg, data_dir, table, seqs))
-            train_s = time.perf_counter() - t0
-            model, cfg_saved, extra = load_model(run_dir)
-            users = heldout_half(np.asarray(extra["eval_users"], np.int64), period)
-            m = recall_at_split(model, cfg_saved, data_dir, table, users, seqs)
-            if (objective, negatives, logq) in OBJECTIVE_ROWS:
-                m.update(daily_vs_realtime(model, cfg_saved, data_dir, table, users, seqs))
-            details = {k: metrics[k] for k in ("steps", "best_step", "stopped_early") if k in metrics}
-            result.add(name, seed, details={**details, "eval_users_scored": m.get("eval_users_scored")},
-                       train_seconds=train_s, sequences_per_s=metrics["train_examples_per_s"],
-                       **{k: m.get(k) for k in (*RECALLS, "recall@10_daily", "recall@10_realtime")})
-            print(json.dumps({"variant": name, "seed": seed, **m}, default=str), flush=True)
+        cfg = dataclasses.replace(base, objective=objective, negatives=negatives, logq=logq, seed=seed,
+                                  **EVAL_OVERRIDES)
+        object.__setattr__(cfg, "_experiment", experiment)
+        run_dir = work / f"{objective}-{negatives}-{'logq' if logq else 'nologq'}" / f"seed-{seed}"
+        t0 = time.perf_counter()
+        metrics = train(cfg, data_dir, pin_embeddings, run_dir, evaluate=False,
+                        validation=_validation(cfg, data_dir, table, seqs))
+        train_s = time.perf_counter() - t0
+        model, cfg_saved, extra = load_model(run_dir)
+        users = heldout_half(np.asarray(extra["eval_users"], np.int64), period)
+        m = recall_at_split(model, cfg_saved, data_dir, table, users, seqs)
+        if (objective, negatives, logq) in OBJECTIVE_ROWS:
+            m.update(daily_vs_realtime(model, cfg_saved, data_dir, table, users, seqs))
+        details = {k: metrics[k] for k in ("steps", "best_step", "stopped_early") if k in metrics}
+        result.add(name, seed, details={**details, "eval_users_scored": m.get("eval_users_scored")},
+                   train_seconds=train_s, sequences_per_s=metrics["train_examples_per_s"],
+                   **{k: m.get(k) for k in (*RECALLS, "recall@10_daily", "recall@10_realtime")})
+        print(json.dumps({"variant": name, "seed": seed, **m}, default=str), flush=True)
+        if i + 1 < len(runs):  # written after every run: a long evaluation stopped early keeps what it measured
+            result.details["partial"] = f"{i + 1} of {len(runs)} trained runs"
+            write_result(result, out_dir)
+    result.details.pop("partial", None)
     if baselines and users is not None:
-        pop = popularity_recall(base, seqs, users, split, len(table))
+        pop = popularity_recall(base, seqs, users, per_user_split(data_dir, seqs), len(table))
         for seed in seeds:  # deterministic: the same value for every seed, listed per seed for pairing
             result.add(POPULARITY, seed, details={"baseline": True}, **{k: pop[k] for k in RECALLS})
     result.details["eval_users"] = 0 if users is None else len(users)

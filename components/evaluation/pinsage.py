@@ -40,7 +40,7 @@ from components.data.validate import load_events
 from components.evaluation import papers
 from components.evaluation.baselines import cooccurrence_scores, popularity_counts, random_walk_scores
 from components.evaluation.metrics import rank_metrics, rank_of_positive
-from components.evaluation.protocol import SPLIT_SEED, Period, in_period, period_bounds
+from components.evaluation.protocol import SPLIT_SEED, Period, eval_mask, train_mask, user_splits
 from components.evaluation.result import EvalResult, write_result
 from components.graph.graph import PinBoardGraph, build_graph
 from components.graph.sampling import build_neighbourhoods
@@ -69,7 +69,7 @@ def heldout_pairs(data_dir: str | Path, pin_ids: np.ndarray, cfg: PinSageConfig,
     """(n, 2) pin-index pairs of co-engagement in an evaluation period (deduplicated, sampled with
     ``SPLIT_SEED``: the same pairs whatever the training seed)."""
     ev = load_events(data_dir)
-    ev = ev[in_period(ev["timestamp"].to_numpy(), period_bounds(data_dir, period))]
+    ev = ev[eval_mask(data_dir, ev["user_id"].to_numpy(), ev["timestamp"].to_numpy(), period)]
     pairs = coengagement_pairs(ev, pin_ids, cfg.pair_window_s)
     pairs = np.unique(pairs, axis=0) if len(pairs) else pairs
     if len(pairs) == 0:
@@ -162,9 +162,8 @@ def train_and_embed(cfg: PinSageConfig, data_dir: str | Path, model_dir: str | P
 def baseline_scorers(graph: PinBoardGraph, data_dir: str | Path, cfg: PinSageConfig
                      ) -> dict[str, Callable[[np.ndarray, int], np.ndarray]]:
     """Baseline name -> f(query pin indices, seed) -> (Q, P) scores, all from the training period only."""
-    split = int(io.read_meta(data_dir)["split_timestamp"])
     train_ev = load_events(data_dir)
-    train_ev = train_ev[train_ev["timestamp"] < split]
+    train_ev = train_ev[train_mask(data_dir, train_ev["user_id"].to_numpy(), train_ev["timestamp"].to_numpy())]
     pin_idx = np.searchsorted(graph.pin_ids, train_ev["pin_id"].to_numpy()).clip(0, graph.num_pins - 1)
     known = graph.pin_ids[pin_idx] == train_ev["pin_id"].to_numpy()
     pop = popularity_counts(np.where(known, pin_idx, -1), graph.num_pins)
@@ -202,7 +201,9 @@ def compare(cfg: PinSageConfig, data_dir: str | Path, out_dir: str | Path, comma
     result = EvalResult(
         model="pinsage", dataset=dataset, command=command,
         protocol={"task": "related pins: rank the co-engaged pin i of each held-out pair (q, i)",
-                  "split": f"period '{period}' of the events after meta.json split_timestamp (protocol.period_bounds)",
+                  "split": (f"period '{period}' of the events after meta.json split_timestamp (protocol.period_bounds)"
+                            if user_splits(data_dir) is None else f"per-user split (users.parquet split_timestamp), "
+                            f"users of period '{period}' (protocol.eval_mask)"),
                   "queries": f"{len(pairs)} co-engagement pairs (window {cfg.pair_window_s} s), sampled with SPLIT_SEED",
                   "candidate pool": "all other pins" if pool is None else f"{len(pool)} random pins (SPLIT_SEED)",
                   "num_pins": graph.num_pins, "seeds": seeds, "experiment": cfg_experiment(cfg),
@@ -218,18 +219,23 @@ def compare(cfg: PinSageConfig, data_dir: str | Path, out_dir: str | Path, comma
                     feats = graph_features(graph, data_dir)
                     m["topic@10"] = topic_purity(feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-8), topics)
                 result.add(name, seed, details={"baseline": True}, **m, train_seconds=0.0)
-    for name, overrides in (variants if variants is not None else VARIANTS).items():
+    chosen = variants if variants is not None else VARIANTS
+    todo = [(seed, name) for seed in seeds for name in chosen]  # seed by seed: a cut-short run has whole seeds
+    for i, (seed, name) in enumerate(todo):
         slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
-        for seed in seeds:
-            vcfg = dataclasses.replace(copy.deepcopy(cfg), **{**EVAL_OVERRIDES, **overrides, "seed": seed})
-            model_dir = out_dir / "models" / f"pinsage_{dataset}" / slug / f"seed-{seed}"
-            t0 = time.perf_counter()
-            emb, tm = train_and_embed(vcfg, data_dir, model_dir, val_pairs)
-            m = evaluate_embeddings(emb, pairs, cfg, topics)
-            m = {k: v for k, v in m.items() if k in result.metrics}
-            result.add(name, seed, details={k: tm.get(k) for k in ("steps", "best_step", "best_val_mrr", "stopped_early")
-                                            if k in tm}, **m, train_seconds=time.perf_counter() - t0)
-            print(f"{name} (seed {seed}): {m}", flush=True)
+        vcfg = dataclasses.replace(copy.deepcopy(cfg), **{**EVAL_OVERRIDES, **chosen[name], "seed": seed})
+        model_dir = out_dir / "models" / f"pinsage_{dataset}" / slug / f"seed-{seed}"
+        t0 = time.perf_counter()
+        emb, tm = train_and_embed(vcfg, data_dir, model_dir, val_pairs)
+        m = evaluate_embeddings(emb, pairs, cfg, topics)
+        m = {k: v for k, v in m.items() if k in result.metrics}
+        result.add(name, seed, details={k: tm.get(k) for k in ("steps", "best_step", "best_val_mrr", "stopped_early")
+                                        if k in tm}, **m, train_seconds=time.perf_counter() - t0)
+        print(f"{name} (seed {seed}): {m}", flush=True)
+        if i + 1 < len(todo):  # written after every run: a long evaluation stopped early keeps what it measured
+            result.details["partial"] = f"{i + 1} of {len(todo)} trained runs"
+            write_result(result, out_dir)
+    result.details.pop("partial", None)
     if len(seeds) > 1:
         for better, worse in [("PinSage (full)", "PinSage, no hard negatives"), ("PinSage (full)", "PinSage, mean pooling"),
                               ("PinSage (full)", "content-only (MLP on features)")] + (

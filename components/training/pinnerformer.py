@@ -26,6 +26,7 @@ from components.data import io
 from components.data.tables import EmbeddingTable, VersionedStore, read_table
 from components.data.validate import load_events
 from components.evaluation.pinnerformer import recall_at_split
+from components.evaluation.protocol import train_mask
 from components.models.pinnerformer import PinnerFormer
 from components.training.common import DistInfo, shard
 from components.training.countmin import CountMinSketch
@@ -78,10 +79,12 @@ class _Towers(nn.Module):
 
 def prepare_training_data(cfg: PinnerFormerConfig, data_dir: str | Path, table: EmbeddingTable
                           ) -> tuple[UserSequences, np.ndarray, np.ndarray, int]:
-    """(train-period sequences, train user positions, held-out user ids, split timestamp)."""
+    """(train-period sequences, train user positions, held-out user ids, split timestamp). The train period is
+    each user's actions before their own split time with a per-user split (users.parquet split_timestamp)."""
     split = int(io.read_meta(data_dir)["split_timestamp"])
     events = load_events(data_dir)
-    seqs = build_sequences(events[events["timestamp"] < split], table.ids)
+    seqs = build_sequences(events[train_mask(data_dir, events["user_id"].to_numpy(), events["timestamp"].to_numpy())],
+                           table.ids)
     all_users = io.read_table(data_dir, "users").column("user_id").to_numpy()
     # held-out users do not depend on the training seed: every seed is evaluated on the same users
     train_users, eval_users = split_users(all_users, cfg.eval_user_fraction, EVAL_SPLIT_SEED)

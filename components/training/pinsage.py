@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from components.config import PinSageConfig
-from components.data import io
 from components.data.validate import load_events, pin_features
+from components.evaluation.protocol import train_mask
 from components.graph.graph import PinBoardGraph, build_graph
 from components.graph.sampling import build_neighbourhoods, hard_negative_candidates
 from components.models.pinsage import build_model
@@ -46,17 +46,17 @@ def graph_features(graph: PinBoardGraph, data_dir: str | Path) -> np.ndarray:
 
 
 def training_pairs(graph: PinBoardGraph, data_dir: str | Path, cfg: PinSageConfig) -> np.ndarray:
-    """Related pairs before the split, shuffled with the seed: (n, 2) pin indices."""
-    until = io.read_meta(data_dir)["split_timestamp"]
+    """Related pairs before the split (each user's own split time with a per-user split), shuffled with the
+    seed: (n, 2) pin indices."""
     ev = load_events(data_dir)
-    ev = ev[ev["timestamp"] < until]
+    ev = ev[train_mask(data_dir, ev["user_id"].to_numpy(), ev["timestamp"].to_numpy())]
     parts = [coengagement_pairs(ev, graph.pin_ids, cfg.pair_window_s)]
     if cfg.board_pairs:
         parts.append(board_pairs(graph, cfg.seed))
     pairs = np.concatenate(parts)
     if len(pairs) == 0:
         raise ValueError(f"{data_dir}: no related pairs (no co-engagement within pair_window_s={cfg.pair_window_s} "
-                         "and no board with 2+ pins) before meta.json split_timestamp")
+                         "and no board with 2+ pins) before the split (meta.json / users.parquet split_timestamp)")
     return pairs[np.random.default_rng([cfg.seed, 3]).permutation(len(pairs))]
 
 
