@@ -4,6 +4,7 @@ Sizes by environment (``make bench`` runs the defaults; the README's figures com
 
     HOMEFEED_BENCH_PINS=500000 pytest -q -s tests/bench/bench_stack.py        # local vs server at 500k pins
     HOMEFEED_BENCH_PINS=1000000 HOMEFEED_BENCH_STACK_PROFILES=server pytest -q -s tests/bench/bench_stack.py
+    HOMEFEED_BENCH_PINS=1000000 HOMEFEED_BENCH_STACK_RECOMMEND=0 pytest -q -s tests/bench/bench_stack.py  # retrieval only
 
 HOMEFEED_BENCH_PINS synthetic pins (default 100000; users = pins / 10), 64-d clustered embeddings, and ranker
 features with the served ranker's own feature names, published through the daily run's code
@@ -45,6 +46,8 @@ from components.stackconfig import load_stack
 PINS = int(os.environ.get("HOMEFEED_BENCH_PINS", "100000"))
 USERS = max(PINS // 10, 100)
 PROFILES = [p.strip() for p in os.environ.get("HOMEFEED_BENCH_STACK_PROFILES", "local,server").split(",") if p.strip()]
+# "0": only the Milvus server part (index build + HNSW vs exact), no Feast publish, no Triton, no recommend requests
+RECOMMEND = os.environ.get("HOMEFEED_BENCH_STACK_RECOMMEND", "1") != "0"
 DIM = 64
 N = 500  # candidates per request
 K = 20
@@ -125,10 +128,17 @@ def _requests(cfg, triton: TritonServer, export: Path, rng, users: EmbeddingTabl
     return result
 
 
+def _top10(q: np.ndarray, emb: np.ndarray) -> np.ndarray:
+    """Exact top-10 rows by inner product (cosine: both sides are unit vectors), best first."""
+    s = q @ emb.T
+    top = np.argpartition(-s, 10, axis=1)[:, :10]
+    return np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, axis=1), axis=1), axis=1)
+
+
 def _retrieval(cfg, rng, pin_emb: np.ndarray) -> dict:
     """HNSW on the Milvus server vs exact numpy search, one query per request."""
     queries = _l2(pin_emb[rng.integers(0, len(pin_emb), QUERIES)] + 0.3 * rng.normal(size=(QUERIES, DIM)))
-    truth = np.argsort(-(queries @ pin_emb.T), axis=1)[:, :10] + 1  # ids are row + 1
+    truth = np.concatenate([_top10(queries[i:i + 50], pin_emb) for i in range(0, QUERIES, 50)]) + 1  # ids = row + 1
     out: dict = {"queries": QUERIES, "loadavg_before": loadavg()}
     t = time.perf_counter()
     for q in queries:
@@ -169,9 +179,10 @@ def _ranker(tiny_data: Path, root: Path) -> tuple[Path, Path]:
 
 
 def test_bench_stack_local_vs_server(tiny_data, tmp_path, bench_record):
-    export, repository = _ranker(tiny_data, tmp_path / "ranker")
-    pre, meta = json.loads((export / "preprocess.json").read_text()), io.read_meta(tiny_data)
-    assert pre["dims"]["d_user"] == DIM and pre["embedding_versions"]["user"] == VERSION
+    if RECOMMEND:
+        export, repository = _ranker(tiny_data, tmp_path / "ranker")
+        pre, meta = json.loads((export / "preprocess.json").read_text()), io.read_meta(tiny_data)
+        assert pre["dims"]["d_user"] == DIM and pre["embedding_versions"]["user"] == VERSION
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(max(PINS // 100, 10), DIM))
     pin_emb = _l2(centres[rng.integers(0, len(centres), PINS)] + 0.5 * rng.normal(size=(PINS, DIM)))
@@ -186,7 +197,16 @@ def test_bench_stack_local_vs_server(tiny_data, tmp_path, bench_record):
                             "(SQLite + Milvus Lite) vs server (Redis/Valkey + SQL registry + Milvus 2.3.5 server); "
                             "then HNSW vs exact on the Milvus server", "pins": PINS, "users": USERS, "dim": DIM,
                     "candidates": N, "k": K, "requests": REQUESTS, "ranker": "ranker_tiny (serving size)",
-                    "profiles": PROFILES}
+                    "profiles": PROFILES, "recommend": RECOMMEND}
+    if not RECOMMEND:
+        with stack.running("server", tmp_path / "server", feast_server=False) as server:
+            t = time.perf_counter()
+            mi.build_index(server.milvus.uri, pins_path, alias=server.milvus.alias, token=server.milvus_token(),
+                           params=mi.HnswParams(insert_batch=20_000))
+            result["server_index_build_s"] = time.perf_counter() - t
+            result["server_retrieval"] = _retrieval(server, rng, pin_emb)
+        bench_record(f"stack_retrieval_{PINS // 1000}k", result)
+        return
     triton = TritonServer(repository, log_path=tmp_path / "triton.log").start()
     try:
         if "local" in PROFILES:
