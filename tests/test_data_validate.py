@@ -21,16 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from components.data import io
+from components.data.checks import check_table
 from components.data.prepare import to_arrow, write_dataset
 from components.data.schemas import ACTION_TYPES, SURFACES, TABLES, TASKS
-from components.data.validate import (
-    DataValidationError,
-    check_table,
-    load_events,
-    load_table,
-    pin_features,
-    validate_dir,
-)
+from components.data.validate import DataValidationError, load_events, load_table, pin_features, validate_dir
 
 START = 1_700_000_000 - 1_700_000_000 % 86_400  # a day boundary (2023-11-14)
 
@@ -604,7 +598,7 @@ def test_month_partitions_validate_and_load_by_day(tmp_path):
 
 
 def test_fix_types_casts_compatible_dtypes_and_says_what(tmp_path):
-    from components.data.validate import fix_types
+    from components.data.casts import fix_types
 
     d = write(tmp_path, valid_tables())
     rewrite(d / "pins.parquet", lambda t: t.set_column(1, "features", pc.cast(t["features"], pa.list_(pa.float64()))))

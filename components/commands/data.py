@@ -8,10 +8,11 @@ import sys
 
 from components import config
 from components.cli import add_config_args
+from components.data.casts import fix_types
 from components.data.import_config import load_import_config
 from components.data.importer import format_report, import_data
 from components.data.prepare import format_summary, prepare
-from components.data.validate import fix_types, validate_dir
+from components.data.validate import validate_dir
 
 
 def _prepare(args: argparse.Namespace) -> int:

@@ -17,13 +17,16 @@ Steps (each rule is in ``docs/data.md``):
    negatives sampled by :mod:`components.data.negatives`; labels from the action -> task mapping;
 6. write into a temporary sibling folder, validate it, then swap it in: a failed import leaves the
    previous output untouched.
+
+Step 1 is in :mod:`components.data.import_columns`, steps 3-4 in :mod:`components.data.import_items`, step 5
+in :mod:`components.data.import_impressions`; this module runs them in order (:func:`build_tables`) and
+writes, validates and publishes the result (:func:`import_data`).
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +38,21 @@ import yaml
 
 from components.config import ConfigError
 from components.data import io
-from components.data.import_config import ImportConfig, Source, to_dict
-from components.data.negatives import sample_negatives
+from components.data.import_columns import (
+    IdSpace,
+    map_actions,
+    map_surfaces,
+    no_nulls,
+    numbers_of,
+    read_source,
+    require_columns,
+    to_unix_seconds,
+)
+from components.data.import_config import ImportConfig, to_dict
+from components.data.import_impressions import logged_impressions, request_features, sampled_impressions
+from components.data.import_items import build_collections, item_features
 from components.data.prepare import to_arrow
-from components.data.schemas import MAX_DURATION_S, MAX_TIMESTAMP, MIN_TIMESTAMP, TABLES, TASKS
+from components.data.schemas import MAX_DURATION_S, MAX_TIMESTAMP, TABLES, TASKS
 from components.data.validate import ValidationReport, validate_dir
 from components.data.vocab import Vocab
 
@@ -63,282 +77,14 @@ class ImportReport:
 # ----------------------------------------------------------------------------------------------
 
 
-def read_source(cfg: ImportConfig, src: Source, key: str) -> tuple[pd.DataFrame, str]:
-    """(the table, its file name for messages); missing file or unreadable content name ``key``."""
-    path = cfg.resolve(src.path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: file not found (import config key '{key}.path')")
-    fmt = src.format
-    if fmt == "auto":
-        suffix = path.suffix.lower()
-        fmt = "parquet" if suffix in (".parquet", ".pq") else "tsv" if suffix in (".tsv", ".tab", ".inter") else "csv"
-    try:
-        if fmt == "parquet":
-            df = pd.read_parquet(path)
-        else:
-            sep = src.sep if src.sep is not None else ("\t" if fmt == "tsv" else ",")
-            df = pd.read_csv(path, sep=sep, na_values=src.na_values or None)
-    except Exception as e:  # noqa: BLE001 - any reader failure is the user's file: name it
-        raise ConfigError(f"{path}: cannot be read as {fmt} (import config key '{key}.path'): {e}") from e
-    if df.empty:
-        raise ConfigError(f"{path}: no rows (import config key '{key}.path')")
-    return df, path.name
-
-
-def require_columns(df: pd.DataFrame, wanted: dict[str, str | None], source: str) -> None:
-    """Every configured column (key -> column name) exists in ``df``."""
-    for key, col in wanted.items():
-        if col is not None and col not in df.columns:
-            raise ConfigError(f"import config: key '{key}' names column '{col}', which {source} does not have "
-                              f"(columns: {', '.join(map(str, df.columns))})")
-
-
-def _no_nulls(values: pd.Series, key: str, source: str) -> None:
-    bad = values.isna().to_numpy()
-    if bad.any():
-        raise ConfigError(f"{source}: column '{values.name}' (key '{key}'): {int(bad.sum())} of {len(bad)} rows are "
-                          f"empty; first at row {int(np.argmax(bad))}")
-
-
-class IdSpace:
-    """One id space (users or items) over several tables: integer ids are kept, others numbered 1..N."""
-
-    def __init__(self, columns: list[pd.Series]):
-        self.numeric = all(_integer_like(c) for c in columns)
-        if not self.numeric:
-            raw = pd.unique(pd.concat([c.astype(str) for c in columns], ignore_index=True))
-            self.codes = pd.Index(raw)
-            self.table = pd.DataFrame({"id": np.arange(1, len(raw) + 1, dtype=np.int64), "original": raw})
-
-    def map(self, values: pd.Series) -> np.ndarray:
-        if self.numeric:
-            return pd.to_numeric(values).to_numpy().astype(np.int64)
-        return (self.codes.get_indexer(values.astype(str)) + 1).astype(np.int64)
-
-
-def _integer_like(values: pd.Series) -> bool:
-    if pd.api.types.is_integer_dtype(values):
-        return True
-    if pd.api.types.is_float_dtype(values):
-        v = values.to_numpy()
-        return bool(np.isfinite(v).all() and (v == np.round(v)).all() and (np.abs(v) < 2**53).all())
-    if values.dtype == object:
-        s = values.astype(str)
-        return bool(s.str.fullmatch(r"-?[0-9]{1,18}").all() and not s.str.match(r"-?0[0-9]").any())
-    return False
-
-
-def to_unix_seconds(values: pd.Series, unit: str, fmt: str | None, key: str, source: str) -> np.ndarray:
-    """(N,) int64 unix seconds; unparseable or out-of-range values name the column and the first row."""
-    _no_nulls(values, key, source)
-    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-    if unit == "auto":
-        unit = "s" if numeric else "datetime"
-    col = f"{source}: column '{values.name}' (key '{key}', timestamp_unit {unit})"
-    if unit == "datetime":
-        if pd.api.types.is_datetime64_any_dtype(values):
-            parsed = pd.to_datetime(values, utc=True)
-        else:
-            parsed = pd.to_datetime(values.astype(str), format=fmt or "mixed", utc=True, errors="coerce")
-        bad = parsed.isna().to_numpy()
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise ConfigError(f"{col}: {int(bad.sum())} of {len(bad)} values are not dates; first at row {i}: "
-                              f"{values.iloc[i]!r} (set timestamp_format, or timestamp_unit s/ms/us/ns for numbers)")
-        ts = ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)
-    else:
-        nums = pd.to_numeric(values, errors="coerce")
-        bad = nums.isna().to_numpy()
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise ConfigError(f"{col}: {int(bad.sum())} of {len(bad)} values are not numbers; first at row {i}: "
-                              f"{values.iloc[i]!r} (use timestamp_unit datetime for dates)")
-        scale = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[unit]
-        ts = np.floor(nums.to_numpy(np.float64) / scale).astype(np.int64)
-    out = (ts < MIN_TIMESTAMP) | (ts >= MAX_TIMESTAMP)
-    if out.any():
-        i = int(np.argmax(out))
-        raise ConfigError(f"{col}: {int(out.sum())} of {len(ts)} values fall outside 1990-01-01 .. 2100-01-01; "
-                          f"first at row {i}: {values.iloc[i]!r} (a wrong timestamp_unit?)")
-    return ts
-
-
-def _numbers(values: pd.Series, key: str, source: str) -> np.ndarray:
-    nums = pd.to_numeric(values, errors="coerce")
-    bad = nums.isna().to_numpy() & values.notna().to_numpy()
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ConfigError(f"{source}: column '{values.name}' (key '{key}'): {int(bad.sum())} of {len(bad)} values "
-                          f"are not numbers; first at row {i}: {values.iloc[i]!r}")
-    return nums.to_numpy(np.float64)
-
-
-def map_actions(df: pd.DataFrame, cfg: ImportConfig, source: str) -> np.ndarray:
-    """(N,) object array of action types (None = no rule matched)."""
-    it = cfg.interactions
-    action = np.full(len(df), None, dtype=object)
-    if it.event is not None:
-        raw = df[it.event].astype(str).to_numpy()
-        for name, values in cfg.actions.items():
-            hit = np.isin(raw, [str(v) for v in values]) & (action == None)  # noqa: E711 - elementwise
-            action[hit] = name
-        what = f"values of column '{it.event}'"
-        seen = pd.Series(raw).value_counts().index[:8].tolist()
-    else:
-        sig = _numbers(df[it.signal], "interactions.signal", source)
-        for name, rng in cfg.actions.items():
-            hit = ((sig >= rng.get("min", -np.inf)) & (sig < rng.get("max", np.inf)) & (action == None))  # noqa: E711
-            action[hit] = name
-        what = f"values of column '{it.signal}'"
-        seen = [f"min {np.nanmin(sig):g}", f"max {np.nanmax(sig):g}"]
-    if (action == None).all():  # noqa: E711
-        raise ConfigError(f"import config: key 'actions' matches none of the {len(df)} rows of {source} "
-                          f"({what} seen: {', '.join(map(str, seen))})")
-    return action
-
-
-def map_surfaces(df: pd.DataFrame, cfg: ImportConfig) -> np.ndarray:
-    """(N,) object array of surfaces (None = a raw value no surface lists)."""
-    if isinstance(cfg.surfaces, list):
-        return np.full(len(df), cfg.surfaces[0], dtype=object)
-    raw = df[cfg.interactions.surface].astype(str).to_numpy()
-    out = np.full(len(df), None, dtype=object)
-    for name, values in cfg.surfaces.items():
-        out[np.isin(raw, [str(v) for v in values]) & (out == None)] = name  # noqa: E711
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # Item features
 # ----------------------------------------------------------------------------------------------
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: a well-spread uint64 hash of each uint64."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def id_block(ids: np.ndarray, dim: int) -> np.ndarray:
-    """(N, dim) a fixed pseudo-random unit vector per id (the same id gives the same vector)."""
-    if dim == 0:
-        return np.zeros((len(ids), 0), np.float32)
-    with np.errstate(over="ignore"):
-        x = ids.astype(np.int64).view(np.uint64)[:, None] * np.uint64(0x9E3779B97F4A7C15) + np.arange(
-            1, dim + 1, dtype=np.uint64)[None, :] * np.uint64(0xD1B54A32D192ED03)
-    u = (_mix64(x) >> np.uint64(11)).astype(np.float64) / float(1 << 53)  # (N, dim) in [0, 1)
-    v = u * 2.0 - 1.0
-    return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-8)).astype(np.float32)
-
-
-def _crc_buckets(tokens: np.ndarray, dim: int) -> np.ndarray:
-    uniq, inverse = np.unique(tokens.astype(str), return_inverse=True)
-    codes = np.fromiter((zlib.crc32(t.encode()) % dim for t in uniq), dtype=np.int64, count=len(uniq))
-    return codes[inverse.reshape(-1)]
-
-
-def item_features(pin_ids: np.ndarray, items: pd.DataFrame | None, item_rows: np.ndarray | None, cfg: ImportConfig,
-                  source: str) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, tuple[np.ndarray, int]]]:
-    """(features (N, F) float32, dense ranker features d_pin_<col> (N,), sparse s_pin_<col> (ids (N,), cardinality)).
-
-    ``item_rows[i]`` is the row of pin i in ``items`` (-1: the item has no row, so it gets the defaults:
-    numeric 0 = the column mean, no hashed tokens, its random id block).
-    """
-    f = cfg.features
-    n = len(pin_ids)
-    blocks: list[np.ndarray] = []
-    dense: dict[str, np.ndarray] = {}
-    sparse: dict[str, tuple[np.ndarray, int]] = {}
-    spec = cfg.items
-    if items is not None and spec is not None:
-        has = item_rows >= 0
-        for col in spec.numeric:
-            vals = _numbers(items[col], f"items.numeric[{col}]", source)
-            mean, std = np.nanmean(vals), np.nanstd(vals)
-            z = np.where(np.isnan(vals), 0.0, (vals - mean) / (std if std > 0 else 1.0))
-            col_z = np.zeros(n)
-            col_z[has] = z[item_rows[has]]
-            blocks.append(col_z[:, None].astype(np.float32))
-            dense[f"d_pin_{col}"] = col_z.astype(np.float32)
-        if f.hash_dim and (spec.categorical or spec.multi):
-            hashed = np.zeros((n, f.hash_dim), np.float32)
-            pins_with = np.flatnonzero(has)
-            for col in spec.categorical + spec.multi:
-                cells = items[col].to_numpy(dtype=object)[item_rows[pins_with]]
-                if col in spec.multi:
-                    lists = [[t.strip() for t in str(c).split(spec.multi_sep) if t.strip()] if pd.notna(c) else []
-                             for c in cells]
-                else:
-                    lists = [[str(c)] if pd.notna(c) else [] for c in cells]
-                counts = np.array([len(x) for x in lists], np.int64)
-                if counts.sum() == 0:
-                    continue
-                tokens = np.array([f"{col}={t}" for x in lists for t in x], dtype=object)
-                rows = np.repeat(pins_with, counts)
-                np.add.at(hashed, (rows, _crc_buckets(tokens, f.hash_dim)), 1.0)
-            hashed /= np.maximum(np.linalg.norm(hashed, axis=1, keepdims=True), 1e-6)
-            blocks.append(hashed)
-        for col in spec.categorical:
-            vals = items[col].astype(str).where(items[col].notna(), None)
-            top = vals.value_counts().index[:f.max_categories]
-            code = pd.Index(top).get_indexer(vals) + 1  # 0 = unknown / rare / missing
-            ids = np.zeros(n, np.int64)
-            ids[has] = code[item_rows[has]]
-            sparse[f"s_pin_{col}"] = (ids, len(top) + 1)
-    blocks.append(id_block(pin_ids, f.id_dim))
-    feats = np.concatenate(blocks, axis=1).astype(np.float32) if blocks else np.zeros((n, 1), np.float32)
-    return feats, dense, sparse
-
-
 # ----------------------------------------------------------------------------------------------
 # Collections
 # ----------------------------------------------------------------------------------------------
-
-
-def _groups_to_boards(key: np.ndarray, pin: np.ndarray, kind: str, cfg: ImportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(boards, pin_boards) from (collection key, pin) pairs; collections below min_size are dropped."""
-    df = pd.DataFrame({"key": key.astype(str), "pin_id": pin.astype(np.int64)}).drop_duplicates()
-    size = df.groupby("key")["pin_id"].transform("size")
-    df = df[size >= cfg.collections.min_size].sort_values(["key", "pin_id"], kind="stable")
-    keys = pd.unique(df["key"])
-    board_of = pd.Series(np.arange(1, len(keys) + 1, dtype=np.int64), index=keys)
-    boards = pd.DataFrame({"board_id": board_of.to_numpy(), "name": [f"{kind}:{k}" for k in keys], "kind": kind})
-    edges = pd.DataFrame({"board_id": board_of.loc[df["key"]].to_numpy(), "pin_id": df["pin_id"].to_numpy()})
-    return boards, edges
-
-
-def build_collections(cfg: ImportConfig, ev: pd.DataFrame, train: np.ndarray, positive: np.ndarray,
-                      items: pd.DataFrame | None, item_space: IdSpace,
-                      raw_collection: np.ndarray | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    col = cfg.collections
-    src = col.source
-    if src == "none":
-        raise ConfigError("import config: collections.source 'none' leaves PinSage without a graph; use table, "
-                          "column, item_column or user_positives")
-    if src == "table":
-        df, name = read_source(cfg, col, "collections")
-        require_columns(df, {"collections.collection": col.collection, "collections.item": col.item}, name)
-        _no_nulls(df[col.item], "collections.item", name)
-        return _groups_to_boards(df[col.collection].to_numpy(), item_space.map(df[col.item]), "collection", cfg)
-    if src == "column":  # training-period events only: evaluation baskets must not leak into the graph
-        return _groups_to_boards(raw_collection[train], ev["pin_id"].to_numpy()[train], col.column, cfg)
-    if src == "item_column":
-        vals = items[col.column]
-        sep = cfg.items.multi_sep
-        lists = [[t.strip() for t in str(v).split(sep) if t.strip()] if pd.notna(v) else [] for v in vals]
-        counts = np.array([len(x) for x in lists], np.int64)
-        ids = np.repeat(item_space.map(items[cfg.items.id]), counts)
-        return _groups_to_boards(np.array([t for x in lists for t in x], dtype=object), ids, col.column, cfg)
-    # user_positives: each user's training-period positives, in time order, cut into boards of max_size
-    sel = train & positive
-    u = ev["user_id"].to_numpy()[sel]
-    p = ev["pin_id"].to_numpy()[sel]
-    first = pd.DataFrame({"u": u, "p": p}).drop_duplicates()
-    rank = first.groupby("u").cumcount().to_numpy() // col.max_size
-    key = first["u"].astype(str).to_numpy().astype(object) + ":" + rank.astype(str).astype(object)
-    return _groups_to_boards(key, first["p"].to_numpy(), "user", cfg)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -396,82 +142,6 @@ def _split(cfg: ImportConfig, ev: pd.DataFrame, notes: list[str]) -> tuple[int, 
     return split, None, rule
 
 
-def _request_features(imp: pd.DataFrame, ev: pd.DataFrame, pin_ids: np.ndarray, pop: np.ndarray,
-                      dense_pin: dict[str, np.ndarray], sparse_pin: dict[str, tuple[np.ndarray, int]]) -> dict[str, int]:
-    """Add the ranker's d_*/s_* columns to ``imp`` in place; returns the sparse cardinalities."""
-    prow = np.searchsorted(pin_ids, imp["pin_id"].to_numpy())
-    imp["d_pin_popularity"] = np.log1p(pop[prow]).astype(np.float32)
-    # the user's activity so far: events strictly before the request
-    ev_key = ev["user_id"].to_numpy().astype(np.float64) * 1e10 + ev["timestamp"].to_numpy()
-    req_key = imp["user_id"].to_numpy().astype(np.float64) * 1e10 + imp["timestamp"].to_numpy()
-    user_start = np.searchsorted(ev_key, imp["user_id"].to_numpy().astype(np.float64) * 1e10)
-    imp["d_user_activity"] = np.log1p(np.searchsorted(ev_key, req_key) - user_start).astype(np.float32)
-    for name, values in dense_pin.items():
-        imp[name] = values[prow]
-    cards = {"s_hour": 24}
-    imp["s_hour"] = ((imp["timestamp"].to_numpy() // 3600) % 24).astype(np.int64)
-    for name, (ids, card) in sparse_pin.items():
-        imp[name] = ids[prow]
-        cards[name] = card
-    return cards
-
-
-def _sampled_impressions(cfg: ImportConfig, ev: pd.DataFrame, label_of: dict[str, np.ndarray], pin_ids: np.ndarray,
-                         pop: np.ndarray) -> pd.DataFrame:
-    """One request per (user, UTC day, surface): its engaged items + sampled negatives (all labels 0)."""
-    day = ev["timestamp"].to_numpy() // 86_400
-    keys = pd.DataFrame({"u": ev["user_id"].to_numpy(), "d": day, "s": ev["surface"].to_numpy()})
-    req = keys.groupby(["u", "d", "s"], sort=True).ngroup().to_numpy()
-    pos = pd.DataFrame({"req": req, "pin_id": ev["pin_id"].to_numpy(), "timestamp": ev["timestamp"].to_numpy(),
-                        **{f"label_{t}": label_of[t].astype(np.int8) for t in TASKS}})
-    # an item engaged twice in one request is one impression holding every label it earned
-    eng = pos.groupby(["req", "pin_id"], sort=True).agg(
-        {"timestamp": "min", **{f"label_{t}": "max" for t in TASKS}}).reset_index()
-    first = pos.groupby("req", sort=True).agg(timestamp=("timestamp", "min")).reset_index()
-    req_user = keys.groupby(req, sort=True)["u"].first().to_numpy()
-    req_surface = keys.groupby(req, sort=True)["s"].first().to_numpy()
-    n_eng = eng.groupby("req").size().reindex(np.arange(len(req_user)), fill_value=0).to_numpy()
-    wanted = np.round(cfg.negatives.per_positive * n_eng).astype(np.int64)
-    nreq, nitem = sample_negatives(req_user, wanted, pin_ids, pop, ev["user_id"].to_numpy(), ev["pin_id"].to_numpy(),
-                                   cfg.negatives.seed)
-    neg = pd.DataFrame({"req": nreq, "pin_id": nitem, **{f"label_{t}": np.zeros(len(nreq), np.int8) for t in TASKS}})
-    imp = pd.concat([eng.drop(columns="timestamp"), neg], ignore_index=True).sort_values(["req", "pin_id"], kind="stable")
-    r = imp["req"].to_numpy()
-    out = pd.DataFrame({"request_id": (r + 1).astype(np.int64), "user_id": req_user[r].astype(np.int64),
-                        "pin_id": imp["pin_id"].to_numpy(np.int64), "surface": req_surface[r],
-                        "timestamp": first["timestamp"].to_numpy()[r].astype(np.int64)})
-    for t in TASKS:
-        out[f"label_{t}"] = imp[f"label_{t}"].to_numpy(np.int8)
-    return out
-
-
-def _logged_impressions(cfg: ImportConfig, users: IdSpace, items: IdSpace, df: pd.DataFrame, name: str) -> pd.DataFrame:
-    spec = cfg.impressions
-    ts = to_unix_seconds(df[spec.timestamp], "auto", None, "impressions.timestamp", name)
-    if spec.request is not None:
-        request = pd.factorize(df[spec.request])[0].astype(np.int64) + 1
-    else:
-        request = pd.factorize(pd.Series(users.map(df[spec.user])).astype(str) + ":" + pd.Series(ts // 86_400).astype(str))[0] + 1
-    if spec.surface is None:
-        surface = np.full(len(df), cfg.surface_names[0], dtype=object)
-    else:
-        surface = map_surfaces(df.rename(columns={spec.surface: cfg.interactions.surface or spec.surface}), cfg)
-    out = pd.DataFrame({"request_id": request.astype(np.int64), "user_id": users.map(df[spec.user]),
-                        "pin_id": items.map(df[spec.item]), "surface": surface, "timestamp": ts})
-    for t in TASKS:
-        if t in spec.labels:
-            vals = _numbers(df[spec.labels[t]], f"impressions.labels.{t}", name)
-            bad = ~np.isin(vals, [0, 1])
-            if bad.any():
-                raise ConfigError(f"{name}: column '{spec.labels[t]}' (key 'impressions.labels.{t}'): {int(bad.sum())} "
-                                  f"values are not 0 or 1; first at row {int(np.argmax(bad))}")
-            out[f"label_{t}"] = vals.astype(np.int8)
-        else:
-            out[f"label_{t}"] = np.zeros(len(df), np.int8)
-    out = out[out["surface"].notna()]
-    return out.drop_duplicates(["request_id", "pin_id"]).reset_index(drop=True)
-
-
 def build_tables(cfg: ImportConfig, report: ImportReport) -> dict[str, Any]:
     """Every table of the data directory and ``meta.json``, in memory."""
     it = cfg.interactions
@@ -481,7 +151,7 @@ def build_tables(cfg: ImportConfig, report: ImportReport) -> dict[str, Any]:
     if cfg.collections.source == "column":
         require_columns(raw, {"collections.column": cfg.collections.column}, name)
     for key in ("user", "item"):
-        _no_nulls(raw[getattr(it, key)], f"interactions.{key}", name)
+        no_nulls(raw[getattr(it, key)], f"interactions.{key}", name)
     items_df, items_name = (read_source(cfg, cfg.items, "items") if cfg.items is not None else (None, ""))
     if items_df is not None:
         s = cfg.items
@@ -491,7 +161,7 @@ def build_tables(cfg: ImportConfig, report: ImportReport) -> dict[str, Any]:
                                    **{f"items.multi[{c}]": c for c in s.multi},
                                    **({"collections.column": cfg.collections.column}
                                       if cfg.collections.source == "item_column" else {})}, items_name)
-        _no_nulls(items_df[s.id], "items.id", items_name)
+        no_nulls(items_df[s.id], "items.id", items_name)
         items_df = items_df.drop_duplicates(s.id, keep="first").reset_index(drop=True)
     imp_df, imp_name = (read_source(cfg, cfg.impressions, "impressions") if cfg.impressions is not None else (None, ""))
     if imp_df is not None:
@@ -512,7 +182,7 @@ def build_tables(cfg: ImportConfig, report: ImportReport) -> dict[str, Any]:
     action = map_actions(raw, cfg, name)
     surface = map_surfaces(raw, cfg)
     if it.duration is not None:
-        duration = _numbers(raw[it.duration], "interactions.duration", name)
+        duration = numbers_of(raw[it.duration], "interactions.duration", name)
         bad = np.isnan(duration) | (duration < 0) | (duration > MAX_DURATION_S)
         if bad.any():
             raise ConfigError(f"{name}: column '{it.duration}' (key 'interactions.duration'): {int(bad.sum())} values "
@@ -601,10 +271,10 @@ def build_tables(cfg: ImportConfig, report: ImportReport) -> dict[str, Any]:
     labels = cfg.label_actions()
     if imp_df is None:
         label_of = {t: np.isin(ev["action_type"].to_numpy(), labels[t]) for t in TASKS}
-        imp = _sampled_impressions(cfg, ev, label_of, pin_ids, pop)
+        imp = sampled_impressions(cfg, ev, label_of, pin_ids, pop)
     else:
-        imp = _logged_impressions(cfg, users, items, imp_df, imp_name)
-    cards = _request_features(imp, ev, pin_ids, pop, dense_pin, sparse_pin)
+        imp = logged_impressions(cfg, users, items, imp_df, imp_name)
+    cards = request_features(imp, ev, pin_ids, pop, dense_pin, sparse_pin)
     for t in TASKS:
         if not imp[f"label_{t}"].any():
             report.notes.append(f"labels: task '{t}' has no positive label (actions {labels[t]}); the ranker's "

@@ -28,8 +28,10 @@ import pyarrow.parquet as pq
 import torch
 
 from components.data import io
+from components.data.checks import check_table
+from components.data.schemas import DataValidationError
 from components.data.tables import EmbeddingTable, VersionedStore
-from components.data.validate import DataValidationError, check_table, drop_out_of_vocab
+from components.data.validate import drop_out_of_vocab
 from components.data.vocab import dataset_spec, vocab_of
 from components.inference.shards import in_shard
 from components.models.pinnerformer import load_model
