@@ -11,7 +11,7 @@ from typing import Any
 
 from components import config
 from components.data.io import read_meta
-from components.data.tables import TABLE_FILE, VersionedStore
+from components.data.tables import TABLE_FILE, VersionedStore, read_table
 
 
 def load_config(experiment: str, overrides: list[str] | None, model: str | None = None):
@@ -77,3 +77,13 @@ def describe_users(users: Any, stats: Any, table: Any, date: str, root: str, pre
                            "replayed_days": replay, "model_version": table.model_version, "config": config})
     log_metrics(stats, {"users": len(table), "dim": table.dim, "merged": previous is not None or bool(replay),
                         "replayed_days": len(replay), **extra})
+
+
+def describe_pins(embeddings: Any, stats: Any, model: Any, path: str | Path, shard: int, shards: int) -> None:
+    """The metadata and metrics of a pin-embedding output (``embed_pins``, ``embed_pin_tower``): the published
+    table's path and model version, the model's config, the table's size and the shard it holds."""
+    table = read_table(path)
+    embeddings.metadata["table"] = str(path)
+    embeddings.metadata["model_version"] = table.model_version
+    embeddings.metadata["config"] = model.metadata.get("config", {})
+    log_metrics(stats, {"pins": len(table), "dim": table.dim, "shard": shard, "shards": shards})

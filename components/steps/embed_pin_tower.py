@@ -11,14 +11,9 @@ def embed_pin_tower(model: Input[Model], pin_embeddings: Input[Dataset], embeddi
     """``components.inference.users.embed_pin_tower(model, pin_embeddings, embeddings, version)``; ``shards`` > 0:
     only shard ``shard``'s pins (the daily pipeline's ParallelFor; ``merge_pin_tower`` publishes the union)."""
     # the local (lightweight) component runs this function's source alone, so its imports live inside it
-    from components.data.tables import read_table
     from components.inference.users import embed_pin_tower as run
-    from components.steps.common import log_metrics, table_path
+    from components.steps.common import describe_pins, table_path
 
     path = run(model.path, str(table_path(pin_embeddings.path)), embeddings.path, version=version or None,
                shard=(shard, shards) if shards > 0 else None)
-    table = read_table(path)
-    embeddings.metadata["table"] = str(path)
-    embeddings.metadata["model_version"] = table.model_version
-    embeddings.metadata["config"] = model.metadata.get("config", {})
-    log_metrics(stats, {"pins": len(table), "dim": table.dim, "shard": shard, "shards": shards})
+    describe_pins(embeddings, stats, model, path, shard, shards)

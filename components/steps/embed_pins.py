@@ -12,14 +12,9 @@ def embed_pins(data: Input[Dataset], model: Input[Model], embeddings: Output[Dat
     VersionedStore root (``CURRENT`` names the table). ``shards`` > 0: only shard ``shard``'s pins (the
     daily pipeline's ParallelFor; ``merge_pins`` publishes the union)."""
     # the local (lightweight) component runs this function's source alone, so its imports live inside it
-    from components.data.tables import read_table
     from components.inference.pinsage import embed_pins as run
-    from components.steps.common import log_metrics
+    from components.steps.common import describe_pins
 
     path = run(model.path, data.path, embeddings.path, version=version or None,
                shard=(shard, shards) if shards > 0 else None)
-    table = read_table(path)
-    embeddings.metadata["table"] = str(path)
-    embeddings.metadata["model_version"] = table.model_version
-    embeddings.metadata["config"] = model.metadata.get("config", {})
-    log_metrics(stats, {"pins": len(table), "dim": table.dim, "shard": shard, "shards": shards})
+    describe_pins(embeddings, stats, model, path, shard, shards)
