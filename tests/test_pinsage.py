@@ -14,7 +14,7 @@ from components import config
 from components.cli import main as cli_main
 from components.data.tables import VersionedStore, read_table
 from components.evaluation import pinsage as pinsage_eval
-from components.inference.pinsage import embed_pins
+from components.inference.pinsage import embed_pins, model_digest
 from components.models.pinsage import Convolve, PinSage, load_model
 from components.models.pinsage_layerwise import layerwise_embeddings, per_node_embeddings
 from components.training.pinsage import prepare_inputs, train
@@ -146,6 +146,8 @@ def test_cli_train_embed_and_a_failed_embed_keeps_the_published_version(tiny_dat
     ids = pq.read_table(tiny_data / "pins.parquet").column("pin_id").to_numpy()
     assert np.array_equal(np.sort(t.ids), np.sort(ids)) and t.dim == 16
     assert np.allclose(np.linalg.norm(t.embeddings, axis=1), 1.0, atol=1e-5)
+    # the table's model_version is the model's digest (what a ranker trained on it records), not the store version
+    assert t.model_version == model_digest(model_dir) and t.model_version.startswith("pinsage-") and "v1" not in t.model_version
     # a data directory with the wrong feature width: clear error, v1 stays published
     bad = tmp_path / "bad"
     shutil.copytree(tiny_data, bad)

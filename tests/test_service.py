@@ -1,13 +1,17 @@
-"""The recommend service for real: `homefeed serve recommend --stack S` in its own process, in front of Feast (SQLite
-online store), a real Milvus 2.3.5 server (a separate process, so a daily run can build the next index while the
-service searches the current one) and a real tritonserver. One stack and one service are shared by every test of
-this module (module fixture); every process is started on 127.0.0.1 / free ports and stopped by its process group.
+"""The recommend service for real on the ``server`` stack profile: `homefeed serve recommend --stack S` in its own
+process in front of Feast on Valkey (Redis online store) + its SQL registry on PostgreSQL, the Milvus 2.3.5 server and
+a tritonserver, all from the session's ``server_stack`` fixture (tests/conftest.py; this module gets its own Feast
+project and Milvus alias on those servers, and adds Triton to the stack). One service is shared by every test of
+this module; every process is started on 127.0.0.1 / free ports and stopped by its process group.
 
 Covered: auth (401), request validation (400/422 naming the field), unknown user -> popular pins, /readyz and
-/metrics, 8 concurrent clients while a daily run (embed + materialize + index build + alias switch) runs underneath
-(zero 5xx; every response ranked by the ensemble or marked as a fallback), SIGKILL of the daily run at each step,
-and Triton / Milvus stopped and restarted (503 naming the dependency, /readyz unready, recovery).
-HOMEFEED_SERVICE_LOAD_S sets the load duration (default 20 s; the issue's 60 s with HOMEFEED_SERVICE_LOAD_S=60).
+/metrics (with homefeed_serving_version_info), 8 concurrent clients while a daily run (embed + materialize + index
+build + alias switch) runs underneath (zero 5xx; every response ranked by the ensemble or marked as a fallback),
+SIGKILL of the daily run at each step, pin embeddings of another PinSage model refused with the reason, and Triton,
+Milvus and Redis (Valkey) stopped and restarted on the same port (components.stack.stop_server / restart): /readyz
+unready naming the dependency, 503 naming it (Milvus, Triton) or the feature-store fallback said in the response
+(Redis), then recovery. HOMEFEED_SERVICE_LOAD_S sets the load duration (default 20 s; the issue's 60 s with
+HOMEFEED_SERVICE_LOAD_S=60).
 """
 
 from __future__ import annotations
@@ -15,9 +19,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,37 +30,34 @@ import numpy as np
 import pytest
 import requests
 
-from components import cli, config
+from components import cli, stack
 from components.data import io
 from components.data.baseline import content_embeddings
 from components.data.tables import VersionedStore
 from components.serving import milvus_index as mi
-from components.serving.recommend import LastGood, RecommendConfig, Recommender
+from components.serving import model_repository
+from components.serving.contract import find_preprocess
+from components.serving.recommend import RecommendConfig, Recommender
 from components.serving.triton import free_port
 from components.stack.servers import alive
-from components.stackconfig import (
-    FeastConfig,
-    MilvusConfig,
-    SecretRef,
-    ServiceConfig,
-    StackConfig,
-    TritonConfig,
-    dump_stack,
-    load_stack,
-)
+from components.stackconfig import SecretRef, ServiceConfig, dump_stack, load_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 LOAD_S = float(os.environ.get("HOMEFEED_SERVICE_LOAD_S", "20"))
 pytestmark = pytest.mark.slow
 
-# The daily run as its own process: new embedding versions (same model, new content), Feast apply + materialize
-# of the date, a new Milvus collection and the alias switch. Prints a marker before each step.
+# The daily run as its own process against the module's stack file: new embedding versions (same model, new
+# content), Feast apply + materialize of the date (Redis), a new collection on the Milvus server and the alias
+# switch. Prints a marker line before each step; "STEP alias" once every row is inserted (flush, index build, load
+# and the alias switch follow).
 DAILY = '''
 import sys
 import numpy as np
 from components import cli
 from components.data.tables import EmbeddingTable, VersionedStore
-emb, repo, data, base, date, uri, seed = sys.argv[1:]
+from components.serving import milvus_index as mi
+from components.stackconfig import load_stack
+emb, stack_file, data, base, date, seed = sys.argv[1:]
 print("STEP embed", flush=True)
 for name in ("users", "pins"):
     store = VersionedStore(f"{emb}/{name}")
@@ -67,11 +66,20 @@ for name in ("users", "pins"):
     e = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
     store.publish(EmbeddingTable(t.ids, e, t.model_version, t.created_at, t.id_column), date, set_current=True)
 print("STEP materialize", flush=True)
-assert cli.main(["features", "apply", "--repo", repo, "--data", data, "--date", date,
+assert cli.main(["features", "apply", "--stack", stack_file, "--data", data, "--date", date,
                  "--user-embeddings", f"{emb}/users", "--pin-embeddings", f"{emb}/pins"]) == 0
-assert cli.main(["features", "materialize", "--repo", repo, "--date", date]) == 0
+assert cli.main(["features", "materialize", "--stack", stack_file, "--date", date]) == 0
 print("STEP index", flush=True)
-assert cli.main(["index", "build", "--uri", uri, "--embeddings", f"{emb}/pins"]) == 0
+cfg = load_stack(stack_file)
+
+
+def inserted(done, total):
+    if done == total:
+        print("STEP alias", flush=True)
+
+
+mi.build_index(cfg.milvus.uri, f"{emb}/pins", alias=cfg.milvus.alias, on_batch=inserted,
+               keep=cfg.milvus.keep_collections, token=cfg.milvus_token())
 print("STEP done", flush=True)
 '''
 
@@ -95,113 +103,29 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 30) 
     assert alive(proc.pid) == []
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no SO_REUSEADDR, as milvus-server binds
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-class Milvus:
-    """A real Milvus standalone server (milvus==2.3.5) that can be stopped and started again on its data."""
-
-    def __init__(self, data: Path):
-        self.data, self.port, self.proc = data, free_port(), None
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        # milvus-server takes --proxy-port as where to start looking for a free port: after a stop, wait until the
-        # port is bindable again (the killed server's sockets sit in TIME_WAIT for up to a minute)
-        deadline = time.monotonic() + 120
-        while not _bindable(self.port):
-            assert time.monotonic() < deadline, f"port {self.port} still in use"
-            time.sleep(1)
-        exe = Path(sys.executable).parent / "milvus-server"
-        log = open(self.data / "server.log", "ab")
-        self.proc = subprocess.Popen([str(exe), "--data", str(self.data / "milvus"), "--proxy-port", str(self.port)],
-                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + 240
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"milvus-server exited:\n{(self.data / 'server.log').read_text()[-3000:]}")
-            try:
-                client = mi.connect(self.uri)
-                client.list_collections()
-                client.close()
-                return
-            except Exception:  # noqa: BLE001 - not up yet
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(2)
-
-    def stop(self) -> None:
-        _stop(self.proc)
-
-
-class Triton:
-    """`homefeed serve triton` on fixed ports (so a restart comes back where the service looks)."""
-
-    def __init__(self, root: Path, export: Path):
-        self.root, self.export = root, export
-        self.http, self.grpc = free_port(), free_port()
-        self.proc = None
-
-    def start(self, materialize: bool = True) -> None:
-        ready = self.root / "triton_ready.json"
-        ready.unlink(missing_ok=True)
-        args = ["--export", str(self.export)] if materialize else []
-        self.proc = subprocess.Popen([sys.executable, "-m", "components.cli", "serve", "triton", *args,
-                                      "--repository", str(self.root / "triton_repository"), "--http-port",
-                                      str(self.http), "--grpc-port", str(self.grpc), "--ready-file", str(ready)],
-                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 180
-        while not ready.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                _stop(self.proc, signal.SIGKILL)
-                pytest.fail("homefeed serve triton did not get ready")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        _stop(self.proc)
-
-
 @pytest.fixture(scope="module")
-def world(tiny_data, tmp_path_factory):
-    from components.serving.export import export_ranker
-    from components.training.ranker import train
-
+def world(server_stack, tiny_data, tiny_ranker_export, tmp_path_factory):
     root = tmp_path_factory.mktemp("service")
+    state = Path(server_stack.source).parent
+    cfg = stack.isolated(server_stack, "service", root)
     pins, users = content_embeddings(tiny_data)  # stand-ins for PinnerFormer tables (one model version: content-v1)
     days = io.partitions(tiny_data, "impressions")
     base, date = days[-2], days[-1]
-    emb = root / "embeddings"
+    emb = Path(cfg.embeddings.root)
     VersionedStore(emb / "users").publish(users, base)
     VersionedStore(emb / "pins").publish(pins, base)
-    train(config.load("ranker_tiny"), tiny_data, root / "model")  # on the content embeddings (content-v1)
-    export_ranker(root / "model", root / "export", data_dir=tiny_data)
-    repo = root / "feature_repo"
-    assert cli.main(["features", "apply", "--repo", str(repo), "--data", str(tiny_data), "--date", base,
-                     "--user-embeddings", str(emb / "users"), "--pin-embeddings", str(emb / "pins")]) == 0
-    assert cli.main(["features", "materialize", "--repo", str(repo), "--date", base]) == 0
-    (root / "milvus").mkdir()
-    milvus = Milvus(root / "milvus")
-    triton = Triton(root, root / "export")
+    # the session's tiny ranker, trained on the same content embeddings (content-v1; tests/conftest.py)
+    repo = model_repository.materialize(tiny_ranker_export / "export", root / "triton_repository")
     service = None
     try:
-        milvus.start()
-        assert cli.main(["index", "build", "--uri", milvus.uri, "--embeddings", str(emb / "pins")]) == 0
-        triton.start()
-        stack = StackConfig(feast=FeastConfig(repo=str(repo)), milvus=MilvusConfig(uri=milvus.uri),
-                            triton=TritonConfig(url=f"127.0.0.1:{triton.grpc}", protocol="grpc",
-                                                repository=str(root / "triton_repository")),
-                            service=ServiceConfig(token=SecretRef(env="HOMEFEED_API_TOKEN"), max_k=50,
-                                                  max_candidates=300))
-        stack_file = dump_stack(stack, root / "stack.yaml")
+        triton = stack.add_triton(state, repo)
+        cfg.triton.url, cfg.triton.protocol, cfg.triton.repository = triton.triton.url, "grpc", str(repo)
+        cfg.service = ServiceConfig(token=SecretRef(env="HOMEFEED_API_TOKEN"), max_k=50, max_candidates=300)
+        stack_file = dump_stack(cfg, root / "stack.yaml")
+        assert cli.main(["features", "apply", "--stack", str(stack_file), "--data", str(tiny_data), "--date", base,
+                         "--user-embeddings", str(emb / "users"), "--pin-embeddings", str(emb / "pins")]) == 0
+        assert cli.main(["features", "materialize", "--stack", str(stack_file), "--date", base]) == 0
+        assert cli.main(["index", "build", "--stack", str(stack_file), "--embeddings", str(emb / "pins")]) == 0
         token = secrets.token_urlsafe(24)  # generated per run, never committed
         port = free_port()
         log = open(root / "service.log", "wb")
@@ -211,15 +135,15 @@ def world(tiny_data, tmp_path_factory):
                                    env={**os.environ, "HOMEFEED_API_TOKEN": token}, start_new_session=True)
         log.close()
         url = f"http://127.0.0.1:{port}"
-        w = {"root": root, "url": url, "token": token, "milvus": milvus, "triton": triton, "emb": emb, "repo": repo,
-             "data": tiny_data, "base": base, "date": date, "users": users, "service": service}
+        w = {"root": root, "url": url, "token": token, "state": state, "stack_file": stack_file, "cfg": cfg,
+             "emb": emb, "data": tiny_data, "base": base, "date": date, "users": users, "service": service}
         _wait_ready(w, 300)
         yield w
     finally:
-        for part in (service, triton.proc, milvus.proc):
-            if part is not None:
-                _stop(part)
-        shutil.rmtree(root / "milvus" / "milvus", ignore_errors=True)  # ~500 MB of server binaries and data
+        if service is not None:
+            _stop(service)
+        if any(p.name == "triton" for p in stack.processes(state)):
+            stack.stop_server(state, "triton")  # the stores stay up for the session's other modules
 
 
 def _wait_ready(w, timeout: float) -> dict:
@@ -264,7 +188,7 @@ def test_recommend_ranks_with_probabilities_versions_and_timings(world):
     assert scores == sorted(scores, reverse=True)
     assert set(out["items"][0]["probabilities"]) >= {"save"} and -1 <= out["items"][0]["similarity"] <= 1
     assert out["versions"]["user_embeddings"] == "content-v1" == out["versions"]["ranker_user_embeddings"]
-    assert out["versions"]["index_collection"].startswith("pins_content_v1_")
+    assert out["versions"]["index_collection"].startswith(f"{world['cfg'].milvus.alias}_content_v1_")
     assert set(out["timings_ms"]) >= {"feast_user", "milvus", "feast_features", "triton", "total"}
     excluded = [it["pin_id"] for it in out["items"][:3]]
     again = _post(world, {"user_id": _user(world), "k": 10, "exclude": excluded}).json()
@@ -327,43 +251,53 @@ def test_health_ready_and_metrics(world):
                  'homefeed_stage_latency_seconds_bucket{le="0.05",stage="triton"}',
                  "homefeed_request_latency_seconds_count", 'homefeed_dependency_up{dependency="triton"} 1.0'):
         assert name in text, name
+    out = _post(world, {"user_id": _user(world), "k": 3}).json()
+    v = out["versions"]
+    info = [line for line in requests.get(world["url"] + "/metrics", timeout=10).text.splitlines()
+            if line.startswith("homefeed_serving_version_info{")]
+    assert len(info) == 1 and info[0].endswith(" 1.0"), info  # one series: the versions now served
+    for label, value in (("ranker_version", v["ranker"]), ("user_embedding_version", v["user_embeddings"]),
+                         ("pin_index_collection", v["index_collection"])):
+        assert f'{label}="{value}"' in info[0], (label, info)
 
 
-def test_feature_store_failure_falls_back_and_says_so(world, tmp_path):
-    """Feast failing (here: an instance of the same repo whose SQLite online store cannot be opened) never fails
-    the request: the user's last good embedding from the shared cache, or the popular pins, each marked."""
-    stack = load_stack(world["root"] / "stack.yaml")
-    broken = tmp_path / "feature_repo"
-    shutil.copytree(world["repo"], broken, ignore=shutil.ignore_patterns("online.db"))
-    (broken / "state" / "online.db").mkdir()  # sqlite cannot open a directory: every online read fails
-    cache = LastGood()
+def test_pin_embeddings_of_another_model_are_refused_with_the_reason(world, tmp_path):
+    """The ranker records the PinSage table it was trained on (preprocess.json embedding_versions.pin); the
+    feature store's pin embeddings of another model never reach it: the candidates in retrieval order, said so."""
+    pre = json.loads(find_preprocess(world["cfg"].triton.repository).read_text())
+    assert pre["embedding_versions"]["pin"] == "content-v1"  # what the ranker was trained on
+    pre["embedding_versions"]["pin"] = "pinsage-0123456789ab"  # as if trained on another PinSage model
+    (tmp_path / "preprocess.json").write_text(json.dumps(pre))
+    stack_cfg = load_stack(world["stack_file"])
     uid = _user(world, 21)
-    with Recommender(RecommendConfig.from_stack(stack, candidates=100), cache=cache) as good:
-        assert good.recommend(uid, 5).fallback is None  # fills the cache
-    with Recommender(RecommendConfig.from_stack(stack, feature_repo=broken, candidates=100), cache=cache) as bad:
-        cached = bad.recommend(uid, 5)
-        cold = bad.recommend(_user(world, 22), 5)
-    # the user embedding from the cache, then the ranker-feature read fails too: retrieval order, said so
-    assert cached.fallback == "ranker_features_unavailable" and len(cached.items) == 5
-    assert all(it["similarity"] is not None and it["probabilities"] is None for it in cached.items)
-    assert "feature store read of ranker features failed" in cached.message
-    assert cold.fallback == "feature_store_unavailable" and len(cold.items) == 5 and cold.items[0]["score"] is None
-    assert "feature store read failed" in cold.message
+    with Recommender(RecommendConfig.from_stack(stack_cfg, candidates=100)) as good:
+        assert good.recommend(uid, 5).fallback is None
+    with Recommender(RecommendConfig.from_stack(stack_cfg, preprocess=tmp_path / "preprocess.json",
+                                                candidates=100)) as other:
+        rec = other.recommend(uid, 5)
+    assert rec.fallback == "incompatible_pin_embeddings" and len(rec.items) == 5
+    assert all(it["score"] is None and it["probabilities"] is None and it["similarity"] is not None
+               for it in rec.items)
+    sims = [it["similarity"] for it in rec.items]
+    assert sims == sorted(sims, reverse=True)
+    assert "feature store pin embeddings of 'content-v1'" in rec.message
+    assert "trained on 'pinsage-0123456789ab'" in rec.message and rec.versions["pin_embeddings"] == "content-v1"
 
 
 def _daily(w, seed: int) -> subprocess.Popen:
     script = w["root"] / "daily.py"
     script.write_text(DAILY)
-    return subprocess.Popen([sys.executable, str(script), str(w["emb"]), str(w["repo"]), str(w["data"]), w["base"],
-                             w["date"], w["milvus"].uri, str(seed)], cwd=ROOT, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, str(script), str(w["emb"]), str(w["stack_file"]), str(w["data"]),
+                             w["base"], w["date"], str(seed)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env={**os.environ, "HOMEFEED_QUIET": "1",
                                                            "PYTHONPATH": str(ROOT)}, start_new_session=True)
 
 
 def _served(w) -> str:
-    client = mi.connect(w["milvus"].uri)
+    cfg = w["cfg"]
+    client = mi.connect(cfg.milvus.uri, cfg.milvus_token())
     try:
-        return mi.served_collection(client)
+        return mi.served_collection(client, cfg.milvus.alias)
     finally:
         client.close()
 
@@ -423,8 +357,7 @@ def test_load_while_a_daily_run_publishes(world, record_property):
 
 @pytest.mark.parametrize("step", ["embed", "materialize", "index", "alias"])
 def test_sigkill_of_the_daily_run_at_each_step_keeps_serving(world, step):
-    marker = {"embed": "STEP embed", "materialize": "STEP materialize", "index": "STEP index",
-              "alias": "inserted"}[step]  # `inserted n/n`: every row is in; flush, index, load, alias switch follow
+    marker = f"STEP {step}"  # alias: every row is inserted; flush, index build, load and the alias switch follow
     served = _served(world)
     users_current = VersionedStore(world["emb"] / "users").current()
     run = _daily(world, seed=10 + ["embed", "materialize", "index", "alias"].index(step))
@@ -472,29 +405,59 @@ def _wait_unready(w, dependency: str, timeout: float = 60) -> dict:
 
 
 def test_triton_stopped_then_back(world):
-    world["triton"].stop()
+    stack.stop_server(world["state"], "triton")
     body = _wait_unready(world, "triton")
     assert body["dependencies"]["triton"].startswith("unavailable:") and body["dependencies"]["feast"] == "ok"
     r = _post(world, {"user_id": _user(world), "k": 5})
     assert r.status_code == 503 and r.json()["dependency"] == "triton", r.text
     assert r.json()["message"].startswith("triton:")
     assert _post(world, {"user_id": 10**12, "k": 5}).status_code == 200  # popular pins need no Triton
-    world["triton"].start(materialize=False)
+    back = stack.restart(world["state"], "triton")
+    assert back.endpoint == world["cfg"].triton.url  # the same port: the service reconnects where it was
     _wait_ready(world, 120)
     r = _post(world, {"user_id": _user(world), "k": 5})
     assert r.status_code == 200 and _ranked(r.json())
 
 
 def test_milvus_stopped_then_back(world):
-    world["milvus"].stop()
+    stack.stop_server(world["state"], "milvus")
     body = _wait_unready(world, "milvus")
     assert body["dependencies"]["milvus"].startswith("unavailable:")
     r = _post(world, {"user_id": _user(world), "k": 5})
     assert r.status_code == 503 and r.json()["dependency"] == "milvus", r.text
-    world["milvus"].start()
+    back = stack.restart(world["state"], "milvus")
+    assert back.endpoint == world["cfg"].milvus.uri
     _wait_ready(world, 180)
     deadline = time.monotonic() + 120
     while (r := _post(world, {"user_id": _user(world), "k": 5})).status_code != 200:
         assert time.monotonic() < deadline, r.text
         time.sleep(1)
     assert _ranked(r.json())
+
+
+def test_redis_stopped_then_back(world):
+    """The online store down: /readyz names feast; requests are answered by the documented feature-store
+    fallbacks (docs/service.md), never a 5xx: a user this process has seen gets its last good embedding and the
+    candidates in retrieval order, an unseen one the popular pins. Valkey back on the same port with its data:
+    ranked again."""
+    uid = _user(world, 5)
+    assert _ranked(_post(world, {"user_id": uid, "k": 5}).json())  # the user's embedding is now cached
+    stack.stop_server(world["state"], "valkey")
+    body = _wait_unready(world, "feast")
+    assert body["dependencies"]["feast"].startswith("unavailable:") and "redis" in body["dependencies"]["feast"].lower(), body
+    assert body["dependencies"]["milvus"].startswith("ok") and body["dependencies"]["triton"] == "ok"
+    seen = _post(world, {"user_id": uid, "k": 5})
+    assert seen.status_code == 200, seen.text
+    out = seen.json()
+    assert out["fallback"] == "ranker_features_unavailable" and len(out["items"]) == 5, out
+    assert "feature store read of ranker features failed" in out["message"]
+    unseen = _post(world, {"user_id": 10**12 + 1, "k": 5})
+    assert unseen.status_code == 200 and unseen.json()["fallback"] == "feature_store_unavailable", unseen.text
+    assert "feature store read failed" in unseen.json()["message"]
+    metrics = requests.get(world["url"] + "/metrics", timeout=10).text
+    assert 'homefeed_dependency_up{dependency="feast"} 0.0' in metrics
+    back = stack.restart(world["state"], "valkey")
+    assert back.endpoint == world["cfg"].feast.online_store.connection_string
+    _wait_ready(world, 120)
+    r = _post(world, {"user_id": uid, "k": 5})
+    assert r.status_code == 200 and _ranked(r.json()), r.text  # the restarted store still holds the features

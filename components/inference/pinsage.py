@@ -14,6 +14,7 @@ created_at); the CLI passes ``<out>/pinsage`` as ``out_root``. ``shard=(k, n)`` 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +50,22 @@ def embed_data(model_dir: str | Path, data_dir: str | Path,
     return pin_ids, layerwise_embeddings(model, feats, nbr_ids, nbr_w, cfg.inference_chunk, targets)
 
 
+def model_digest(model_dir: str | Path) -> str:
+    """``pinsage-<12 hex of model.pt>``: the model_version of every table the model produces. A daily re-run of
+    the same model keeps it (the store version is the date), a new model changes it, so the ranker trained on a
+    table and the recommend path can check they hold embeddings of the same PinSage model."""
+    h = hashlib.sha256()
+    with open(Path(model_dir) / "model.pt", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "pinsage-" + h.hexdigest()[:12]
+
+
 def embed_pins(model_dir: str | Path, data_dir: str | Path, out_root: str | Path, version: str | None = None,
                shard: tuple[int, int] | None = None) -> Path:
     """Embed every pin (or shard ``(k, n)``'s pins) layer-wise and publish the table atomically; returns its path."""
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     version = version or now.strftime("%Y%m%dT%H%M%S")
     pin_ids, emb = embed_data(model_dir, data_dir, shard)
-    table = EmbeddingTable(pin_ids, emb, f"pinsage-{version}", now, "pin_id")
+    table = EmbeddingTable(pin_ids, emb, model_digest(model_dir), now, "pin_id")
     return VersionedStore(out_root).publish(table, version)

@@ -18,18 +18,15 @@ Fallbacks (the response's ``fallback`` names the reason, null when the ensemble 
   similarity (``ranker_features_unavailable``).
 - Milvus or Triton failing is a :class:`DependencyError` naming it (the service answers 503).
 
-Versions: the ranker export records the embedding versions it was trained on (``preprocess.json``
-``embedding_versions``); the Milvus collection's name carries the pin-tower version; Feast rows carry
-``model_version``. The user embeddings must come from the model whose pin tower is indexed, and from the
-model the ranker was trained on: :class:`IncompatibleVersions` otherwise (at open and per request).
+Versions (``components/serving/contract.py``): user embeddings, the indexed pin tower and the ranker must come
+from one PinnerFormer model (:class:`IncompatibleVersions` at open and per request, a 503); the feature store's
+pin embeddings must be those the ranker was trained on (``pinsage-<model digest>``), else the candidates are
+returned in retrieval order with ``fallback: "incompatible_pin_embeddings"`` and the reason.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -40,34 +37,23 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from components.serving import feast_store, ranker_io
+from components.serving import feast_store
+from components.serving.contract import (
+    DependencyError,
+    IncompatibleVersions,
+    RecommendError,
+    RequestError,
+    check_limits,
+    collection_version,
+    pin_mismatch,
+    read_preprocess,
+    version_slug,
+)
 from components.serving.milvus_index import ALIAS, PinIndex, served_collection
-from components.serving.model_repository import PREPROCESS
 from components.serving.triton_client import RankerClient
 
-
-class RecommendError(RuntimeError):
-    """A recommend-path problem naming the store, index or server and what was expected."""
-
-
-class RequestError(ValueError):
-    """A bad request: names the field and what was expected (the service answers 422)."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-
-
-class DependencyError(RecommendError):
-    """A dependency (``feast``, ``milvus``, ``triton``) failed; the service answers 503 naming it."""
-
-    def __init__(self, dependency: str, message: str):
-        super().__init__(f"{dependency}: {message}")
-        self.dependency = dependency
-
-
-class IncompatibleVersions(RecommendError):
-    """User embeddings, the indexed pin tower and the ranker do not come from compatible models."""
+__all__ = ["DependencyError", "IncompatibleVersions", "LastGood", "Recommendation", "RecommendConfig", "Recommender",
+           "RecommendError", "RequestError", "check_limits", "format_table", "recommend"]
 
 
 @dataclass
@@ -104,52 +90,6 @@ class RecommendConfig:
         return cls(**kw)
 
 
-def check_limits(k: Any, candidates: Any, max_k: int, max_candidates: int) -> None:
-    """k in [1, max_k] and candidates in [k, max_candidates] (both integers), else a RequestError naming the field."""
-    for name, value, hi in (("k", k, max_k), ("candidates", candidates, max_candidates)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
-            raise RequestError(name, f"expected an integer, got {value!r}")
-        if not 1 <= value <= hi:
-            raise RequestError(name, f"must be between 1 and {hi}, got {value}")
-
-
-def read_preprocess(path: str | Path) -> tuple[dict[str, Any], str]:
-    """(preprocess.json of the served ranker, its digest); a malformed file is a RecommendError naming it."""
-    p = find_preprocess(path)
-    text = p.read_bytes()
-    try:
-        pre = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RecommendError(f"{p}: not valid JSON ({e}); expected the ranker export's preprocess.json") from None
-    if not isinstance(pre, dict):
-        raise RecommendError(f"{p}: expected a JSON object, got {type(pre).__name__}")
-    need = {"dense": dict, "sparse": dict, "surfaces": list, "tasks": list, "dims": dict}
-    for key, typ in need.items():
-        if not isinstance(pre.get(key), typ):
-            raise RecommendError(f"{p}: field '{key}' missing or not a {typ.__name__} (a ranker export's "
-                                 f"preprocess.json has {', '.join(need)})")
-    for key in ("d_user", "d_pin"):
-        if not isinstance(pre["dims"].get(key), int):
-            raise RecommendError(f"{p}: field 'dims.{key}' missing or not an integer")
-    for key in ("names", "mean"):
-        if not isinstance(pre["dense"].get(key), list):
-            raise RecommendError(f"{p}: field 'dense.{key}' missing or not a list")
-    if not isinstance(pre["sparse"].get("names"), list):
-        raise RecommendError(f"{p}: field 'sparse.names' missing or not a list")
-    return pre, "ranker-" + hashlib.sha256(text).hexdigest()[:12]
-
-
-def _version_slug(version: str | None) -> str:
-    """A model version as milvus_index.collection_name spells it."""
-    return re.sub(r"[^0-9A-Za-z_]", "_", version or "v")[:40]
-
-
-def collection_version(collection: str, alias: str) -> str | None:
-    """The embedding version part of a collection name ``<alias>_<version slug>_<10 hex>`` (None if not one)."""
-    m = re.fullmatch(re.escape(alias) + r"_(.+)_[0-9a-f]{10}", collection or "")
-    return m.group(1) if m else None
-
-
 class LastGood:
     """The last good user embedding per user (bounded, shared by a process's Recommenders, thread-safe)."""
 
@@ -166,16 +106,6 @@ class LastGood:
     def get(self, user_id: int) -> tuple[np.ndarray, str | None] | None:
         with self._lock:
             return self._d.get(user_id)
-
-
-def find_preprocess(path: str | Path) -> Path:
-    """preprocess.json from a file, an export directory or a materialised model repository."""
-    path = Path(path)
-    for p in (path, path / ranker_io.PREPROCESS_FILE, path / PREPROCESS / "1" / ranker_io.PREPROCESS_FILE):
-        if p.is_file():
-            return p
-    raise FileNotFoundError(f"{path}: no {ranker_io.PREPROCESS_FILE} (expected a file, an export dir or a Triton "
-                            f"model repository)")
 
 
 @dataclass
@@ -302,7 +232,7 @@ class Recommender:
         indexed = collection_version(self.versions.get("index_collection") or "", self.cfg.alias)
         want = self.versions["ranker_user_embeddings"]
         self.versions["index_embeddings"] = indexed
-        if indexed and want and indexed != _version_slug(want):
+        if indexed and want and indexed != version_slug(want):
             raise IncompatibleVersions(
                 f"{self.cfg.milvus_uri}: alias '{self.cfg.alias}' serves {self.versions['index_collection']} "
                 f"(pin tower of '{indexed}') but the ranker was trained on user embeddings of '{want}': "
@@ -313,7 +243,7 @@ class Recommender:
         if not version:
             return
         indexed, want = self.versions.get("index_embeddings"), self.versions.get("ranker_user_embeddings")
-        if indexed and _version_slug(version) != indexed:
+        if indexed and version_slug(version) != indexed:
             raise IncompatibleVersions(f"feature store user embedding of '{version}' does not match the pin tower "
                                        f"indexed in Milvus ('{indexed}', {self.versions.get('index_collection')})")
         if want and version != want:
@@ -473,15 +403,12 @@ class Recommender:
         try:
             feats, versions["pin_embeddings"] = self.ranker_features(user_id, pin_ids)
         except Exception as e:  # noqa: BLE001 - online-store failure: rank by retrieval similarity instead
-            t["feast_features"] = time.perf_counter()
-            order = np.argsort(-sims, kind="stable")[:k]
-            items = [{"pin_id": int(pin_ids[i]), "rank": r + 1, "score": None, "probabilities": None,
-                      "similarity": float(sims[i]), "retrieval_rank": int(i) + 1} for r, i in enumerate(order)]
-            t["end"] = time.perf_counter()
-            msg = (f"feature store read of ranker features failed ({_first_line(e)}): {len(items)} candidates "
-                   "in retrieval order")
-            return Recommendation(int(user_id), False, msg, items, _ms(t), {}, "ranker_features_unavailable",
-                                  versions, surface)
+            return _retrieval_order(user_id, k, pin_ids, sims, t, versions, surface, "ranker_features_unavailable",
+                                    f"feature store read of ranker features failed ({_first_line(e)})")
+        mismatch = pin_mismatch(versions["pin_embeddings"], self.versions)
+        if mismatch:  # scores of a ranker on another model's pin embeddings would be noise: never serve them
+            return _retrieval_order(user_id, k, pin_ids, sims, t, versions, surface, "incompatible_pin_embeddings",
+                                    mismatch)
         raw, filled = self._raw_inputs(feats, len(pin_ids), when, surface)
         t["feast_features"] = time.perf_counter()
         try:
@@ -499,6 +426,18 @@ class Recommender:
         if fallback:
             msg += " (feature store read failed: the user's last good embedding from this process's cache)"
         return Recommendation(int(user_id), False, msg, items, _ms(t), filled, fallback, versions, surface)
+
+
+def _retrieval_order(user_id: int, k: int, pin_ids: np.ndarray, sims: np.ndarray, t: dict[str, float],
+                     versions: dict[str, Any], surface: str, fallback: str, reason: str) -> Recommendation:
+    """The top ``k`` candidates by retrieval similarity (no ranker scores), the fallback and its reason said."""
+    t["feast_features"] = time.perf_counter()
+    order = np.argsort(-sims, kind="stable")[:k]
+    items = [{"pin_id": int(pin_ids[i]), "rank": r + 1, "score": None, "probabilities": None,
+              "similarity": float(sims[i]), "retrieval_rank": int(i) + 1} for r, i in enumerate(order)]
+    t["end"] = time.perf_counter()
+    msg = f"{reason}: {len(items)} candidates in retrieval order"
+    return Recommendation(int(user_id), False, msg, items, _ms(t), {}, fallback, versions, surface)
 
 
 def _first_line(e: BaseException) -> str:
