@@ -12,8 +12,9 @@ from components import config
 from components.cli import main as cli_main
 from components.config import ConfigError
 from components.evaluation import ranker as ranker_eval
+from components.evaluation.protocol import period_bounds
 from components.evaluation.result import read_results
-from components.training.ranker import prepare_data
+from components.training.ranker import prepare_data, train
 
 
 def test_eval_ranker_cli_writes_result_markdown_and_png(tiny_data, tmp_path, capsys):
@@ -90,3 +91,22 @@ def test_a_child_that_dies_without_reporting_is_an_error_not_a_hang():
     with pytest.raises(RuntimeError, match="exited with code 3 before reporting"):
         wait_for_child(proc, queue, "probe", poll_s=0.2)
     proc.join()
+
+
+def test_early_stopping_on_the_validation_period_publishes_the_best_weights(tiny_data, tmp_path):
+    """patience > 0 and the protocol's 'val' period: HIT@3/save validated every 2 steps, the best weights are the
+    published model (its val-period HIT@3/save is the best logged value), and the run stops once patience is
+    spent; without a period nothing is validated."""
+    cfg = config.load("ranker_mlp_tiny", {"patience": 1, "val_every": 2, "epochs": 3, "log_every": 10_000},
+                      model="ranker")
+    m = train(cfg, tiny_data, tmp_path / "m", val_period=period_bounds(tiny_data, "val"))
+    log = [json.loads(line) for line in (tmp_path / "m" / "train_log.jsonl").read_text().splitlines()]
+    vals = [r for r in log if r["event"] == "validate"]
+    assert vals and m["validations"] == len(vals) and all(r["metric"] == "val_hit3_save" for r in vals)
+    best = max(r["value"] for r in vals)
+    assert m["best_val_hit3_save"] == best and m["best_step"] == next(r["step"] for r in vals if r["value"] == best)
+    assert ranker_eval.ranker_period_metrics(tmp_path / "m", tiny_data, "val")["hit3_save"] == pytest.approx(best)
+    full_steps = 3 * -(-m["rows_train"] // cfg.batch_size)
+    assert m["stopped_early"] == (m["steps"] < full_steps)
+    plain = train(cfg, tiny_data, tmp_path / "plain")  # no period: no validation, every epoch
+    assert "best_step" not in plain and plain["steps"] == full_steps

@@ -7,6 +7,10 @@ count and reproducibility (mean and std of HIT@3/save over seeds).
 writes an :class:`EvalResult` as ``OUT/ranker_<dataset>.json`` and ``.md``, plus ``.png``; with the
 baselines (per-pin popularity, logistic regression, LightGBM) on the same split and features. Each (experiment, seed) trains in a fresh
 process so that its peak memory is its own: peak RSS is sampled every 5 ms while ``train`` runs.
+
+Early stopping (``patience`` > 0, as in the ``*_eval`` experiments): each run is validated on the ``val``
+period's requests (HIT@3/save), keeps its best weights and stops after ``patience`` validations without
+gain; report with ``--period test`` so that no choice saw the reported requests.
 """
 
 from __future__ import annotations
@@ -73,8 +77,9 @@ def _train_worker(experiment: str, overrides: dict[str, Any], data_dir: str, mod
     try:
         torch.set_num_threads(1)
         cfg = config_mod.load(experiment, overrides, model="ranker")
+        val = period_bounds(data_dir, "val") if cfg.patience > 0 else None  # early stopping on validation only
         with RSSSampler() as mem:
-            metrics = train(cfg, data_dir, model_dir, user_embeddings, pin_embeddings)
+            metrics = train(cfg, data_dir, model_dir, user_embeddings, pin_embeddings, val_period=val)
         metrics["peak_rss_mb"] = round(mem.peak / 2**20, 1)
         metrics["train_rss_increase_mb"] = round((mem.peak - mem.start) / 2**20, 1)
         queue.put(("ok", metrics))
@@ -221,7 +226,11 @@ def evaluate(experiments: list[str], data_dir: str | Path, out_dir: str | Path =
                            "after it evaluate (protocol.period_bounds)",
                   "queries": "every evaluation request with at least one save (HIT@3/save); every row (AUC)",
                   "candidate pool": "each request's logged impressions", "seeds": seeds,
-                  "overrides": extra, "tasks": tasks},
+                  "overrides": extra, "tasks": tasks,
+                  "early stopping": {e: (f"HIT@3/save on the 'val' period every {c.val_every or 'epoch'}"
+                                         f"{' steps' if c.val_every else ''}, patience {c.patience}, best weights "
+                                         "kept (report --period test)") if c.patience > 0 else "none"
+                                     for e, c in cfgs.items()}},
         metrics={**{k: v for k, v in METRIC_DIRECTIONS.items() if k.startswith("hit")},
                  **{f"auc_{t}": "higher" for t in tasks},
                  **{k: v for k, v in METRIC_DIRECTIONS.items() if not k.startswith("hit")}})
@@ -240,7 +249,8 @@ def evaluate(experiments: list[str], data_dir: str | Path, out_dir: str | Path =
                 m.update(inference_latency(model_dir))
             result.add(exp, seed, details={"arch": cfgs[exp].arch, "pepnet": cfgs[exp].pepnet,
                                            "model_dir": str(model_dir), "rows_train": m.get("rows_train"),
-                                           "rows_eval": m.get("rows_eval")},
+                                           "rows_eval": m.get("rows_eval"), "steps": m.get("steps"),
+                                           "best_step": m.get("best_step"), "stopped_early": m.get("stopped_early")},
                        **{k: m.get(k) for k in result.metrics})
             print(f"[eval ranker] {exp} seed {seed}: HIT@3/save {m.get('hit3_save')}, AUC save {m.get('auc_save')}, "
                   f"{m['train_seconds']:.1f} s", flush=True)

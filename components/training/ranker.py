@@ -2,7 +2,10 @@
 
 Training rows are impressions before ``meta["split_timestamp"]``, evaluation rows the ones after. Dense
 features are normalised with statistics of the training rows (saved with the model and exported for
-serving); user and pin embeddings are joined from embedding tables (None -> the content baseline).
+serving); user and pin embeddings are joined from embedding tables. Without a user table, each row's user
+vector is the content baseline *as of that row's time* (``components.data.point_in_time``: only the user's
+actions strictly before the impression), so no training row sees its own outcome; without a pin table, the
+pins' content vectors.
 Runs alone or under ``torchrun --nproc_per_node=2`` (gloo DDP; each rank takes its shard of every epoch's
 permutation); the loop itself (checkpoints, exact resume, logs) is :func:`components.training.loop.fit`.
 """
@@ -22,6 +25,7 @@ from torch import nn
 from components.config import RankerConfig
 from components.data import io
 from components.data.baseline import content_embeddings
+from components.data.point_in_time import UserHistory, user_history
 from components.data.schemas import SURFACES
 from components.data.tables import EmbeddingTable
 from components.data.validate import DataValidationError, load_table
@@ -30,10 +34,11 @@ from components.evaluation.metrics import auc, hit_at_k
 from components.models.ranker import FeatureSpec, Ranker
 from components.models.ranker_inputs import clamp_sparse, clamp_surface, normalize_dense
 from components.training.common import DistInfo, shard
-from components.training.loop import TrainTask, fit
+from components.training.loop import TrainTask, Validation, fit
 from components.training.pinnerformer import open_table
 
 EmbeddingSource = str | Path | EmbeddingTable | None
+UserFeatures = EmbeddingTable | UserHistory  # a table joined by id, or the point-in-time content history
 
 
 @dataclass
@@ -47,6 +52,7 @@ class RankerData:
     pin: np.ndarray  # (n, D_pin) float32
     labels: np.ndarray  # (n, K) float32
     request_id: np.ndarray  # (n,) int64
+    timestamp: np.ndarray | None = None  # (n,) int64 impression time (a validation period is cut by it)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -58,7 +64,8 @@ class RankerData:
 
     def subset(self, rows: np.ndarray) -> RankerData:
         return RankerData(*(a[rows] for a in (self.dense, self.sparse, self.surface, self.user, self.pin,
-                                             self.labels, self.request_id)))
+                                             self.labels, self.request_id)),
+                          timestamp=None if self.timestamp is None else self.timestamp[rows])
 
 
 def read_embeddings(source: EmbeddingSource, what: str) -> EmbeddingTable | None:
@@ -69,18 +76,17 @@ def read_embeddings(source: EmbeddingSource, what: str) -> EmbeddingTable | None
 
 
 def embedding_tables(data_dir: str | Path, user_embeddings: EmbeddingSource = None,
-                     pin_embeddings: EmbeddingSource = None) -> tuple[EmbeddingTable, EmbeddingTable]:
-    """(user table, pin table); a missing one is taken from the content baseline."""
+                     pin_embeddings: EmbeddingSource = None) -> tuple[UserFeatures, EmbeddingTable]:
+    """(user features, pin table). A missing user table is the content baseline's point-in-time history
+    (each row's vector from the actions before its own time), a missing pin table the content vectors."""
     users = read_embeddings(user_embeddings, "user embedding table")
     pins = read_embeddings(pin_embeddings, "pin embedding table")
-    if users is None or pins is None:
-        base_pins, base_users = content_embeddings(data_dir)
-        users = users if users is not None else base_users
-        pins = pins if pins is not None else base_pins
-    return users, pins
+    if pins is None:
+        pins, _ = content_embeddings(data_dir)
+    return (users if users is not None else user_history(data_dir)), pins
 
 
-def feature_spec(meta: dict[str, Any], users: EmbeddingTable, pins: EmbeddingTable) -> FeatureSpec:
+def feature_spec(meta: dict[str, Any], users: UserFeatures, pins: EmbeddingTable) -> FeatureSpec:
     sparse = dict(meta["sparse_features"])
     return FeatureSpec(dense=list(meta["dense_features"]), sparse=list(sparse), cardinalities=[int(c) for c in sparse.values()],
                        user_dim=users.dim, pin_dim=pins.dim, user_features=list(meta.get("user_features", [])),
@@ -105,10 +111,14 @@ def dense_stats(df: pd.DataFrame, spec: FeatureSpec) -> tuple[list[float], list[
 
 
 def to_arrays(df: pd.DataFrame, spec: FeatureSpec, tasks: list[str], mean: list[float], std: list[float],
-              users: EmbeddingTable, pins: EmbeddingTable) -> tuple[RankerData, dict[str, int]]:
-    """Impressions -> model inputs exactly as serving builds them (ranker_inputs' normalisation and clamps)."""
+              users: UserFeatures, pins: EmbeddingTable) -> tuple[RankerData, dict[str, int]]:
+    """Impressions -> model inputs exactly as serving builds them (ranker_inputs' normalisation and clamps);
+    point-in-time user features are taken as of each row's timestamp."""
     surface = vocab_of_frame(df).surface_codes(df["surface"])  # the dataset's surfaces (meta.json)
-    user, user_found = users.lookup(df["user_id"].to_numpy())
+    if isinstance(users, UserHistory):
+        user, user_found = users.at(df["user_id"].to_numpy(), df["timestamp"].to_numpy())
+    else:
+        user, user_found = users.lookup(df["user_id"].to_numpy())
     pin, pin_found = pins.lookup(df["pin_id"].to_numpy())
     data = RankerData(
         dense=normalize_dense(df[spec.dense].to_numpy(np.float32), mean, std),
@@ -116,7 +126,7 @@ def to_arrays(df: pd.DataFrame, spec: FeatureSpec, tasks: list[str], mean: list[
         surface=clamp_surface(surface, len(SURFACES)),
         user=user, pin=pin,
         labels=df[[f"label_{t}" for t in tasks]].to_numpy(np.float32),
-        request_id=df["request_id"].to_numpy(np.int64))
+        request_id=df["request_id"].to_numpy(np.int64), timestamp=df["timestamp"].to_numpy(np.int64))
     return data, {"missing_user_embeddings": int((~user_found).sum()), "missing_pin_embeddings": int((~pin_found).sum())}
 
 
@@ -241,8 +251,28 @@ class RankerTask(TrainTask):
                 "rows_train": len(self.train_data), "rows_eval": len(self.eval_data)}
 
 
+def validation_on(task: RankerTask, start: int, end: int | None) -> Validation:
+    """Early stopping for ``task`` (``cfg.patience`` > 0): HIT@3/save (AUC of the first task without a save
+    task) on its evaluation impressions in [start, end), the validation period; best weights kept."""
+    cfg = task.cfg
+    key = "hit3_save" if "save" in cfg.tasks else f"auc_{cfg.tasks[0]}"
+
+    def score(model: nn.Module) -> float | None:
+        data = task.eval_data
+        ts = data.timestamp
+        rows = np.flatnonzero((ts >= start) & (ts < end) if end is not None else ts >= start)
+        return evaluate(model, data.subset(rows), cfg.tasks, cfg.task_weights, cfg.eval_batch_size).get(key)
+
+    return Validation(score, metric=f"val_{key}", direction="higher", every=cfg.val_every, patience=cfg.patience)
+
+
 def train(cfg: RankerConfig, data_dir: str | Path, out_dir: str | Path, user_embeddings: EmbeddingSource = None,
-          pin_embeddings: EmbeddingSource = None, resume: bool = False) -> dict[str, Any]:
+          pin_embeddings: EmbeddingSource = None, resume: bool = False,
+          val_period: tuple[int, int | None] | None = None) -> dict[str, Any]:
     """Train the ranker into ``out_dir`` (model.pt, config.yaml, checkpoints/, train_log.jsonl, metrics.json);
-    a missing embedding table falls back to the content baseline. Returns the metrics."""
-    return fit(RankerTask(cfg, data_dir, user_embeddings, pin_embeddings), out_dir, resume=resume)
+    a missing embedding table falls back to the content baseline. With ``val_period`` ([start, end) unix
+    seconds inside the evaluation range) and ``cfg.patience`` > 0, validates there, keeps the best weights and
+    stops early (the evaluation harness passes the protocol's ``val`` period). Returns the metrics."""
+    task = RankerTask(cfg, data_dir, user_embeddings, pin_embeddings)
+    validation = validation_on(task, *val_period) if val_period is not None and cfg.patience > 0 else None
+    return fit(task, out_dir, resume=resume, validation=validation)
