@@ -360,7 +360,11 @@ def start_milvus(state: Path, password: str, timeout_s: float = 420.0, port: int
         finally:
             client.close()
 
-    _wait("milvus-server", proc, log, ready, timeout_s)
+    try:
+        _wait("milvus-server", proc, log, ready, timeout_s)
+    except StackError as e:  # the wrapper's log is a banner: add the standalone server's own log
+        logs = sorted((data / "logs").glob("*.log"), key=lambda f: f.stat().st_mtime)
+        raise StackError(f"{e}\n{logs[-1] if logs else data / 'logs'}:\n{_tail(logs[-1], 40) if logs else ''}") from None
     # the unpacked server binaries and data (~500 MB) go with the stack
     return Proc("milvus", proc.pid, uri, str(log), cleanup=[str(data)],
                 extra={"etcd_client": str(etcd_client), "etcd_peer": str(etcd_peer)})
