@@ -179,6 +179,8 @@ def growth(ns: list[int], rows: list[dict]) -> dict[str, dict]:
     """Per stage: exponents of time, peak RSS and stage RSS, end to end and between consecutive sizes."""
     out = {}
     for stage in STAGES:
+        if any("error" in r["stages"][stage] for r in rows):
+            continue  # a stage that failed at some size has no growth figure
         g: dict = {}
         for q, key in (("time", "stage_seconds"), ("peak_rss", "peak_rss_mb"), ("stage_rss", "stage_rss_mb")):
             ys = [r["stages"][stage][key] for r in rows]
@@ -190,11 +192,12 @@ def growth(ns: list[int], rows: list[dict]) -> dict[str, dict]:
 
 def plot_rows(rows: list[dict]) -> dict[str, list[dict]]:
     """Flat per-size rows the report's growth plot reads (a size column, then time/RSS columns)."""
-    out = {name: [{"pins": r["pins"], **{f"{s}_seconds": r["stages"][s]["stage_seconds"] for s in group}}
+    ok = {s for s in STAGES if all("error" not in r["stages"][s] for r in rows)}
+    out = {name: [{"pins": r["pins"], **{f"{s}_seconds": r["stages"][s]["stage_seconds"] for s in group if s in ok}}
                   for r in rows] for name, group in PLOT_GROUPS.items()}
     out["rss_vs_events"] = [{"events": r["events"], **{f"{s}_stage_rss_mb": r["stages"][s]["stage_rss_mb"]
                                                        for s in ("prepare", "embed_users", "feast_materialize_server",
-                                                                 "embed_pins")}} for r in rows]
+                                                                 "embed_pins") if s in ok}} for r in rows]
     return out
 
 
@@ -220,10 +223,9 @@ def test_bench_scale(tmp_path, bench_record):
                       "minus the after-import baseline) at each size; growth exponent a of cost ~ pins^a (events = "
                       "4 x pins, so the same a in events)",
               "sizes": ns, "training_steps": STEPS, "rows": rows}
-    if not failed:
-        result["growth"] = growth(ns, rows)
-        if len(ns) >= 3:
-            result.update(plot_rows(rows))
+    result["growth"] = growth(ns, rows)
+    if len(ns) >= 3:
+        result.update(plot_rows(rows))
     result["failed_stages"] = failed
     bench_record("scale.stages", result)
     assert not failed, f"stages failed: {failed}"
