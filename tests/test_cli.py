@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from _shared import prepare_output
 
 from components.data import io
 
@@ -72,10 +73,10 @@ def test_a_light_command_does_not_import_torch():
     assert proc.stdout.split("\n")[-2] == "2 []", proc.stdout + proc.stderr
     assert "not a directory" in proc.stderr and "Traceback" not in proc.stderr
 
-def test_prepare_and_validate_ml100k(tmp_path):
-    d = tmp_path / "ml"
-    prep = homefeed("data", "prepare", "--dataset", "ml-100k", "--out", str(d))
-    assert "preparing ml-100k" in prep.stdout
+def test_prepare_and_validate_ml100k(ml100k_data):
+    """The session's ML-100k directory is made by the console script (tests/_shared.py build_ml100k_data)."""
+    d = ml100k_data
+    assert "preparing ml-100k" in prepare_output(d)
     out = homefeed("data", "validate", str(d)).stdout
     for line in ("| pins | 1,682 |", "| users | 943 |", "| events | 100,000 |", "| boards | 5,925 |",
                  "| date range | 1997-09-20 .. 1998-04-22 |", "| eval split | from 1998-03-25"):

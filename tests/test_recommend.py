@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from components import cli, config
+from components import cli
 from components.data import io
 from components.data.baseline import content_embeddings
 from components.data.tables import write_table
@@ -27,16 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_data, tmp_path_factory):
-    from components.serving.export import export_ranker
-    from components.training.ranker import train
-
+def stack(tiny_data, tiny_ranker_export, tmp_path_factory):
     root = tmp_path_factory.mktemp("recommend")
     pins, users = content_embeddings(tiny_data)  # stand-ins for PinSage / PinnerFormer tables (same 64-d space)
     write_table(pins, root / "pins.parquet")
     write_table(users, root / "users.parquet")
-    train(config.load("ranker_tiny"), tiny_data, root / "model")
-    export_ranker(root / "model", root / "export", data_dir=tiny_data)
+    for part in ("model", "export"):  # the run's tiny ranker_tiny and its export (tests/conftest.py)
+        (root / part).symlink_to(tiny_ranker_export / part)
     day = io.partitions(tiny_data, "impressions")[-1]
     repo = root / "feature_repo"
     assert cli.main(["features", "apply", "--repo", str(repo), "--data", str(tiny_data), "--date", day,

@@ -24,16 +24,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")
-def models(tiny_data, tmp_path_factory):
-    """Tiny PinSage and PinnerFormer models (one epoch each): what a training run would hand the daily run."""
-    from components.inference.pinsage import embed_pins
-    from components.training import pinnerformer, pinsage
-
-    root = tmp_path_factory.mktemp("stack_models")
-    pinsage.train(config.load("pinsage_tiny", ["epochs=1"]), tiny_data, root / "pinsage")
-    pins = embed_pins(root / "pinsage", tiny_data, root / "pins")
-    pinnerformer.train(config.load("pinnerformer_tiny", ["epochs=1"]), tiny_data, pins, root / "pinnerformer")
-    return root
+def models(tiny_retrieval_models) -> Path:
+    """Tiny PinSage and PinnerFormer models (one epoch each): what a training run would hand the daily run
+    (tests/conftest.py)."""
+    return tiny_retrieval_models
 
 
 @pytest.fixture(scope="module")

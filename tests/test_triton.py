@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from components import config
 from components.data.baseline import content_embeddings
 from components.data.schemas import SURFACES
 from components.data.validate import load_table
@@ -29,19 +28,14 @@ from components.serving.triton_client import RankerClient
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_data, tmp_path_factory):
-    from components.serving.export import export_ranker
-    from components.training.ranker import train
-
-    root = tmp_path_factory.mktemp("triton")
-    train(config.load("ranker_tiny"), tiny_data, root / "model")
-    export_ranker(root / "model", root / "export", data_dir=tiny_data)
-    return root
+def exported(tiny_ranker_export):
+    """The run's tiny ranker (``model/``) and its export (``export/``): tests/conftest.py, read-only."""
+    return tiny_ranker_export
 
 
 @pytest.fixture(scope="module")
-def server(exported):
-    repo = mr.materialize(exported / "export", exported / "repository", target="python_onnx")
+def server(exported, tmp_path_factory):
+    repo = mr.materialize(exported / "export", tmp_path_factory.mktemp("triton") / "repository", target="python_onnx")
     srv = TritonServer(repo)
     srv.start()
     pgid = os.getpgid(srv.process.pid)
