@@ -43,8 +43,11 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
+# Two pytest-xdist workers (CI has 2 cores; TEST_WORKERS=0 runs in one process): each test module goes whole to one
+# worker, the modules sharing the server stack together, slowest first (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: venv venv-triton helm lint
-	$(VENV)/bin/pytest -q tests --ignore=tests/bench
+	$(VENV)/bin/pytest -q tests --ignore=tests/bench -n $(TEST_WORKERS)
 
 # The demo leaves tritonserver and the recommend service running (its summary says how to query them);
 # `make demo-stop` stops them (a new `make demo` does too).
