@@ -123,7 +123,7 @@ def run_eval(data_dir: str | Path, out_dir: str | Path, pin_embeddings: str | Pa
                   "seeds": seeds, "experiment": experiment, "overrides": list(overrides or []),
                   "pin input": pin_source,
                   "early stopping": (f"Recall@10 of the 'val' half of the held-out users every "
-                                     f"{base.val_every or 'epoch'} {'steps' if base.val_every else ''}, patience "
+                                     f"{f'{base.val_every} steps' if base.val_every else 'epoch'}, patience "
                                      f"{base.patience}, best weights kept" if base.patience > 0 else "none")},
         metrics=dict(METRICS))
     users = None

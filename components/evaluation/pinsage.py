@@ -208,7 +208,7 @@ def compare(cfg: PinSageConfig, data_dir: str | Path, out_dir: str | Path, comma
                   "candidate pool": "all other pins" if pool is None else f"{len(pool)} random pins (SPLIT_SEED)",
                   "num_pins": graph.num_pins, "seeds": seeds, "experiment": cfg_experiment(cfg),
                   "early stopping": (f"MRR on {len(val_pairs)} 'val' period pairs every "
-                                     f"{cfg.val_every or 'epoch'} {'steps' if cfg.val_every else ''}, patience "
+                                     f"{f'{cfg.val_every} steps' if cfg.val_every else 'epoch'}, patience "
                                      f"{cfg.patience}, best weights kept" if val_pairs is not None else "none")},
         metrics={k: v for k, v in METRICS.items() if k != "topic@10" or topics is not None})
     if baselines:
