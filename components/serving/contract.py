@@ -22,6 +22,9 @@ import numpy as np
 from components.serving import ranker_io
 from components.serving.model_repository import PREPROCESS
 
+REQUEST_FIELDS = {"user_id", "k", "surface", "exclude", "candidates"}  # POST /v1/recommend
+MAX_EXCLUDE = 10_000
+
 
 class RecommendError(RuntimeError):
     """A recommend-path problem naming the store, index or server and what was expected."""
@@ -111,3 +114,36 @@ def pin_mismatch(pin_version: str | None, versions: dict[str, Any]) -> str | Non
         return None
     return (f"feature store pin embeddings of '{pin_version}' but the ranker ({versions.get('ranker')}) was trained "
             f"on '{want}': publish the pin embeddings and the ranker from the same PinSage model")
+
+
+def parse_request(body: bytes, default_k: int, default_candidates: int) -> dict[str, Any]:
+    """The recommend request from a JSON body; RequestError naming the field otherwise."""
+    try:
+        req = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError("body", f"not valid JSON ({e})") from None
+    if not isinstance(req, dict):
+        raise RequestError("body", f"expected a JSON object, got {type(req).__name__}")
+    unknown = sorted(set(req) - REQUEST_FIELDS)
+    if unknown:
+        raise RequestError(unknown[0], f"unknown field; expected {', '.join(sorted(REQUEST_FIELDS))}")
+    if "user_id" not in req:
+        raise RequestError("user_id", "required (an integer)")
+    out: dict[str, Any] = {"k": default_k, "candidates": default_candidates, "surface": "homefeed", "exclude": []}
+    out.update(req)
+    for name in ("user_id", "k", "candidates"):
+        v = out[name]
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise RequestError(name, f"expected an integer, got {json.dumps(v)}")
+    if not -(2**63) <= out["user_id"] < 2**63:
+        raise RequestError("user_id", "out of the int64 range")
+    if not isinstance(out["surface"], str):
+        raise RequestError("surface", f"expected a string, got {json.dumps(out['surface'])}")
+    ex = out["exclude"]
+    if ex is None:
+        out["exclude"] = ex = []
+    if not isinstance(ex, list) or any(isinstance(p, bool) or not isinstance(p, int) for p in ex):
+        raise RequestError("exclude", "expected a list of integer pin ids")
+    if len(ex) > MAX_EXCLUDE:
+        raise RequestError("exclude", f"at most {MAX_EXCLUDE} pin ids, got {len(ex)}")
+    return out

@@ -179,7 +179,7 @@ def build_tensorrt(onnx_path: str | Path, plan_path: str | Path, fp16: bool = Fa
     """Build a TensorRT plan from the exported ONNX with TensorRT's Python builder (dynamic batch 1..max_batch,
     optimised for ``opt_batch``; FP16 optional). Needs the ``tensorrt`` package and a GPU."""
     try:
-        import tensorrt as trt
+        import tensorrt as trt  # optional: only on a GPU node building a plan
     except ImportError as e:
         raise RuntimeError(
             "TensorRT is not installed (pip install tensorrt; it needs an NVIDIA GPU and driver). On a GPU node run "

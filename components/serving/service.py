@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hmac
-import json
 import queue
 import threading
 import time
@@ -39,6 +38,7 @@ from pymilvus import MilvusClient
 from starlette.concurrency import run_in_threadpool
 
 from components.serving import feast_store
+from components.serving.contract import parse_request
 from components.serving.milvus_index import connect, disconnect, served_collection
 from components.serving.recommend import (
     DependencyError,
@@ -55,8 +55,6 @@ from components.serving.triton_client import RankerClient
 DEPENDENCIES = ("feast", "milvus", "triton")
 STAGES = ("feast_user", "milvus", "feast_features", "triton", "total")
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
-REQUEST_FIELDS = {"user_id", "k", "surface", "exclude", "candidates"}
-MAX_EXCLUDE = 10_000
 
 
 @dataclass
@@ -253,39 +251,6 @@ def _bearer_ok(header: str | None, token: str) -> bool:
     scheme, _, value = (header or "").partition(" ")
     # compare_digest on bytes: constant time whatever the length and content of the presented value
     return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
-
-
-def parse_request(body: bytes, default_k: int, default_candidates: int) -> dict[str, Any]:
-    """The recommend request from a JSON body; RequestError naming the field otherwise."""
-    try:
-        req = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError("body", f"not valid JSON ({e})") from None
-    if not isinstance(req, dict):
-        raise RequestError("body", f"expected a JSON object, got {type(req).__name__}")
-    unknown = sorted(set(req) - REQUEST_FIELDS)
-    if unknown:
-        raise RequestError(unknown[0], f"unknown field; expected {', '.join(sorted(REQUEST_FIELDS))}")
-    if "user_id" not in req:
-        raise RequestError("user_id", "required (an integer)")
-    out: dict[str, Any] = {"k": default_k, "candidates": default_candidates, "surface": "homefeed", "exclude": []}
-    out.update(req)
-    for name in ("user_id", "k", "candidates"):
-        v = out[name]
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise RequestError(name, f"expected an integer, got {json.dumps(v)}")
-    if not -(2**63) <= out["user_id"] < 2**63:
-        raise RequestError("user_id", "out of the int64 range")
-    if not isinstance(out["surface"], str):
-        raise RequestError("surface", f"expected a string, got {json.dumps(out['surface'])}")
-    ex = out["exclude"]
-    if ex is None:
-        out["exclude"] = ex = []
-    if not isinstance(ex, list) or any(isinstance(p, bool) or not isinstance(p, int) for p in ex):
-        raise RequestError("exclude", "expected a list of integer pin ids")
-    if len(ex) > MAX_EXCLUDE:
-        raise RequestError("exclude", f"at most {MAX_EXCLUDE} pin ids, got {len(ex)}")
-    return out
 
 
 def create_app(settings: ServiceSettings):

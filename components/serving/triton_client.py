@@ -25,9 +25,9 @@ class RankerClient:
         self.protocol, self.model, self.timeout_s = protocol, model, timeout_s
         # only the chosen protocol's client: tritonclient.grpc pulls grpc, tritonclient.http gevent/geventhttpclient
         if protocol == "grpc":
-            import tritonclient.grpc as lib
+            import tritonclient.grpc as lib  # only the protocol used: each client pulls its own stack
         else:
-            import tritonclient.http as lib
+            import tritonclient.http as lib  # (grpc, or gevent/geventhttpclient)
         self._lib = lib
         self.client = lib.InferenceServerClient(url)
 
