@@ -6,7 +6,7 @@ Sizes by environment (``make bench`` runs the defaults; the README's figures com
     HOMEFEED_BENCH_PINS=1000000 HOMEFEED_BENCH_STACK_PROFILES=server pytest -q -s tests/bench/bench_stack.py
     HOMEFEED_BENCH_PINS=1000000 HOMEFEED_BENCH_STACK_RECOMMEND=0 pytest -q -s tests/bench/bench_stack.py  # retrieval only
 
-HOMEFEED_BENCH_PINS synthetic pins (default 100000; users = pins / 10), 64-d clustered embeddings, and ranker
+HOMEFEED_BENCH_PINS synthetic pins (default 30000; users = pins / 10), 64-d clustered embeddings, and ranker
 features with the served ranker's own feature names, published through the daily run's code
 (``feast_store.apply`` + ``materialize``, ``milvus_index.build_index``) into the local profile (Feast SQLite + file
 registry, Milvus Lite) and the server profile started for real (Valkey, PostgreSQL, the Milvus 2.3.5 server:
@@ -43,7 +43,7 @@ from components.serving.recommend import RecommendConfig, Recommender
 from components.serving.triton import TritonServer
 from components.stackconfig import load_stack
 
-PINS = int(os.environ.get("HOMEFEED_BENCH_PINS", "100000"))
+PINS = int(os.environ.get("HOMEFEED_BENCH_PINS", "30000"))
 USERS = max(PINS // 10, 100)
 PROFILES = [p.strip() for p in os.environ.get("HOMEFEED_BENCH_STACK_PROFILES", "local,server").split(",") if p.strip()]
 # "0": only the Milvus server part (index build + HNSW vs exact), no Feast publish, no Triton, no recommend requests
