@@ -1,7 +1,7 @@
 """The daily embedding run in shards: shard k of n is a deterministic partition of the ids, each shard computes
 only its rows (PinSage: the layers its pins need), and the merged tables -- and the Feast rows and the Milvus
 collection built from them -- equal the unsharded run's (library level, then the daily pipeline through
-kfp.local with 1 vs 3 shards)."""
+kfp.local with 3 shards against the unsharded library calls its steps wrap)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components import config
 from components.data import io
 from components.data.tables import EmbeddingTable, VersionedStore, read_table
 from components.inference import shards as sh
@@ -54,16 +53,9 @@ def test_merge_tables_sorts_and_refuses_bad_shards():
 
 
 @pytest.fixture(scope="module")
-def models(tiny_data, tmp_path_factory):
-    """Tiny PinSage and PinnerFormer models (one epoch each) and the unsharded pin table."""
-    from components.inference.pinsage import embed_pins
-    from components.training import pinnerformer, pinsage
-
-    root = tmp_path_factory.mktemp("shard_models")
-    pinsage.train(config.load("pinsage_tiny", ["epochs=1"]), tiny_data, root / "pinsage")
-    pins = embed_pins(root / "pinsage", tiny_data, root / "pins", version="full")
-    pinnerformer.train(config.load("pinnerformer_tiny", ["epochs=1"]), tiny_data, pins, root / "pinnerformer")
-    return root
+def models(tiny_retrieval_models) -> Path:
+    """Tiny PinSage and PinnerFormer models (one epoch each) and the unsharded pin table (tests/conftest.py)."""
+    return tiny_retrieval_models
 
 
 def _date(data: Path) -> str:
@@ -103,9 +95,10 @@ def test_sharded_library_calls_equal_unsharded(models, tiny_data, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def daily_runs(models, tiny_data, tmp_path_factory) -> dict[int, dict]:
-    """The daily pipeline through kfp.local with 1 and with 3 shards, each into its own stores (user store seeded
-    with the same previous day, Feast on SQLite, Milvus Lite)."""
+def daily_run(models, tiny_data, tmp_path_factory) -> dict:
+    """The daily pipeline through kfp.local with 3 shards (user store seeded with the previous day, Feast on SQLite,
+    Milvus Lite). The unsharded daily pipeline runs end to end in test_pipelines_local, test_stack_pipeline and
+    test_demo; here the sharded run is compared with the unsharded library calls (``unsharded``)."""
     from kfp import local
 
     from components.inference.users import embed_users
@@ -114,21 +107,33 @@ def daily_runs(models, tiny_data, tmp_path_factory) -> dict[int, dict]:
     date = _date(tiny_data)
     previous = [d for d in io.partitions(tiny_data, "events") if d < date][-1]
     pin_table = VersionedStore(models / "pins").path()
-    runs = {}
-    for n in (1, SHARDS):
-        out = tmp_path_factory.mktemp(f"daily_{n}_shards")
-        store = out / "store"
-        embed_users(models / "pinnerformer", tiny_data, pin_table, store / "embeddings", previous)
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"),
-                   workspace_root=str(out / "kfp-workspace"), raise_on_error=True)
-        t0 = dt.datetime.now().timestamp()
-        pipeline_func("daily", local=True)(
-            date=date, data_uri=str(tiny_data), pinsage_model_uri=str(models / "pinsage"),
-            pinnerformer_model_uri=str(models / "pinnerformer"), embeddings_root=str(store / "embeddings"),
-            feature_repo=str(store / "feature_repo"), milvus_uri=str(store / "milvus.db"), shards=n)
-        run_dir, tasks = _summary(out / "kfp", PIPELINES["daily"], t0)
-        runs[n] = {"store": store, "tasks": tasks, "run_dir": run_dir, "date": date, "previous": previous}
-    return runs
+    out = tmp_path_factory.mktemp(f"daily_{SHARDS}_shards")
+    store = out / "store"
+    embed_users(models / "pinnerformer", tiny_data, pin_table, store / "embeddings", previous)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"),
+               workspace_root=str(out / "kfp-workspace"), raise_on_error=True)
+    t0 = dt.datetime.now().timestamp()
+    pipeline_func("daily", local=True)(
+        date=date, data_uri=str(tiny_data), pinsage_model_uri=str(models / "pinsage"),
+        pinnerformer_model_uri=str(models / "pinnerformer"), embeddings_root=str(store / "embeddings"),
+        feature_repo=str(store / "feature_repo"), milvus_uri=str(store / "milvus.db"), shards=SHARDS)
+    run_dir, tasks = _summary(out / "kfp", PIPELINES["daily"], t0)
+    return {"store": store, "tasks": tasks, "run_dir": run_dir, "date": date, "previous": previous}
+
+
+@pytest.fixture(scope="module")
+def unsharded(models, tiny_data, daily_run, tmp_path_factory) -> dict[str, EmbeddingTable]:
+    """What an unsharded daily run publishes, by the library calls its steps wrap: every pin's PinSage embedding,
+    every pin's pin-tower embedding, and the users active on the date merged into the same previous day."""
+    from components.inference.users import embed_pin_tower, embed_users
+
+    out = tmp_path_factory.mktemp("unsharded")
+    pin_table = VersionedStore(models / "pins").path()
+    embed_users(models / "pinnerformer", tiny_data, pin_table, out / "embeddings", daily_run["previous"])
+    return {"pins": read_table(pin_table),
+            "tower": read_table(embed_pin_tower(models / "pinnerformer", pin_table, out / "tower", "d")),
+            "users": read_table(embed_users(models / "pinnerformer", tiny_data, pin_table, out / "embeddings",
+                                            daily_run["date"]))}
 
 
 def _published(run: dict, task: str, output: str) -> EmbeddingTable:
@@ -137,49 +142,45 @@ def _published(run: dict, task: str, output: str) -> EmbeddingTable:
     return read_table(table_path(run["tasks"][task][output]["path"]))
 
 
-def test_daily_pipeline_three_shards_publish_what_one_shard_does(daily_runs):
+def test_daily_pipeline_three_shards_publish_what_an_unsharded_run_does(daily_run, unsharded):
     from components.serving import feast_store
     from components.serving import milvus_index as mi
 
-    one, three = daily_runs[1], daily_runs[SHARDS]
+    three = daily_run
     # every shard ran as its own task, and each computed only its share of the pins
     shard_stats = [json_metrics(p) for p in sorted(three["run_dir"].glob("for-loop-*-iteration-*/embed-pins"))]
     assert len(shard_stats) == SHARDS and sorted(s["shard"] for s in shard_stats) == list(range(SHARDS))
     assert three["tasks"]["merge-pins"]["stats"]["metadata"]["shards"] == SHARDS
-    for task, output in (("merge-pins", "embeddings"), ("merge-pin-tower", "embeddings"), ("merge-users", "users")):
-        a, b = _published(one, task, output), _published(three, task, output)
+    for task, output, key in (("merge-pins", "embeddings", "pins"), ("merge-pin-tower", "embeddings", "tower"),
+                              ("merge-users", "users", "users")):
+        a, b = unsharded[key], _published(three, task, output)
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_array_equal(a.embeddings, b.embeddings)
         assert a.model_version == b.model_version
-    assert sum(s["pins"] for s in shard_stats) == len(_published(one, "merge-pins", "embeddings"))
-    # the user store: merged with the same previous day, published as the date
-    tables = []
-    for run in (one, three):
-        users = VersionedStore(run["store"] / "embeddings" / "users")
-        assert users.current() == run["date"] and run["previous"] in users.versions()
-        assert run["tasks"]["merge-users"]["users"]["metadata"]["previous_version"] == run["previous"]
-        tables.append(users.read())
-    np.testing.assert_array_equal(tables[0].ids, tables[1].ids)
-    np.testing.assert_array_equal(tables[0].embeddings, tables[1].embeddings)
-    assert len(tables[0]) > three["tasks"]["merge-users"]["stats"]["metadata"]["embedded"]  # idle users carried over
-    # Feast serves the same user rows; Milvus holds the same collection (its name hashes ids and vectors)
-    ids = tables[0].ids
-    served = [feast_store.online_user_embeddings(run["tasks"]["register-features"]["repo"]["metadata"]["repo_dir"], ids)[0]
-              for run in (one, three)]
-    np.testing.assert_array_equal(served[0], served[1])
-    np.testing.assert_allclose(served[0], tables[0].embeddings, rtol=1e-6)
-    names, hits = [], []
-    tower = _published(one, "merge-pin-tower", "embeddings")
-    for run in (one, three):
-        index = mi.PinIndex(run["store"] / "milvus.db")
-        try:
-            names.append(mi.served_collection(index.client, index.alias))
-            hits.append(index.search(tower.embeddings[:20], 5)[0])
-        finally:
-            index.close()
-    assert names[0] == names[1] == three["tasks"]["build-index"]["index"]["metadata"]["collection"]
-    np.testing.assert_array_equal(hits[0], hits[1])
-    assert (hits[0][:, 0] == tower.ids[:20]).all()
+    assert all(0 < s["pins"] < len(unsharded["pins"]) for s in shard_stats)
+    assert sum(s["pins"] for s in shard_stats) == len(unsharded["pins"])
+    # the user store: merged with the previous day, published as the date
+    users = VersionedStore(three["store"] / "embeddings" / "users")
+    assert users.current() == three["date"] and three["previous"] in users.versions()
+    assert three["tasks"]["merge-users"]["users"]["metadata"]["previous_version"] == three["previous"]
+    table = users.read()
+    np.testing.assert_array_equal(table.ids, unsharded["users"].ids)
+    np.testing.assert_array_equal(table.embeddings, unsharded["users"].embeddings)
+    assert len(table) > three["tasks"]["merge-users"]["stats"]["metadata"]["embedded"]  # idle users carried over
+    # Feast serves the merged user rows; Milvus holds the collection of the unsharded pin-tower table (its name
+    # hashes ids and vectors) behind the alias
+    served, _ = feast_store.online_user_embeddings(
+        three["tasks"]["register-features"]["repo"]["metadata"]["repo_dir"], table.ids)
+    np.testing.assert_allclose(served, table.embeddings, rtol=1e-6)
+    tower = unsharded["tower"]
+    index = mi.PinIndex(three["store"] / "milvus.db")
+    try:
+        name = mi.served_collection(index.client, index.alias)
+        hits = index.search(tower.embeddings[:20], 5)[0]
+    finally:
+        index.close()
+    assert name == three["tasks"]["build-index"]["index"]["metadata"]["collection"] == mi.collection_name(tower)
+    assert (hits[:, 0] == tower.ids[:20]).all()
 
 
 def json_metrics(task_dir: Path) -> dict:
