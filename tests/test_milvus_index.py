@@ -52,6 +52,26 @@ def test_build_switch_and_keep_previous(tables):
     index.close()
 
 
+def test_create_index_survives_the_clients_retry_of_a_slow_call(tables):
+    """pymilvus retries a create_index call that outlived its deadline while the server went on creating the
+    index; the retry's "index already exists" is success when the index is there (it lost a 100k-pin build
+    under load). Any other failure still raises."""
+    uri = str(tables["root"] / "retry.db")
+    name = mi.build_index(uri, tables["p1"])
+    client = mi.connect(uri, None)
+    try:
+        index = client.prepare_index_params()
+        index.add_index(field_name=mi.VECTOR_FIELD, index_type="HNSW", metric_type="COSINE",
+                        params={"M": 8, "efConstruction": 64})
+        with pytest.raises(mi.MilvusException, match="already exist"):
+            client.create_index(name, index)  # what the retry meets
+        mi._create_index(client, name, index)  # ... and what build_index makes of it
+        with pytest.raises(mi.MilvusException):
+            mi._create_index(client, "no_such_collection", index)
+    finally:
+        mi.disconnect(client, uri)
+
+
 def test_failed_build_never_disturbs_serving(tables):
     uri = str(tables["root"] / "b.db")
     c1 = mi.build_index(uri, tables["p1"])

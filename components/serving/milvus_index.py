@@ -73,6 +73,7 @@ class _LiteStartErrors(logging.Filter):
         return False
 
 
+log = logging.getLogger(__name__)
 _LITE_LOG = logging.getLogger("milvus_lite.server_manager")
 _LITE_OPEN: dict[str, int] = {}  # Milvus Lite file -> clients open on it in this process
 _LITE_LOCK = threading.Lock()
@@ -219,7 +220,7 @@ def build_index(uri: str | Path, embeddings_path: str | Path, alias: str = ALIAS
             if on_batch is not None:
                 on_batch(e, n)
         client.flush(name)
-        client.create_index(name, index)
+        _create_index(client, name, index)
         client.load_collection(name)
         if wait:
             wait_for_index(client, name, n)
@@ -294,6 +295,18 @@ def rollback(uri: str | Path, alias: str = ALIAS, to: str | None = None, token: 
         return served, to
     finally:
         disconnect(client, uri)
+
+
+def _create_index(client, collection: str, index) -> None:
+    """``create_index``, surviving pymilvus' retry of its own slow call: on a loaded machine the first call can
+    outlive the RPC deadline while the server goes on creating the index, and the retry then fails with "index
+    already exists" (seen at 100k pins under load): that error is success when the collection has the index."""
+    try:
+        client.create_index(collection, index)
+    except MilvusException as e:
+        if "already exist" not in str(e) or not client.list_indexes(collection, field_name=VECTOR_FIELD):
+            raise
+        log.info("collection %s: create_index was retried after the index was created; using it", collection)
 
 
 def wait_for_index(client, collection: str, rows: int, timeout_s: float = 600.0) -> None:
