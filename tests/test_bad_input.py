@@ -228,8 +228,12 @@ def test_prepare_serving_and_config_classes(tiny_data, tmp_path):
     tiny = ["data", "prepare", "--dataset", "synthetic", "--experiment", "synthetic_tiny"]
     classes = [
         ("negative --users", [*tiny, "--users", "-5", "--out", str(tmp_path / "x")], "key 'users' expects int >= 1"),
-        ("NaN feature noise, previous output kept", [*tiny, "--set", "feature_noise=.nan", "--out", str(published)],
-         "pins.parquet: column 'features'"),
+        ("NaN feature noise, refused at load", [*tiny, "--set", "feature_noise=.nan", "--out", str(tmp_path / "n")],
+         "key 'feature_noise' expects float >= 0, got nan"),
+        # a finite noise so large that float32 features overflow: only validation of the built sibling sees it
+        ("overflowing feature noise, previous output kept",
+         [*tiny, "--set", "feature_noise=1.0e+300", "--out", str(published)],
+         "pins.parquet: column 'features': 800 of 800 rows hold NaN or infinite values"),
         ("--out is a folder that is not a data directory", [*tiny, "--out", str(not_data)],
          "is not a homefeed data directory"),
         ("days <= eval_days", [*tiny, "--days", "3", "--set", "eval_days=5", "--out", str(tmp_path / "y")],
