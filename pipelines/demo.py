@@ -353,7 +353,7 @@ def stop_serving(out: Path) -> list[str]:
     """Stop the servers a demo in ``out`` left running (``serving.json``): each by its process group, only if
     the recorded process is still the one the demo started (its command line matches). Returns their names."""
     # pymilvus, redis, psycopg, imported after the output is routed to the log (import-time warnings)
-    from components.stack.servers import stop_group
+    from components.stack.processes import stop_group
 
     path = out / SERVING_FILE
     if not path.exists():

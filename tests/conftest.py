@@ -101,7 +101,7 @@ def server_stack(tmp_path_factory):
     tritonserver; ``components.stack.isolated(cfg, name, dir)`` gives a test its own Feast project and Milvus
     alias on the same servers. At the end every server is stopped by process group, and checked gone."""
     from components import stack
-    from components.stack.servers import alive
+    from components.stack.processes import alive
 
     state = tmp_path_factory.mktemp("server_stack")
     cfg = stack.up("server", state)

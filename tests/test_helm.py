@@ -491,7 +491,8 @@ def wait_for(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float 
 def postgres(tmp_path_factory):
     """A real PostgreSQL on 127.0.0.1 and a free port (components.stack's server, superuser postgres with a random
     password), stopped by its process group at the end. Yields (host, port, password)."""
-    from components.stack.servers import alive, start_postgres, stop_group
+    from components.stack.processes import alive, stop_group
+    from components.stack.servers import start_postgres
 
     password = secrets.token_hex(12)
     proc = start_postgres(tmp_path_factory.mktemp("postgres"), password)

@@ -39,7 +39,7 @@ from components.serving import model_repository
 from components.serving.contract import find_preprocess
 from components.serving.recommend import RecommendConfig, Recommender
 from components.serving.triton import free_port
-from components.stack.servers import alive
+from components.stack.processes import alive
 from components.stackconfig import SecretRef, ServiceConfig, dump_stack, load_stack
 
 ROOT = Path(__file__).resolve().parents[1]

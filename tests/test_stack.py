@@ -21,6 +21,7 @@ from components.data.baseline import content_embeddings
 from components.data.tables import write_table
 from components.serving import feast_store
 from components.serving import milvus_index as mi
+from components.stack.processes import alive
 from components.stackconfig import StackConfigError, load_stack, parse_stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,7 +245,7 @@ def test_a_stopped_server_restarts_on_its_port_with_its_data_and_password(server
     c.set("homefeed:restart-probe", "kept")
     c.close()
     stack.stop_server(state, "valkey")
-    assert stack.servers.alive(before["valkey"].pgid) == []
+    assert alive(before["valkey"].pgid) == []
     with pytest.raises(redis.exceptions.ConnectionError):
         client().ping()
     back = stack.restart(state, "valkey")

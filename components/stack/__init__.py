@@ -27,18 +27,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from components.serving import feast_store
+from components.stack.processes import StackError, alive, endpoint_port, remove, stop_group
 from components.stack.servers import (
     Proc,
-    StackError,
-    alive,
-    endpoint_port,
-    remove,
     start_feast_serve,
     start_milvus,
     start_postgres,
     start_triton,
     start_valkey,
-    stop_group,
 )
 from components.stackconfig import PROFILES, SecretRef, StackConfig, dump_stack, feast_secret_env, load_stack
 

@@ -36,11 +36,9 @@ import redis
 from pymilvus import MilvusClient
 
 from components.serving.triton import TritonServer, free_port
-from components.stack.processes import StackError, alive, endpoint_port, remove, stop_group, wait_port_free
+from components.stack.processes import StackError, stop_group, wait_port_free
 
-# alive, endpoint_port, remove: re-exported for the importers of components.stack.servers
-__all__ = ["Proc", "StackError", "alive", "endpoint_port", "remove", "stop_group", "wait_port_free", "start_valkey",
-           "start_postgres", "start_milvus", "start_feast_serve", "start_triton", "valkey_binary"]
+__all__ = ["Proc", "start_valkey", "start_postgres", "start_milvus", "start_feast_serve", "start_triton", "valkey_binary"]
 
 
 @dataclass
