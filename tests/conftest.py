@@ -108,7 +108,7 @@ def server_stack(tmp_path_factory):
     try:
         yield cfg
     finally:
-        procs = stack.processes(state)
+        procs = stack.recorded_processes(state)
         stack.down(state, purge=True)
         left = {p.name: alive(p.pgid) for p in procs if alive(p.pgid)}
         assert not left, f"stack processes left running: {left}"

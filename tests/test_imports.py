@@ -106,3 +106,47 @@ def test_no_new_file_over_400_lines_without_a_reason():
             too_long.append(f"{rel}: {len(text.splitlines())} lines")
     assert not too_long, "split these or say in the module docstring why they are long on purpose:\n" + \
         "\n".join(too_long)
+
+
+def shadowed_submodules(package: Path) -> list[str]:
+    """Names a package's ``__init__.py`` binds at top level (def, class, assignment, ``from x import name``)
+    that are also the names of its own submodules: the binding replaces the submodule as the package's attribute
+    once both are imported, so ``import pkg.name`` and ``pkg.name.attr`` would reach the wrong object."""
+    children = {p.stem for p in package.glob("*.py") if p.stem != "__init__"}
+    children |= {p.name for p in package.iterdir() if (p / "__init__.py").exists()}
+    bound = set()
+    for node in ast.parse((package / "__init__.py").read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.Assign):
+            bound |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.ImportFrom) and node.module != ".".join(package.relative_to(REPO).parts):
+            bound |= {a.asname or a.name for a in node.names}  # (`from pkg import sub` binds the submodule: fine)
+    return sorted(f"{package.relative_to(REPO)}/__init__.py binds '{name}'" for name in bound & children)
+
+
+def test_no_package_attribute_hides_a_submodule():
+    packages = [p.parent for root in ("components", "pipelines") for p in (REPO / root).rglob("__init__.py")]
+    clashes = [c for package in packages for c in shadowed_submodules(package)]
+    assert not clashes, "rename these (they hide the submodule of the same name):\n" + "\n".join(clashes)
+
+
+def test_stack_processes_is_the_submodule_and_recorded_processes_the_function(tmp_path):
+    import components.stack
+    import components.stack.processes
+
+    assert components.stack.processes.__name__ == "components.stack.processes"  # the module, not a function
+    assert callable(components.stack.processes.stop_group)
+    assert components.stack.recorded_processes(tmp_path) == []  # no processes.json: nothing recorded
+    (tmp_path / components.stack.PROCESSES_FILE).write_text(
+        '[{"name": "valkey", "pgid": 12345, "endpoint": "127.0.0.1:6379", "log": "valkey.log"}]')
+    assert [p.name for p in components.stack.recorded_processes(tmp_path)] == ["valkey"]
+
+
+def test_the_shadow_check_finds_a_function_named_like_its_submodule(tmp_path, monkeypatch):
+    package = tmp_path / "components" / "pkg"
+    package.mkdir(parents=True)
+    (package / "processes.py").write_text("")
+    (package / "__init__.py").write_text("from components.pkg.processes import x\n\ndef processes():\n    pass\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    assert shadowed_submodules(package) == ["components/pkg/__init__.py binds 'processes'"]

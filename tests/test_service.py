@@ -142,7 +142,7 @@ def world(server_stack, tiny_data, tiny_ranker_export, tmp_path_factory):
     finally:
         if service is not None:
             _stop(service)
-        if any(p.name == "triton" for p in stack.processes(state)):
+        if any(p.name == "triton" for p in stack.recorded_processes(state)):
             stack.stop_server(state, "triton")  # the stores stay up for the session's other modules
 
 

@@ -234,7 +234,7 @@ def test_a_stopped_server_restarts_on_its_port_with_its_data_and_password(server
     import redis
 
     state = Path(server_stack.source).parent
-    before = {p.name: p for p in stack.processes(state)}
+    before = {p.name: p for p in stack.recorded_processes(state)}
     host, port = server_stack.feast.online_store.connection_string.rsplit(":", 1)
     password = server_stack.feast.online_store.password.resolve()
 
@@ -250,7 +250,7 @@ def test_a_stopped_server_restarts_on_its_port_with_its_data_and_password(server
         client().ping()
     back = stack.restart(state, "valkey")
     assert back.endpoint == before["valkey"].endpoint and back.pgid != before["valkey"].pgid
-    assert {p.name: p.pgid for p in stack.processes(state)}["valkey"] == back.pgid  # recorded for `stack down`
+    assert {p.name: p.pgid for p in stack.recorded_processes(state)}["valkey"] == back.pgid  # recorded for `stack down`
     c = client()
     try:
         assert c.get("homefeed:restart-probe") == b"kept"

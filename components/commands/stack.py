@@ -29,7 +29,7 @@ def _up(args: argparse.Namespace) -> int:
 
     cfg = stack.up(args.profile, args.state, triton_repository=args.triton_repository,
                    feast_server=not args.no_feast_server)
-    for p in stack.processes(args.state):
+    for p in stack.recorded_processes(args.state):
         print(f"{p.name:12s} {p.endpoint:28s} pgid {p.pgid}  log {p.log}")
     print(f"stack file: {cfg.source}  (use --stack {cfg.source}; `homefeed stack down --state {args.state}` stops it)")
     return 0

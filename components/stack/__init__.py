@@ -5,8 +5,9 @@ PostgreSQL and the Milvus server in parallel, then ``feast serve`` (and tritonse
 repository is given), every one on 127.0.0.1 and a free port, and writes ``state_dir/stack.yaml``: a
 StackConfig naming those endpoints, secrets by ``{file: ...}`` reference, every path absolute. The other
 commands read it (``--stack state_dir/stack.yaml``). ``state_dir/processes.json`` records each server's
-process group; ``down(state_dir)`` ends them by process group (from any process) and checks that none is
-left. ``up("local", state_dir)`` starts only Triton (if asked): the local stores are files.
+process group (``recorded_processes(state_dir)`` reads it); ``down(state_dir)`` ends them by process group
+(from any process) and checks that none is left. ``up("local", state_dir)`` starts only Triton (if asked): the
+local stores are files.
 
 ``running(profile, state_dir)`` is the context manager tests use; ``add_triton`` starts Triton later on a
 running stack (a test trains the ranker after the stores are up). ``stop_server(state_dir, name)`` stops one
@@ -40,7 +41,7 @@ from components.stackconfig import PROFILES, SecretRef, StackConfig, dump_stack,
 
 STACK_FILE = "stack.yaml"
 PROCESSES_FILE = "processes.json"
-__all__ = ["StackError", "up", "down", "running", "add_triton", "processes", "stop_server", "restart", "STACK_FILE"]
+__all__ = ["StackError", "up", "down", "running", "add_triton", "recorded_processes", "stop_server", "restart", "STACK_FILE"]
 
 
 def _secret_file(state: Path, name: str) -> SecretRef:
@@ -55,7 +56,11 @@ def _secret_file(state: Path, name: str) -> SecretRef:
     return SecretRef(file=str(path))
 
 
-def processes(state_dir: str | Path) -> list[Proc]:
+def recorded_processes(state_dir: str | Path) -> list[Proc]:
+    """The servers ``up``/``add_triton``/``restart`` recorded in ``state_dir/processes.json`` (empty when none).
+
+    Not named ``processes``: a package attribute of that name would hide the submodule
+    ``components.stack.processes`` (``import components.stack.processes`` would then reach this function)."""
     f = Path(state_dir) / PROCESSES_FILE
     return [Proc(**p) for p in json.loads(f.read_text())] if f.exists() else []
 
@@ -85,7 +90,7 @@ def up(profile: str, state_dir: str | Path, triton_repository: str | Path | None
         raise StackError(f"unknown profile '{profile}'; expected one of {', '.join(PROFILES)}")
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
-    if any(alive(p.pgid) for p in processes(state)):
+    if any(alive(p.pgid) for p in recorded_processes(state)):
         raise StackError(f"{state}: a stack is already running there; `homefeed stack down --state {state}` first")
     cfg = _base(profile, state)
     procs: list[Proc] = []
@@ -141,9 +146,9 @@ def add_triton(state_dir: str | Path, repository: str | Path) -> StackConfig:
     """Start tritonserver over ``repository`` on a running stack; record it and update the stack file."""
     state = Path(state_dir).resolve()
     cfg = load_stack(state / STACK_FILE)
-    _stop([p for p in processes(state) if p.name == "triton"])  # one Triton per stack: never orphan the previous
+    _stop([p for p in recorded_processes(state) if p.name == "triton"])  # one Triton per stack: never orphan the previous
     proc = start_triton(Path(repository), state)
-    _record(state, [p for p in processes(state) if p.name != "triton"] + [proc])
+    _record(state, [p for p in recorded_processes(state) if p.name != "triton"] + [proc])
     cfg.triton.url, cfg.triton.protocol, cfg.triton.repository = proc.endpoint, "grpc", str(Path(repository).resolve())
     dump_stack(cfg, state / STACK_FILE)
     cfg.source = str(state / STACK_FILE)
@@ -151,7 +156,7 @@ def add_triton(state_dir: str | Path, repository: str | Path) -> StackConfig:
 
 
 def _recorded(state: Path, name: str) -> Proc:
-    by = {p.name: p for p in processes(state)}
+    by = {p.name: p for p in recorded_processes(state)}
     if name not in by:
         raise StackError(f"{state}: no server '{name}' recorded; recorded: {', '.join(by) or 'none'}")
     return by[name]
@@ -195,7 +200,7 @@ def restart(state_dir: str | Path, name: str) -> Proc:
     else:
         raise StackError(f"{name}: no restart for this server")
     proc.cleanup = sorted(set(old.cleanup) | set(proc.cleanup)) if name != "triton" else proc.cleanup
-    _record(state, [proc if p.name == name else p for p in processes(state)])
+    _record(state, [proc if p.name == name else p for p in recorded_processes(state)])
     return proc
 
 
@@ -215,7 +220,7 @@ def down(state_dir: str | Path, purge: bool = False) -> list[str]:
     """Stop every server recorded in ``state_dir`` by process group; ``purge`` also removes the state
     (data, secrets). Returns the names stopped; raises if any process is left."""
     state = Path(state_dir).resolve()
-    procs = processes(state)
+    procs = recorded_processes(state)
     left = _stop(procs)
     if left:
         raise StackError(f"{state}: still running after SIGKILL: {', '.join(left)}")
