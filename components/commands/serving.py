@@ -7,6 +7,7 @@ else the ``local`` profile); an explicit ``--feature-repo`` / ``--milvus`` / ``-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import signal
@@ -196,6 +197,9 @@ def _serve_recommend(args: argparse.Namespace) -> int:
     cfg, stack = _recommend_config(args)
     if args.concurrency < 1:
         raise SystemExit(f"error: --concurrency must be >= 1, got {args.concurrency}")
+    cache = {"pin_cache_size": args.pin_cache_size, "pin_cache_max_age_s": args.pin_cache_max_age,
+             "pin_cache_warm": args.pin_cache_warm}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in cache.items() if v is not None})
     settings = ServiceSettings(recommend=cfg, token=_service_token(args, stack), concurrency=args.concurrency)
     scheme = "https" if args.tls_cert else "http"
     print(f"recommend service on {scheme}://{args.host}:{args.port} (stack {stack.source}); Ctrl-C stops", flush=True)
@@ -224,6 +228,19 @@ def _add_recommend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=["grpc", "http"], help="Triton protocol (default: the stack's)")
     p.add_argument("--repository", help="served model repository, for preprocess.json (default: the stack's)")
     p.add_argument("--preprocess", help="preprocess.json or export dir (default: from --repository)")
+
+
+def _at_least(low: float, kind: type = int, strict: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number >= ``low`` (> ``low`` if ``strict``); argparse exits 2 naming the flag otherwise."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
+        return value
+    return parse
 
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -287,6 +304,13 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     sr.add_argument("--tls-key", help="PEM private key file of --tls-cert")
     sr.add_argument("--concurrency", type=int, default=8, help="requests served at once (connections held)")
     sr.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    sr.add_argument("--pin-cache-size", type=_at_least(0),
+                    help="pins whose ranker features are cached in process (default 200000, ~700 bytes each at "
+                         "d=64; 0: off)")
+    sr.add_argument("--pin-cache-max-age", type=_at_least(0, float, strict=True),
+                    help="seconds before a cached pin is read from Feast again (default 600)")
+    sr.add_argument("--pin-cache-warm", type=_at_least(0),
+                    help="most popular pins read into the cache in the background at start (default 1000)")
     _add_recommend_args(sr)
     sr.set_defaults(func=_serve_recommend)
 

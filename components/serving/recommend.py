@@ -22,15 +22,17 @@ Versions (``components/serving/contract.py``): user embeddings, the indexed pin 
 from one PinnerFormer model (:class:`IncompatibleVersions` at open and per request, a 503); the feature store's
 pin embeddings must be those the ranker was trained on (``pinsage-<model digest>``), else the candidates are
 returned in retrieval order with ``fallback: "incompatible_pin_embeddings"`` and the reason.
+
+The ranker features' pin side comes through an in-process cache (``components/serving/ranker_features.py``:
+read through Feast on a miss, dropped when the served pin table changes, bounded, max age); the response and the
+stage timings are laid out in ``components/serving/recommendation.py``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +52,19 @@ from components.serving.contract import (
     version_slug,
 )
 from components.serving.milvus_index import ALIAS, PinIndex, served_collection
+from components.serving.ranker_features import FeatureReader, PinCache, raw_inputs
+from components.serving.recommendation import (
+    LastGood,
+    Recommendation,
+    first_line,
+    format_table,
+    retrieval_order,
+    stage_ms,
+)
 from components.serving.triton_client import RankerClient
 
-__all__ = ["DependencyError", "IncompatibleVersions", "LastGood", "Recommendation", "RecommendConfig", "Recommender",
-           "RecommendError", "RequestError", "check_limits", "format_table", "recommend"]
+__all__ = ["DependencyError", "IncompatibleVersions", "LastGood", "PinCache", "Recommendation", "RecommendConfig",
+           "Recommender", "RecommendError", "RequestError", "check_limits", "format_table", "recommend"]
 
 
 @dataclass
@@ -76,6 +87,12 @@ class RecommendConfig:
     # a one-shot command wants "Triton not reachable" at once; the service opens without it (unknown users get
     # popular pins while Triton is down, and /readyz reports Triton)
     check_triton_at_open: bool = True
+    # the ranker features' pin side cached in process (ranker_features.PinCache): at most this many pins (0: off,
+    # every request reads all pins through Feast), each re-read after max age; the service reads the pin_cache_warm
+    # most popular pins into it in the background at start
+    pin_cache_size: int = 200_000
+    pin_cache_max_age_s: float = 600.0
+    pin_cache_warm: int = 1000
 
     @classmethod
     def from_stack(cls, stack: Any, preprocess: str | Path | None = None, **overrides: Any) -> RecommendConfig:
@@ -90,52 +107,18 @@ class RecommendConfig:
         return cls(**kw)
 
 
-class LastGood:
-    """The last good user embedding per user (bounded, shared by a process's Recommenders, thread-safe)."""
-
-    def __init__(self, size: int = 100_000):
-        self.size, self._d, self._lock = size, OrderedDict(), threading.Lock()
-
-    def put(self, user_id: int, value: tuple[np.ndarray, str | None]) -> None:
-        with self._lock:
-            self._d[user_id] = value
-            self._d.move_to_end(user_id)
-            while len(self._d) > self.size:
-                self._d.popitem(last=False)
-
-    def get(self, user_id: int) -> tuple[np.ndarray, str | None] | None:
-        with self._lock:
-            return self._d.get(user_id)
-
-
-@dataclass
-class Recommendation:
-    user_id: int
-    cold_start: bool
-    message: str
-    items: list[dict[str, Any]]
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    filled: dict[str, int] = field(default_factory=dict)
-    fallback: str | None = None  # None: ranked by the ensemble on fresh values; else the reason
-    versions: dict[str, Any] = field(default_factory=dict)
-    surface: str = "homefeed"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"user_id": self.user_id, "surface": self.surface, "fallback": self.fallback,
-                "cold_start": self.cold_start, "message": self.message, "items": self.items,
-                "versions": self.versions, "timings_ms": self.timings_ms, "filled_missing_values": self.filled}
-
-
 class Recommender:
     """Holds the connections (feature store, index, Triton client) across requests.
 
     One Recommender serves one request at a time (the service keeps a pool, one per worker thread);
-    ``cache`` (the last good user embeddings) may be shared by a pool.
+    ``cache`` (the last good user embeddings) and ``pin_cache`` (the ranker features' pin side) may be shared by a
+    pool.
     """
 
-    def __init__(self, cfg: RecommendConfig, cache: LastGood | None = None):
+    def __init__(self, cfg: RecommendConfig, cache: LastGood | None = None, pin_cache: PinCache | None = None):
         self.cfg = cfg
         self.cache = cache or LastGood()
+        self.pin_cache = pin_cache if pin_cache is not None else PinCache(cfg.pin_cache_size, cfg.pin_cache_max_age_s)
         self.pre, ranker_version = read_preprocess(cfg.preprocess)
         self.tasks = list(self.pre["tasks"])
         if cfg.surface not in self.pre["surfaces"] and cfg.surface == RecommendConfig.surface:
@@ -152,6 +135,7 @@ class Recommender:
         try:
             self.index = self._open_milvus()
             self.store = self._open_feast()
+            self.features = FeatureReader(self.store, self.pin_cache)
             self.client = self._open_triton()
             self._check_open_versions()
         except BaseException:
@@ -205,7 +189,7 @@ class Recommender:
         except Exception as e:  # noqa: BLE001 - connection refused, timeouts, wrong protocol
             client.close()
             raise DependencyError("triton", f"Triton at {cfg.triton_url} ({cfg.protocol}) is not reachable: "
-                                            f"{_first_line(e)}") from e
+                                            f"{first_line(e)}") from e
         if not ready:
             client.close()
             raise DependencyError("triton", f"Triton at {cfg.triton_url}: model '{client.model}' is not ready")
@@ -220,7 +204,7 @@ class Recommender:
             name = served_collection(self.index.client, self.cfg.alias)
         except Exception as e:  # noqa: BLE001 - grpc / Milvus Lite errors
             raise DependencyError("milvus", f"{self.cfg.milvus_uri}: cannot read alias '{self.cfg.alias}': "
-                                            f"{_first_line(e)}") from e
+                                            f"{first_line(e)}") from e
         self._index_checked = now
         if name != self.versions.get("index_collection"):
             self.versions["index_collection"] = name
@@ -272,7 +256,7 @@ class Recommender:
 
     def user_embedding_version(self, user_id: int) -> tuple[np.ndarray | None, str | None]:
         """(embedding or None, its model_version) from the ``retrieval_v1`` service."""
-        out = self.store.get_online_features(features=self.store.get_feature_service("retrieval_v1"),
+        out = self.store.get_online_features(features=self.features.service("retrieval_v1"),
                                              entity_rows=[{"user_id": int(user_id)}]).to_dict()
         emb = out["embedding"][0]
         return (None if emb is None else np.asarray(emb, np.float32)), (out.get("model_version") or [None])[0]
@@ -282,67 +266,26 @@ class Recommender:
         keep = ids[0] >= 0
         return ids[0][keep], sims[0][keep]
 
-    def ranker_features(self, user_id: int, pin_ids: np.ndarray) -> tuple[dict[str, list[Any]], str | None]:
+    def ranker_features(self, user_id: int, pin_ids: np.ndarray,
+                        cached: bool = True) -> tuple[dict[str, list[Any]], str | None]:
         """The ``ranker_v1`` service for (user, each pin): feature -> values (embeddings as ``user_embedding`` /
-        ``pin_embedding``), and the pin embeddings' model_version."""
-        rows = [{"user_id": int(user_id), "pin_id": int(p)} for p in pin_ids]
-        out = self.store.get_online_features(features=self.store.get_feature_service("ranker_v1"), entity_rows=rows,
-                                             full_feature_names=True).to_dict()
-        result: dict[str, list[Any]] = {}
-        pin_version = next((v for v in out.get("pin_embedding__model_version", []) if v), None)
-        for key, values in out.items():
-            view, _, feat = key.partition("__")
-            if feat == "embedding":
-                result[view] = values
-            elif feat and feat != "model_version":
-                result[feat] = values
-        return result, pin_version
+        ``pin_embedding``), and the pin embeddings' model_version; the pin side through the pin cache unless
+        ``cached`` is False (then one Feast read of every row, as without a cache)."""
+        if not cached:
+            return self.features.uncached(user_id, pin_ids)
+        return self.features.read(user_id, pin_ids, self.versions.get("index_collection"))
+
+    def warm_pin_cache(self, n: int | None = None) -> int:
+        """Read the ``n`` (default ``cfg.pin_cache_warm``) most popular pins' features into the pin cache; the
+        number of pins now cached."""
+        n = self.cfg.pin_cache_warm if n is None else n
+        return self.features.warm(self.popular[:n].tolist(), self.versions.get("index_collection"))
 
     def ranker_inputs(self, user_id: int, pin_ids: np.ndarray, when: dt.datetime,
                       surface: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """Raw ranker inputs (ranker_inputs.RAW_INPUTS) for (user, each pin); counts of filled missing values."""
         feats, _ = self.ranker_features(user_id, pin_ids)
-        return self._raw_inputs(feats, len(pin_ids), when, surface or self.cfg.surface)
-
-    def _raw_inputs(self, feats: dict[str, list[Any]], n: int, when: dt.datetime,
-                    surface: str) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-        context = {"s_hour": when.hour, "d_position": 0.0}  # request-time features
-        filled: dict[str, int] = {}
-        dense = np.zeros((n, len(self.pre["dense"]["names"])), np.float32)
-        for j, (name, mean) in enumerate(zip(self.pre["dense"]["names"], self.pre["dense"]["mean"])):
-            dense[:, j] = self._column(name, feats, context, n, float(mean), filled)
-        sparse = np.zeros((n, len(self.pre["sparse"]["names"])), np.int64)
-        for j, name in enumerate(self.pre["sparse"]["names"]):
-            sparse[:, j] = self._column(name, feats, context, n, 0, filled)
-        surf = np.full((n, 1), self.pre["surfaces"].index(surface), np.int64)
-        user = self._embeddings(feats.get("user_embedding"), n, self.pre["dims"]["d_user"], "user_embedding", filled)
-        pins = self._embeddings(feats.get("pin_embedding"), n, self.pre["dims"]["d_pin"], "pin_embedding", filled)
-        return {"dense": dense, "sparse": sparse, "surface": surf, "user_embedding": user, "pin_embedding": pins}, filled
-
-    @staticmethod
-    def _column(name: str, feats: dict, context: dict, n: int, default: float, filled: dict[str, int]) -> np.ndarray:
-        if name in feats:
-            values = feats[name]
-            missing = sum(v is None for v in values)
-            if missing:
-                filled[name] = missing
-            return np.array([default if v is None else v for v in values], np.float64)
-        if name in context:
-            return np.full(n, context[name], np.float64)
-        filled[name] = n
-        return np.full(n, default, np.float64)
-
-    @staticmethod
-    def _embeddings(values: list | None, n: int, dim: int, name: str, filled: dict[str, int]) -> np.ndarray:
-        out = np.zeros((n, dim), np.float32)
-        for i, v in enumerate(values or [None] * n):
-            if v is None:
-                filled[name] = filled.get(name, 0) + 1
-            elif len(v) != dim:
-                raise RecommendError(f"feature store {name} has {len(v)} values, the ranker expects {dim}")
-            else:
-                out[i] = v
-        return out
+        return raw_inputs(self.pre, feats, len(pin_ids), when, surface or self.cfg.surface)
 
     # ---- the path ----
     def _popular(self, user_id: int, k: int, exclude: set[int], fallback: str, msg: str, t: dict,
@@ -352,7 +295,7 @@ class Recommender:
                  for i, p in enumerate(pins)]
         t["end"] = time.perf_counter()
         return Recommendation(int(user_id), fallback == "unknown_user", f"{msg}: the {len(items)} most popular pins",
-                              items, _ms(t), fallback=fallback, versions=dict(self.versions), surface=surface)
+                              items, stage_ms(t), fallback=fallback, versions=dict(self.versions), surface=surface)
 
     def recommend(self, user_id: int, k: int = 20, when: dt.datetime | None = None, surface: str | None = None,
                   exclude: list[int] | None = None, candidates: int | None = None) -> Recommendation:
@@ -379,7 +322,7 @@ class Recommender:
             if cached is None:
                 t["feast_user"] = time.perf_counter()
                 return self._popular(user_id, k, excluded, "feature_store_unavailable",
-                                     f"feature store read failed ({_first_line(e)})", t, surface)
+                                     f"feature store read failed ({first_line(e)})", t, surface)
             (emb, user_version), fallback = cached, "stale_user_embedding"
         t["feast_user"] = time.perf_counter()
         if emb is None:
@@ -392,7 +335,7 @@ class Recommender:
             pin_ids, sims = self.candidates(emb, n + len(excluded))
         except Exception as e:  # noqa: BLE001 - grpc / Milvus Lite errors
             raise DependencyError("milvus", f"search on {self.cfg.milvus_uri} alias '{self.cfg.alias}' failed: "
-                                            f"{_first_line(e)}") from e
+                                            f"{first_line(e)}") from e
         if excluded:
             keep = ~np.isin(pin_ids, np.fromiter(excluded, np.int64))
             pin_ids, sims = pin_ids[keep][:n], sims[keep][:n]
@@ -403,19 +346,19 @@ class Recommender:
         try:
             feats, versions["pin_embeddings"] = self.ranker_features(user_id, pin_ids)
         except Exception as e:  # noqa: BLE001 - online-store failure: rank by retrieval similarity instead
-            return _retrieval_order(user_id, k, pin_ids, sims, t, versions, surface, "ranker_features_unavailable",
-                                    f"feature store read of ranker features failed ({_first_line(e)})")
+            return retrieval_order(user_id, k, pin_ids, sims, t, versions, surface, "ranker_features_unavailable",
+                                    f"feature store read of ranker features failed ({first_line(e)})")
         mismatch = pin_mismatch(versions["pin_embeddings"], self.versions)
         if mismatch:  # scores of a ranker on another model's pin embeddings would be noise: never serve them
-            return _retrieval_order(user_id, k, pin_ids, sims, t, versions, surface, "incompatible_pin_embeddings",
+            return retrieval_order(user_id, k, pin_ids, sims, t, versions, surface, "incompatible_pin_embeddings",
                                     mismatch)
-        raw, filled = self._raw_inputs(feats, len(pin_ids), when, surface)
+        raw, filled = raw_inputs(self.pre, feats, len(pin_ids), when, surface)
         t["feast_features"] = time.perf_counter()
         try:
             probs, score = self.client.score(raw)
         except Exception as e:  # noqa: BLE001 - tritonclient errors: unavailable, timeout, model unloaded
             raise DependencyError("triton", f"{self.cfg.triton_url} ({self.cfg.protocol}) model "
-                                            f"'{self.client.model}': {_first_line(e)}") from e
+                                            f"'{self.client.model}': {first_line(e)}") from e
         t["triton"] = time.perf_counter()
         order = np.argsort(-score, kind="stable")[:k]
         items = [{"pin_id": int(pin_ids[i]), "rank": r + 1, "score": float(score[i]),
@@ -425,31 +368,7 @@ class Recommender:
         msg = f"ranked {len(pin_ids)} candidates from Milvus with the Triton ranker ensemble"
         if fallback:
             msg += " (feature store read failed: the user's last good embedding from this process's cache)"
-        return Recommendation(int(user_id), False, msg, items, _ms(t), filled, fallback, versions, surface)
-
-
-def _retrieval_order(user_id: int, k: int, pin_ids: np.ndarray, sims: np.ndarray, t: dict[str, float],
-                     versions: dict[str, Any], surface: str, fallback: str, reason: str) -> Recommendation:
-    """The top ``k`` candidates by retrieval similarity (no ranker scores), the fallback and its reason said."""
-    t["feast_features"] = time.perf_counter()
-    order = np.argsort(-sims, kind="stable")[:k]
-    items = [{"pin_id": int(pin_ids[i]), "rank": r + 1, "score": None, "probabilities": None,
-              "similarity": float(sims[i]), "retrieval_rank": int(i) + 1} for r, i in enumerate(order)]
-    t["end"] = time.perf_counter()
-    msg = f"{reason}: {len(items)} candidates in retrieval order"
-    return Recommendation(int(user_id), False, msg, items, _ms(t), {}, fallback, versions, surface)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]
-
-
-def _ms(t: dict[str, float]) -> dict[str, float]:
-    keys = list(t)
-    out = {b: round((t[b] - t[a]) * 1000, 3) for a, b in zip(keys, keys[1:]) if b != "end"}
-    out["total"] = round((t["end"] - t["start"]) * 1000, 3)
-    return out
+        return Recommendation(int(user_id), False, msg, items, stage_ms(t), filled, fallback, versions, surface)
 
 
 def recommend(cfg: RecommendConfig, user_id: int, k: int = 20, surface: str | None = None,
@@ -458,21 +377,3 @@ def recommend(cfg: RecommendConfig, user_id: int, k: int = 20, surface: str | No
     with Recommender(cfg) as r:
         return r.recommend(user_id, k, surface=surface, exclude=exclude)
 
-
-def format_table(rec: Recommendation) -> str:
-    lines = [rec.message]
-    if rec.fallback:
-        lines.append(f"fallback: {rec.fallback}")
-    if rec.filled:
-        lines.append(f"filled missing feature values: {rec.filled}")
-    tasks = list(rec.items[0]["probabilities"]) if rec.items and rec.items[0]["probabilities"] else []
-    lines.append("rank  pin_id      score  similarity  " + "  ".join(f"p({t})" for t in tasks))
-    for it in rec.items:
-        if it["probabilities"] is None:
-            label = "(popular)" if it["similarity"] is None else f"(retrieval similarity {it['similarity']:.4f})"
-            lines.append(f"{it['rank']:>4}  {it['pin_id']:>6}  {label}")
-            continue
-        probs = "  ".join(f"{it['probabilities'][t]:>{len(t) + 3}.3f}" for t in tasks)
-        lines.append(f"{it['rank']:>4}  {it['pin_id']:>6}  {it['score']:>9.4f}  {it['similarity']:>10.4f}  {probs}")
-    lines.append("timings (ms): " + ", ".join(f"{k}={v}" for k, v in rec.timings_ms.items()))
-    return "\n".join(lines)

@@ -34,12 +34,14 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pymilvus import MilvusClient
 from starlette.concurrency import run_in_threadpool
 
 from components.serving import feast_store
 from components.serving.contract import parse_request
 from components.serving.milvus_index import connect, disconnect, served_collection
+from components.serving.ranker_features import PinCache
 from components.serving.recommend import (
     DependencyError,
     IncompatibleVersions,
@@ -48,8 +50,8 @@ from components.serving.recommend import (
     Recommender,
     RecommendError,
     RequestError,
-    _first_line,
 )
+from components.serving.recommendation import first_line as _first_line
 from components.serving.triton_client import RankerClient
 
 DEPENDENCIES = ("feast", "milvus", "triton")
@@ -106,12 +108,30 @@ class Metrics:
             self._served = labels
 
 
+class PinCacheCollector:
+    """``homefeed_pin_cache_{hits,misses,invalidations}_total`` and ``homefeed_pin_cache_entries``, read from the
+    pool's shared :class:`PinCache` at each scrape."""
+
+    def __init__(self, cache: PinCache):
+        self.cache = cache
+
+    def collect(self):
+        stats = self.cache.stats()
+        for name, doc in (("hits", "ranker-feature pin lookups answered by the in-process pin cache"),
+                          ("misses", "ranker-feature pin lookups read through Feast (not cached or expired)"),
+                          ("invalidations", "times the pin cache was dropped (new pin table or pin model)")):
+            yield CounterMetricFamily(f"homefeed_pin_cache_{name}", doc, value=stats[name])
+        yield GaugeMetricFamily("homefeed_pin_cache_entries", f"pins in the pin cache (at most "
+                                f"{self.cache.max_entries})", value=stats["size"])
+
+
 class RecommenderPool:
     """At most ``size`` Recommenders, each used by one request at a time; a broken one is closed and reopened."""
 
     def __init__(self, cfg: RecommendConfig, size: int, metrics: Metrics, timeout_s: float = 30.0):
         self.cfg, self.size, self.metrics, self.timeout_s = cfg, size, metrics, timeout_s
         self.cache = LastGood()
+        self.pin_cache = PinCache(cfg.pin_cache_size, cfg.pin_cache_max_age_s)
         self._idle: queue.LifoQueue[Recommender] = queue.LifoQueue()
         self._lock = threading.Lock()
         self._open = 0
@@ -149,7 +169,7 @@ class RecommenderPool:
                 raise DependencyError("service", f"all {self.size} recommend workers busy for "
                                                  f"{self.timeout_s:.0f} s") from None
         try:
-            rec = Recommender(self.cfg, cache=self.cache)
+            rec = Recommender(self.cfg, cache=self.cache, pin_cache=self.pin_cache)
         except BaseException as e:
             with self._lock:
                 self._open -= 1
@@ -261,13 +281,15 @@ def create_app(settings: ServiceSettings):
     cfg = dataclasses.replace(settings.recommend, check_triton_at_open=False)
     pool = RecommenderPool(cfg, settings.concurrency, metrics, settings.acquire_timeout_s)
     probes = Probes(settings.recommend)
+    metrics.registry.register(PinCacheCollector(pool.pin_cache))
 
     def warm() -> None:
         """Open the first connections in the background: the first requests and probes do not pay for imports
-        and registry loads, and an unreachable dependency shows up in /readyz at once."""
+        and registry loads, and an unreachable dependency shows up in /readyz at once. Then the most popular
+        pins' ranker features go into the pin cache (readiness does not wait for it)."""
         probes.check()
-        with contextlib.suppress(Exception), pool.acquire():
-            pass
+        with contextlib.suppress(Exception), pool.acquire() as rec:
+            rec.warm_pin_cache()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -16,6 +16,11 @@ profiles. Each request is ``Recommender.recommend`` (the service's code): Feast 
 through the alias (ef 128), Feast ranker features of the 500 pins, Triton; p50/p99 per stage and end to end, each
 stage's share of the mean, and local/server ratios.
 
+The same requests run twice per profile: without the pin cache (``<profile>_uncached``: every request reads all 500
+pins through Feast, as before the cache) and with it (``<profile>``: the service's default path; a first pass over
+the same users fills the cache, ``<profile>_cache_filling``, then the timed pass), with the uncached/cached ratio per
+stage (``<profile>_ratio_uncached_over_cached``), the cache's hits/misses/size and the process RSS it added.
+
 Then, on the Milvus server: HNSW recall@10 against exact search at several ``ef``, one query per request as the
 recommend path sends them, and queries/s against exact numpy search one query at a time (the goal in issue #13:
 recall@10 >= 0.95 at >= 20x exact QPS). ``/proc/loadavg`` is recorded before and after each timed phase.
@@ -23,6 +28,7 @@ recall@10 >= 0.95 at >= 20x exact QPS). ``/proc/loadavg`` is recorded before and
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -108,24 +114,49 @@ def _publish(cfg, rng, pins, users, pins_path, meta, pre) -> dict[str, float]:
     return {"feast_apply_materialize_s": feast_s, "index_build_s": time.perf_counter() - t}
 
 
-def _requests(cfg, triton: TritonServer, export: Path, rng, users: EmbeddingTable) -> dict:
-    """REQUESTS recommend calls (after WARMUP): per stage p50/p99/mean ms, end to end, and each stage's share."""
-    rc = RecommendConfig.from_stack(cfg, preprocess=export, triton_url=triton.grpc_url, protocol="grpc",
-                                    candidates=N, ef_search=128)
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _timed(rec: Recommender, user_ids: np.ndarray, skip: int) -> dict:
+    """One recommend call per user (the first ``skip`` untimed): per stage p50/p99/mean ms and each stage's share."""
     stages: dict[str, list[float]] = {}
     before = loadavg()
-    with Recommender(rc) as rec:
-        for i, u in enumerate(rng.choice(users.ids, REQUESTS + WARMUP)):
-            out = rec.recommend(int(u), k=K)
-            assert out.fallback is None and not out.cold_start and len(out.items) == K, out.message
-            if i >= WARMUP:
-                for k, v in out.timings_ms.items():
-                    stages.setdefault(k, []).append(v)
+    for i, u in enumerate(user_ids):
+        out = rec.recommend(int(u), k=K)
+        assert out.fallback is None and not out.cold_start and len(out.items) == K, out.message
+        if i >= skip:
+            for k, v in out.timings_ms.items():
+                stages.setdefault(k, []).append(v)
     result: dict = {k: _pct(v) for k, v in stages.items()}
     total = result["total"]["mean_ms"]
     result["share_of_mean_total"] = {k: v["mean_ms"] / total for k, v in result.items() if k != "total"}
     result["loadavg_before"], result["loadavg_after"] = before, loadavg()
     return result
+
+
+def _requests(cfg, triton: TritonServer, export: Path, rng, users: EmbeddingTable) -> dict[str, dict]:
+    """REQUESTS recommend calls (after WARMUP) for the same users without and with the pin cache: per stage
+    p50/p99/mean ms, end to end, each stage's share, the uncached/cached ratios, the cache's counters and RSS."""
+    rc = RecommendConfig.from_stack(cfg, preprocess=export, triton_url=triton.grpc_url, protocol="grpc",
+                                    candidates=N, ef_search=128)
+    user_ids = rng.choice(users.ids, REQUESTS + WARMUP)
+    with Recommender(dataclasses.replace(rc, pin_cache_size=0)) as rec:
+        uncached = _timed(rec, user_ids, WARMUP)
+    with Recommender(rc) as rec:
+        rss = _rss_mb()
+        filling = _timed(rec, user_ids, 0)  # every candidate pin read through Feast once, into the cache
+        cache = dict(rec.pin_cache.stats(), rss_added_mb=_rss_mb() - rss, max_entries=rec.pin_cache.max_entries,
+                     max_age_s=rec.pin_cache.max_age_s)
+        cached = _timed(rec, user_ids, WARMUP)
+        cached["pin_cache_after_filling"] = cache
+        cached["pin_cache_at_end"] = rec.pin_cache.stats()
+    ratio = {k: {"p50": uncached[k]["p50_ms"] / cached[k]["p50_ms"], "p99": uncached[k]["p99_ms"] / cached[k]["p99_ms"]}
+             for k in cached if "p50_ms" in cached.get(k, {}) and k in uncached}
+    return {"cached": cached, "uncached": uncached, "cache_filling": filling, "ratio_uncached_over_cached": ratio}
 
 
 def _top10(q: np.ndarray, emb: np.ndarray) -> np.ndarray:
@@ -178,6 +209,13 @@ def _ranker(tiny_data: Path, root: Path) -> tuple[Path, Path]:
     return export, mr.materialize(export, root / "repository")
 
 
+def _record(result: dict, profile: str, phases: dict[str, dict]) -> None:
+    """``<profile>``: the cached path (the service's default); ``<profile>_uncached`` etc. beside it."""
+    result[profile] = phases.pop("cached")
+    for name, value in phases.items():
+        result[f"{profile}_{name}"] = value
+
+
 def test_bench_stack_local_vs_server(tiny_data, tmp_path, bench_record):
     if RECOMMEND:
         export, repository = _ranker(tiny_data, tmp_path / "ranker")
@@ -194,8 +232,9 @@ def test_bench_stack_local_vs_server(tiny_data, tmp_path, bench_record):
     pins_path = write_table(pins, tmp_path / "pins.parquet")
     result: dict = {"what": "recommend end to end per request (Recommender.recommend: Feast user embedding, Milvus "
                             "top-500 at ef 128, Feast ranker features of 500 pins, Triton ranker ensemble), local "
-                            "(SQLite + Milvus Lite) vs server (Redis/Valkey + SQL registry + Milvus 2.3.5 server); "
-                            "then HNSW vs exact on the Milvus server", "pins": PINS, "users": USERS, "dim": DIM,
+                            "(SQLite + Milvus Lite) vs server (Redis/Valkey + SQL registry + Milvus 2.3.5 server), "
+                            "each with the pin cache after a filling pass (<profile>) and without it "
+                            "(<profile>_uncached), same users; then HNSW vs exact on the Milvus server", "pins": PINS, "users": USERS, "dim": DIM,
                     "candidates": N, "k": K, "requests": REQUESTS, "ranker": "ranker_tiny (serving size)",
                     "profiles": PROFILES, "recommend": RECOMMEND}
     if not RECOMMEND:
@@ -215,15 +254,16 @@ def test_bench_stack_local_vs_server(tiny_data, tmp_path, bench_record):
             local = load_stack("local")
             local.feast.repo, local.milvus.uri = str(tmp_path / "local_repo"), str(tmp_path / "milvus.db")
             result["local_publish"] = _publish(local, rng, pins, users, pins_path, meta, pre)
-            result["local"] = _requests(local, triton, export, rng, users)
+            _record(result, "local", _requests(local, triton, export, rng, users))
         if "server" in PROFILES:
             with stack.running("server", tmp_path / "server", feast_server=False) as server:
                 server.feast.repo = str(tmp_path / "server_repo")
                 result["server_publish"] = _publish(server, rng, pins, users, pins_path, meta, pre)
-                result["server"] = _requests(server, triton, export, rng, users)
+                _record(result, "server", _requests(server, triton, export, rng, users))
                 result["server_retrieval"] = _retrieval(server, rng, pin_emb)
                 p99 = result["server"]["total"]["p99_ms"]
                 result["server_goal_p99_le_50ms"] = bool(p99 <= 50)
+                result["server_uncached_goal_p99_le_50ms"] = bool(result["server_uncached"]["total"]["p99_ms"] <= 50)
     finally:
         triton.stop()
     if "local" in result and "server" in result:
