@@ -13,6 +13,7 @@ from components.cli import main as cli_main
 from components.evaluation import pinsage as pinsage_eval
 from components.evaluation.result import read_results
 from components.graph.graph import build_graph
+from components.training.loop import Validation
 from components.training.pinsage import train
 from components.training.pinsage_data import PairBatches
 
@@ -90,3 +91,15 @@ def test_a_curriculum_that_never_activates_warns(tiny_data, tmp_path):
                                        "walks_per_node": 10})
     with pytest.warns(UserWarning, match="hard negatives never activate"):
         train(cfg, tiny_data, tmp_path / "m")
+
+
+def test_early_stopping_before_the_second_curriculum_stage_warns(tiny_data, tmp_path):
+    # 2 epochs: hard negatives start with the second epoch (>= 2 steps of 64 on this data); a metric that never
+    # improves stops the run after step 2 (patience 1, validated every step), before any minibatch had a hard
+    # negative: the run must say so
+    cfg = config.load("pinsage_tiny", {"epochs": 2, "epoch_pairs": 640, "batch_size": 64, "hard_negatives": True,
+                                       "checkpoint_every": 0, "walks_per_node": 10, "log_every": 1000})
+    stop = Validation(lambda model: 0.5, metric="val_mrr", every=1, patience=1)
+    with pytest.warns(UserWarning, match="no minibatch of this run had a hard negative"):
+        metrics = train(cfg, tiny_data, tmp_path / "m", validation=stop)
+    assert metrics["stopped_early"] and metrics["steps"] == 2 and metrics["hard_per_positive_max"] == 0

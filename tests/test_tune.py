@@ -19,7 +19,8 @@ from components.evaluation.katib import KatibValidationError, build_experiment, 
 from components.evaluation.protocol import period_bounds
 from components.evaluation.search_space import OBJECTIVE, SPACES
 
-TINY = {"max_steps": 3, "epochs": 1, "log_every": 1000, "walks_per_node": 10, "eval_max_queries": 200}
+# patience 1: trials stop early on the validation period as the harness does (the *_eval experiments' path)
+TINY = {"max_steps": 3, "epochs": 1, "log_every": 1000, "walks_per_node": 10, "eval_max_queries": 200, "patience": 1}
 
 
 def _without_test_period(src, dst):
@@ -44,6 +45,12 @@ def test_tune_two_trials_never_reads_the_test_period(tiny_data, tmp_path):
     # the same validation scores with or without the test-period events: tuning never looked at them
     assert [r["mrr"] for r in a["records"]] == [r["mrr"] for r in b["records"]]
     assert a["records"][0]["params"] != a["records"][1]["params"]
+    # trial 0 is the experiment as configured: a small budget never ends below it
+    assert a["records"][0]["params"] == tuning.current_params(config.load("pinsage_tiny", TINY, model="pinsage"),
+                                                               SPACES["pinsage"])
+    assert a["best_value"] >= a["records"][0]["mrr"]
+    # each trial validated on the 'val' period (early stopping): its model folder has the best weights
+    assert (tmp_path / "a" / "trials" / "pinsage-0" / "model" / "best.pt").exists()
     tuned = yaml.safe_load((tmp_path / "a" / "pinsage_tiny_tuned.yaml").read_text())
     assert tuned["pinsage_tiny_tuned"]["extends"] == "pinsage_tiny"
     assert {p.name for p in SPACES["pinsage"]} <= set(tuned["pinsage_tiny_tuned"])

@@ -84,8 +84,9 @@ def parse_rows(text: str | None) -> list[tuple[str, str, bool]] | None:
     return rows
 
 
-def _validation(cfg: config_mod.PinnerFormerConfig, data_dir: Path, table, seqs) -> Validation | None:
-    """Recall@10 of the 'val' half of the held-out users (the users training holds out, computed the same way)."""
+def early_stopping(cfg: config_mod.PinnerFormerConfig, data_dir: Path, table, seqs) -> Validation | None:
+    """Recall@10 of the 'val' half of the held-out users (the users training holds out, computed the same way);
+    None when ``cfg.patience`` is 0. The harness and ``homefeed tune`` stop on it."""
     if cfg.patience <= 0:
         return None
     all_users = io.read_table(data_dir, "users").column("user_id").to_numpy()
@@ -136,7 +137,7 @@ def run_eval(data_dir: str | Path, out_dir: str | Path, pin_embeddings: str | Pa
         run_dir = work / f"{objective}-{negatives}-{'logq' if logq else 'nologq'}" / f"seed-{seed}"
         t0 = time.perf_counter()
         metrics = train(cfg, data_dir, pin_embeddings, run_dir, evaluate=False,
-                        validation=_validation(cfg, data_dir, table, seqs))
+                        validation=early_stopping(cfg, data_dir, table, seqs))
         train_s = time.perf_counter() - t0
         model, cfg_saved, extra = load_model(run_dir)
         users = heldout_half(np.asarray(extra["eval_users"], np.int64), period)

@@ -229,8 +229,9 @@ def compare(cfg: PinSageConfig, data_dir: str | Path, out_dir: str | Path, comma
         emb, tm = train_and_embed(vcfg, data_dir, model_dir, val_pairs)
         m = evaluate_embeddings(emb, pairs, cfg, topics)
         m = {k: v for k, v in m.items() if k in result.metrics}
-        result.add(name, seed, details={k: tm.get(k) for k in ("steps", "best_step", "best_val_mrr", "stopped_early")
-                                        if k in tm}, **m, train_seconds=time.perf_counter() - t0)
+        keys = ("steps", "best_step", "best_val_mrr", "stopped_early", "hard_per_positive_max")  # the curriculum's reach
+        result.add(name, seed, details={k: tm.get(k) for k in keys if k in tm}, **m,
+                   train_seconds=time.perf_counter() - t0)
         print(f"{name} (seed {seed}): {m}", flush=True)
         if i + 1 < len(todo):  # written after every run: a long evaluation stopped early keeps what it measured
             result.details["partial"] = f"{i + 1} of {len(todo)} trained runs"

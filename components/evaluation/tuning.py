@@ -28,7 +28,7 @@ from components.data.validate import load_events
 from components.evaluation import pinsage as pinsage_eval
 from components.evaluation.katib import build_experiment
 from components.evaluation.pinnerformer import recall_at_split
-from components.evaluation.pinnerformer_harness import content_pin_table, heldout_half
+from components.evaluation.pinnerformer_harness import content_pin_table, early_stopping, heldout_half
 from components.evaluation.protocol import Period
 from components.evaluation.ranker import ranker_period_metrics
 from components.evaluation.search_space import DEFAULT_EXPERIMENT, OBJECTIVE, SPACES, TRIALS, Model, Param
@@ -52,10 +52,25 @@ def suggest(trial: optuna.Trial, space: list[Param]) -> dict[str, Any]:
     return out
 
 
+def current_params(cfg: Any, space: list[Param]) -> dict[str, Any]:
+    """The config's own value of every parameter of ``space``, clipped into its range (Optuna's first trial)."""
+    out: dict[str, Any] = {}
+    for p in space:
+        value = getattr(cfg, p.name)
+        if p.kind == "categorical":
+            out[p.name] = value if value in p.choices else p.choices[0]
+        else:
+            value = min(max(value, p.low), p.high)
+            out[p.name] = int(value) if p.kind == "int" else float(value)
+    return out
+
+
 def validation_score(model: Model, data_dir: str | Path, experiment: str, params: dict[str, Any], seed: int,
                      work_dir: str | Path, period: Period = "val", overrides: dict[str, Any] | None = None) -> float:
     """Train ``experiment`` with ``overrides`` then ``params`` and ``seed``, and return the objective on
-    ``period`` (validation by default: the only period tuning looks at)."""
+    ``period`` (validation by default: the only period tuning looks at). With ``patience`` > 0 (the ``*_eval``
+    experiments) a trial stops early on the validation period exactly as the evaluation harness does, so a
+    trial costs what one evaluation run costs and scores its best validated weights."""
     overrides = {**(overrides or {}), **params, "seed": seed,
                  "checkpoint_every": 0 if model != "ranker" else 1_000_000_000}
     cfg = config_mod.load(experiment, overrides, model=model)
@@ -63,15 +78,18 @@ def validation_score(model: Model, data_dir: str | Path, experiment: str, params
     if model == "pinsage":
         graph = build_graph(data_dir, cfg.use_engagement_edges)
         pairs = pinsage_eval.heldout_pairs(data_dir, graph.pin_ids, cfg, period)
-        emb, _ = pinsage_eval.train_and_embed(cfg, data_dir, work_dir / "model")
+        val_pairs = pinsage_eval.heldout_pairs(data_dir, graph.pin_ids, cfg, "val") if cfg.patience > 0 else None
+        emb, _ = pinsage_eval.train_and_embed(cfg, data_dir, work_dir / "model", val_pairs)
         return pinsage_eval.ranking_metrics(emb, pairs, cfg.eval_pool)["mrr"]
     if model == "pinnerformer":
         pins_path = content_pin_table(data_dir, work_dir / "content_pins.parquet")
-        pinnerformer_training.train(cfg, data_dir, pins_path, work_dir / "model", evaluate=False)
-        net, cfg_saved, extra = load_pinnerformer(work_dir / "model")
         table = pinnerformer_training.load_pin_table(pins_path)
+        seqs = build_sequences(load_events(data_dir), table.ids)
+        pinnerformer_training.train(cfg, data_dir, pins_path, work_dir / "model", evaluate=False,
+                                    validation=early_stopping(cfg, Path(data_dir), table, seqs))
+        net, cfg_saved, extra = load_pinnerformer(work_dir / "model")
         users = heldout_half(np.asarray(extra["eval_users"], np.int64), period)
-        r = recall_at_split(net, cfg_saved, data_dir, table, users, build_sequences(load_events(data_dir), table.ids))
+        r = recall_at_split(net, cfg_saved, data_dir, table, users, seqs)
         return float(r["recall@10"] or 0.0)
     ranker_training.train(cfg, data_dir, work_dir / "model")
     return ranker_period_metrics(work_dir / "model", data_dir, period)["hit3_save"] or 0.0
@@ -79,19 +97,21 @@ def validation_score(model: Model, data_dir: str | Path, experiment: str, params
 
 def tune(model: Model, data_dir: str | Path, out_dir: str | Path, experiment: str | None = None,
          trials: int | None = None, seed: int = 0, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the Optuna study (TPE, seeded) on the validation period; write ``<out>/<experiment>_tuned.yaml``
-    (the best parameters as an experiment), ``<out>/<model>_trials.json`` and the Katib manifest
+    """Run the Optuna study (TPE, seeded; trial 0 is ``experiment``'s own values) on the validation period;
+    write ``<out>/<experiment>_tuned.yaml`` (the best parameters as an experiment), ``<out>/<model>_trials.json`` and the Katib manifest
     ``<out>/<model>_katib.yaml``. Returns the summary written to the JSON file."""
     if model not in SPACES:
         raise config_mod.ConfigError(f"tune: model '{model}' is not one of {sorted(SPACES)}")
     experiment = experiment or DEFAULT_EXPERIMENT[model]
-    config_mod.load(experiment, overrides, model=model)  # a bad experiment or key fails before any training
+    base = config_mod.load(experiment, overrides, model=model)  # a bad experiment or key fails before any training
     trials = TRIALS[model] if trials is None else int(trials)
     if trials < 1:
         raise config_mod.ConfigError(f"tune: --trials must be >= 1, got {trials}")
     out_dir = Path(out_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    # trial 0 is the experiment as configured, so a small budget never picks values that scored below it
+    study.enqueue_trial(current_params(base, SPACES[model]))
     records: list[dict[str, Any]] = []
 
     def objective(trial: optuna.Trial) -> float:
