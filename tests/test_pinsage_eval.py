@@ -103,3 +103,14 @@ def test_early_stopping_before_the_second_curriculum_stage_warns(tiny_data, tmp_
     with pytest.warns(UserWarning, match="no minibatch of this run had a hard negative"):
         metrics = train(cfg, tiny_data, tmp_path / "m", validation=stop)
     assert metrics["stopped_early"] and metrics["steps"] == 2 and metrics["hard_per_positive_max"] == 0
+
+
+def test_the_harness_notes_a_run_whose_curriculum_never_activated(tiny_data, tmp_path):
+    cfg = config.load("pinsage_tiny", {"epochs": 2, "max_steps": 1, "walks_per_node": 10, "log_every": 1000})
+    with pytest.warns(UserWarning, match="hard negatives never activate"):
+        result = pinsage_eval.compare(cfg, tiny_data, tmp_path, variants={"PinSage (full)": {}}, seeds=[0],
+                                      baselines=False)
+    [run] = result.runs
+    assert run.details["hard_per_positive_max"] == 0 and run.details["steps"] == 1
+    assert any("never activated" in n and "equals 'no hard negatives'" in n for n in result.notes)
+    assert "never activated" in (tmp_path / "pinsage_synthetic.md").read_text()

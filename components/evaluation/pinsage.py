@@ -233,6 +233,9 @@ def compare(cfg: PinSageConfig, data_dir: str | Path, out_dir: str | Path, comma
         result.add(name, seed, details={k: tm.get(k) for k in keys if k in tm}, **m,
                    train_seconds=time.perf_counter() - t0)
         print(f"{name} (seed {seed}): {m}", flush=True)
+        if vcfg.hard_negatives and tm.get("hard_per_positive_max") == 0:
+            result.notes.append(f"{name} (seed {seed}): the hard-negative curriculum never activated (stopped at step "
+                                f"{tm.get('steps')}, before its second stage): this run equals 'no hard negatives'")
         if i + 1 < len(todo):  # written after every run: a long evaluation stopped early keeps what it measured
             result.details["partial"] = f"{i + 1} of {len(todo)} trained runs"
             write_result(result, out_dir)
