@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from components.data.io import atomic_write_json
+from components.data.durable import atomic_write_json
 from components.evaluation import papers
 from components.evaluation.result import EvalResult, read_result, write_result
 from components.progress import Progress

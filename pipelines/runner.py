@@ -23,7 +23,8 @@ import yaml
 from kfp import compiler
 from kfp import local as kfp_local
 
-from components.data.io import atomic_write_bytes, read_meta
+from components.data.durable import atomic_write_bytes
+from components.data.io import read_meta
 from pipelines import daily_embedding, training
 
 PIPELINES = {"training": "homefeed-training", "daily": "homefeed-daily-embedding"}

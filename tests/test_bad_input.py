@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from components.data import io
+from components.data import durable, io
 from components.serving import ranker_io
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def _values(col: pa.ChunkedArray, row: int, value: object) -> pa.Array:
 def _future(d: Path) -> None:
     t = pq.read_table(_first(d))
     ts = pa.array(np.full(t.num_rows, 4_070_908_800 + 60), pa.int64())  # 2099-01-01
-    io.atomic_write_parquet(t.set_column(t.schema.get_field_index("timestamp"), "timestamp", ts),
+    durable.atomic_write_parquet(t.set_column(t.schema.get_field_index("timestamp"), "timestamp", ts),
                             d / "events" / "dt=2099-01-01" / "part-0.parquet")
 
 
@@ -133,7 +133,7 @@ def _every_partition_double(d: Path) -> None:
 def _mixed_granularity(d: Path) -> None:
     t = pq.read_table(_first(d))
     month = str(io.month_of(t["timestamp"][0].as_py()))
-    io.atomic_write_parquet(t, d / "events" / f"dt={month}" / "part-0.parquet")
+    durable.atomic_write_parquet(t, d / "events" / f"dt={month}" / "part-0.parquet")
 
 
 def _empty_partition(d: Path) -> None:
@@ -319,7 +319,7 @@ def test_sigkilled_prepare_leaves_the_previous_output(tiny_data, tmp_path):
 SWAPPER = """
 import sys
 from pathlib import Path
-from components.data import io
+from components.data import durable
 dst, i = Path(sys.argv[1]), 0
 print("swapping", flush=True)
 while True:
@@ -329,7 +329,7 @@ while True:
     for k in range(20):
         (src / f"f{k}").write_text(str(i))
     (src / "DONE").write_text(str(i))
-    io.replace_dir(src, dst)
+    durable.replace_dir(src, dst)
 """
 
 

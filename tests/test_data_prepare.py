@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from components import config
-from components.data import io, movielens, synthetic
+from components.data import durable, io, movielens, synthetic
 from components.data.prepare import prepare
 from components.data.schemas import SURFACES, TASKS
 from components.data.validate import load_events, load_table, validate_dir
@@ -311,14 +311,14 @@ def test_failed_write_leaves_the_old_partition(tmp_path, monkeypatch):
             f.write(b"partial")
         raise OSError("disk full (injected)")
 
-    monkeypatch.setattr(io.pq, "write_table", crash_midway)
+    monkeypatch.setattr(durable.pq, "write_table", crash_midway)
     with pytest.raises(OSError, match="injected"):
         io.write_partitioned(tmp_path, "events", _events(80, DAY, 2.0))
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["part-0.parquet"]  # temp file cleaned up
     assert pq.read_table(path).num_rows == 50
-    assert path.stat().st_mode & 0o044 == 0o044 & io.FILE_MODE  # published files are not owner-only
+    assert path.stat().st_mode & 0o044 == 0o044 & durable.FILE_MODE  # published files are not owner-only
 
 
 def test_interrupted_prepare_keeps_the_published_directory(tmp_path, monkeypatch):
@@ -336,7 +336,7 @@ def test_interrupted_prepare_keeps_the_published_directory(tmp_path, monkeypatch
             raise KeyboardInterrupt  # as if the user pressed ^C mid-way through the events
         real_write(table, where, **kwargs)
 
-    monkeypatch.setattr(io.pq, "write_table", fail_on_tenth)
+    monkeypatch.setattr(durable.pq, "write_table", fail_on_tenth)
     new_cfg = config.load("synthetic_tiny", {"users": 40, "pins": 100, "boards": 10, "days": 12, "eval_days": 5,
                                              "seed": 3})
     with pytest.raises(KeyboardInterrupt):
@@ -370,7 +370,7 @@ def test_reprepare_with_another_dataset_drops_stale_ground_truth(tmp_path):
 WRITER = """
 import sys, time
 import numpy as np, pyarrow as pa
-from components.data import io
+from components.data import durable, io
 n = int(sys.argv[2])
 t = pa.table({"user_id": pa.array(np.arange(n), pa.int64()), "pin_id": pa.array(np.arange(n), pa.int64()),
               "action_type": pa.array(np.full(n, "repin")), "surface": pa.array(np.full(n, "homefeed")),
@@ -380,7 +380,7 @@ io.write_partitioned(sys.argv[1], "events", t)
 path = io.partition_path(sys.argv[1], "events", "2024-01-01")
 print("writing", flush=True)
 while True:  # what write_partitioned does for each day, back to back
-    io.atomic_write_parquet(t, path)
+    durable.atomic_write_parquet(t, path)
 """
 
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from components.data import io
+from components.data import durable, io
 from components.data.checks import check_table
 from components.data.prepare import to_arrow, write_dataset
 from components.data.schemas import ACTION_TYPES, SURFACES, TABLES, TASKS
@@ -505,7 +505,7 @@ def test_future_partition(tmp_path):
     d = write(tmp_path, valid_tables())
     t = pq.read_table(first_partition(d))
     future = 4_070_908_800  # 2099-01-01
-    io.atomic_write_parquet(t.set_column(t.schema.get_field_index("timestamp"), "timestamp",
+    durable.atomic_write_parquet(t.set_column(t.schema.get_field_index("timestamp"), "timestamp",
                                          pa.array([future + 5] * t.num_rows, pa.int64())),
                             d / "events" / "dt=2099-01-01" / "part-0.parquet")
     errs = errors_of(d)
@@ -593,7 +593,7 @@ def test_month_partitions_validate_and_load_by_day(tmp_path):
     lo, hi = io.day_bounds("2023-11-15")
     assert len(one) == int(((ev["timestamp"].to_numpy() >= lo) & (ev["timestamp"].to_numpy() < hi)).sum()) > 0
     t = pq.read_table(d / "events" / "dt=2023-11" / "part-0.parquet")
-    io.atomic_write_parquet(t, d / "events" / "dt=2023-12" / "part-0.parquet")  # November rows in December
+    durable.atomic_write_parquet(t, d / "events" / "dt=2023-12" / "part-0.parquet")  # November rows in December
     assert any("fall outside the partition's month 2023-12" in e for e in errors_of(d))
 
 

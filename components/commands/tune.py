@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from components import config
-from components.data import io
+from components.data import durable
 from components.evaluation import tuning
 from components.evaluation.katib import build_experiment
 from components.evaluation.search_space import DEFAULT_EXPERIMENT, OBJECTIVE, SPACES, TRIALS
@@ -27,7 +27,7 @@ def _run(args: argparse.Namespace) -> int:
     trials = args.trials if args.trials is not None else TRIALS[model]
     if args.katib:
         manifest = build_experiment(model, experiment, trials, image=args.image, seed=args.seed)
-        path = io.atomic_write_bytes(Path(args.out) / f"{model}_katib.yaml", yaml.safe_dump(manifest, sort_keys=False).encode())
+        path = durable.atomic_write_bytes(Path(args.out) / f"{model}_katib.yaml", yaml.safe_dump(manifest, sort_keys=False).encode())
         print(f"written: {path}")
         return 0
     if args.data is None:

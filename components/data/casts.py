@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from components.data import io
+from components.data import durable, io
 from components.data.schemas import TABLES, TableSpec
 
 
@@ -94,7 +94,7 @@ def fix_types(data_dir: str | Path) -> list[str]:
                     continue
                 changed.append((col, got))
             if changed:
-                io.atomic_write_parquet(table, path)
+                durable.atomic_write_parquet(table, path)
                 for col, got in changed:
                     done.setdefault((spec.filename, col, _type_name(got), _type_name(_target_type(spec, col))),
                                     []).append(source)

@@ -37,7 +37,7 @@ import pyarrow as pa
 import yaml
 
 from components.config import ConfigError
-from components.data import io
+from components.data import durable, io
 from components.data.import_columns import (
     IdSpace,
     map_actions,
@@ -325,7 +325,7 @@ def write_tables(out: Path, tables: dict[str, Any], granularity: str) -> None:
             io.write_table(out, name, table)
     for kind in ("users", "items"):
         if f"id_map_{kind}" in tables:
-            io.atomic_write_parquet(pa.Table.from_pandas(tables[f"id_map_{kind}"], preserve_index=False),
+            durable.atomic_write_parquet(pa.Table.from_pandas(tables[f"id_map_{kind}"], preserve_index=False),
                                     out / "id_maps" / f"{kind}.parquet")
     io.write_meta(out, tables["meta"])
 
@@ -339,10 +339,10 @@ def import_data(cfg: ImportConfig, out: str | Path) -> ImportReport:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
     try:
         write_tables(tmp, tables, tables["meta"]["partition"])
-        io.atomic_write_bytes(tmp / "import.yaml", _yaml(to_dict(cfg)))
+        durable.atomic_write_bytes(tmp / "import.yaml", _yaml(to_dict(cfg)))
         report.validation = validate_dir(tmp)
         report.validation.data_dir = str(out)
-        io.replace_dir(tmp, out)
+        durable.replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

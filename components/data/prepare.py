@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from components import config as config_mod
 from components.config import DataConfig
-from components.data import io
+from components.data import durable, io
 from components.data.schemas import TABLES, TableSpec
 from components.data.validate import ValidationReport, validate_dir
 
@@ -68,7 +68,7 @@ def write_dataset(out: str | Path, tables: dict[str, object], progress: bool | N
             bar.update(1)
         gt = tables.get("ground_truth") or {}
         for name, df in gt.items():
-            io.atomic_write_parquet(pa.Table.from_pandas(df, preserve_index=False),
+            durable.atomic_write_parquet(pa.Table.from_pandas(df, preserve_index=False),
                                     out / "ground_truth" / f"{name}.parquet")
         # ground truth of an earlier dataset in the same folder would be taken for this one's
         for stale in sorted((out / "ground_truth").glob("*.parquet")):
@@ -108,7 +108,7 @@ def prepare(cfg: DataConfig, out: str | Path, progress: bool | None = None) -> V
     (``out/config.yaml``). Returns the validation report (its summary is what the CLI prints).
 
     The directory is built in a temporary sibling of ``out``, validated there, and only then swapped
-    in whole (:func:`io.replace_dir`): a run that fails validation (``--set feature_noise=.nan``),
+    in whole (:func:`durable.replace_dir`): a run that fails validation (``--set feature_noise=.nan``),
     raises or is killed leaves the previous ``out`` exactly as it was.
     ``progress``: tqdm bars for the stages (None = only when stderr is a terminal).
     """
@@ -119,7 +119,7 @@ def prepare(cfg: DataConfig, out: str | Path, progress: bool | None = None) -> V
     out.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale_builds(out)
     work = Path(tempfile.mkdtemp(prefix=BUILDING.format(name=out.name, pid=os.getpid()), dir=out.parent))
-    os.chmod(work, 0o777 & ~io._umask())  # mkdtemp's folder is owner-only; published data is readable
+    os.chmod(work, durable.DIR_MODE)  # mkdtemp's folder is owner-only; published data is readable
     disable = None if progress is None else not progress
     try:
         with tqdm(total=4, desc=f"prepare {cfg.dataset}", unit="stage", disable=disable) as bar:
@@ -140,7 +140,7 @@ def prepare(cfg: DataConfig, out: str | Path, progress: bool | None = None) -> V
             report.data_dir = str(out)
             bar.update(1)
             bar.set_postfix_str("publish")
-            io.replace_dir(work, out)
+            durable.replace_dir(work, out)
             bar.update(1)
     finally:
         shutil.rmtree(work, ignore_errors=True)

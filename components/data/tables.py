@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.data.io import atomic_write_bytes, atomic_write_parquet
+from components.data.durable import atomic_write_bytes, atomic_write_parquet
 
 TABLE_FILE = "embeddings.parquet"
 

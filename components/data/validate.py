@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from components.data import io
+from components.data import durable, io
 from components.data.checks import (
     Problem,
     check_meta,
@@ -102,8 +102,9 @@ def _files(data_dir: Path, name: str, days: list[str] | None = None
     if errors:
         return [], errors
     files: list[tuple[Path, str | None, tuple[int, int] | None]] = []
-    for key in io.partitions(data_dir, name) if days is None else days:
-        found = io.locate(data_dir, name, key)
+    stored = io.partitions(data_dir, name)  # listed once, not once per key
+    for key in stored if days is None else days:
+        found = io.locate(data_dir, name, key, stored)
         if found is None:
             raise FileNotFoundError(f"{io.partition_path(data_dir, name, key).parent}: no {name} partition for "
                                     f"day {key}")
@@ -139,7 +140,7 @@ def _check_files(data_dir: Path, name: str, files: list[tuple[Path, str | None, 
     for path, key, bounds in files:
         source = str(path.relative_to(data_dir))
         try:
-            t = io.read_parquet(path)
+            t = durable.read_parquet(path)
         except Exception as e:  # noqa: BLE001 - report any unreadable file by name
             out.errors.append(f"{source}: cannot be read as Parquet: {e}")
             continue
@@ -268,7 +269,7 @@ def read_checked(data_dir: str | Path, name: str, days: list[str] | None = None)
         ref_path = data_dir / TABLES[ref_table].filename
         if not TABLES[ref_table].partitioned and ref_path.exists():
             try:
-                refs[ref_table] = io.read_parquet(ref_path, columns=[ref_col])
+                refs[ref_table] = durable.read_parquet(ref_path, columns=[ref_col])
             except Exception as e:  # noqa: BLE001 - an unreadable referenced table, by name
                 errors.append(f"{ref_path.relative_to(data_dir)}: cannot be read as Parquet: {e}")
     errors += _check_references(data_dir, name, table, parts, refs)

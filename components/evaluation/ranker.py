@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from components import config as config_mod
-from components.data import io
+from components.data import durable, io
 from components.evaluation import papers
 from components.evaluation.metrics import auc, hit_at_k
 from components.evaluation.protocol import Period, in_period, parse_seeds, period_bounds
@@ -307,4 +307,4 @@ def plot(result: EvalResult, path: str | Path) -> Path:
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    return io.atomic_write_bytes(path, buf.getvalue())
+    return durable.atomic_write_bytes(path, buf.getvalue())

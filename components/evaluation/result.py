@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from components.data import io
+from components.data import durable
 
 Direction = Literal["higher", "lower"]
 SCHEMA_VERSION = 1
@@ -275,8 +275,8 @@ def to_markdown(result: EvalResult, digits: int = 4) -> str:
 def write_result(result: EvalResult, out_dir: str | Path) -> Path:
     """Write ``<out_dir>/<model>_<dataset>.json`` and ``.md`` atomically; returns the JSON path."""
     out = Path(out_dir)
-    path = io.atomic_write_json(result.to_dict(), out / f"{result.stem}.json")
-    io.atomic_write_bytes(out / f"{result.stem}.md", to_markdown(result).encode())
+    path = durable.atomic_write_json(result.to_dict(), out / f"{result.stem}.json")
+    durable.atomic_write_bytes(out / f"{result.stem}.md", to_markdown(result).encode())
     return Path(path)
 
 

@@ -23,7 +23,7 @@ import optuna
 import yaml
 
 from components import config as config_mod
-from components.data import io
+from components.data import durable
 from components.data.validate import load_events
 from components.evaluation import pinsage as pinsage_eval
 from components.evaluation.katib import build_experiment
@@ -125,13 +125,13 @@ def tune(model: Model, data_dir: str | Path, out_dir: str | Path, experiment: st
     study.optimize(objective, n_trials=trials)
     tuned = f"{experiment}_tuned"
     best = {k: (float(v) if isinstance(v, float) else v) for k, v in study.best_params.items()}
-    io.atomic_write_bytes(out_dir / f"{tuned}.yaml", yaml.safe_dump({tuned: {"extends": experiment, **(overrides or {}), **best}},
+    durable.atomic_write_bytes(out_dir / f"{tuned}.yaml", yaml.safe_dump({tuned: {"extends": experiment, **(overrides or {}), **best}},
                                                                      sort_keys=False).encode())
     manifest = build_experiment(model, experiment, trials, seed=seed)
-    io.atomic_write_bytes(out_dir / f"{model}_katib.yaml", yaml.safe_dump(manifest, sort_keys=False).encode())
+    durable.atomic_write_bytes(out_dir / f"{model}_katib.yaml", yaml.safe_dump(manifest, sort_keys=False).encode())
     summary = {"model": model, "experiment": experiment, "tuned_experiment": tuned, "trials": trials, "seed": seed,
                "objective": f"{OBJECTIVE[model]} on the validation period (higher is better)",
                "best_params": best, "best_value": float(study.best_value), "records": records,
                "space": [dataclasses.asdict(p) for p in SPACES[model]]}
-    io.atomic_write_bytes(out_dir / f"{model}_trials.json", json.dumps(summary, indent=2).encode())
+    durable.atomic_write_bytes(out_dir / f"{model}_trials.json", json.dumps(summary, indent=2).encode())
     return summary

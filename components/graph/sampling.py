@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.data.io import atomic_write_bytes
+from components.data.durable import atomic_write_bytes
 from components.graph.graph import PinBoardGraph
 
 

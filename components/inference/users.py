@@ -98,7 +98,7 @@ def embed_active_users(model_dir: str | Path, data_dir: str | Path, pin_embeddin
     (:mod:`components.inference.shards`), the daily pipeline's parallel tasks."""
     day_start, day_end = io.day_bounds(date)
     days = io.partitions(data_dir, "events")  # stored keys: days, or months for an imported long log
-    if io.locate(data_dir, "events", date) is None:
+    if io.locate(data_dir, "events", date, days) is None:
         raise FileNotFoundError(f"{io.partition_path(data_dir, 'events', date).parent}: no events partition for {date} "
                                 f"(nor for its month {date[:7]})")
     model, cfg, _ = load_model(model_dir)
@@ -115,7 +115,7 @@ def embed_active_users(model_dir: str | Path, data_dir: str | Path, pin_embeddin
     active_keys = [d for d in days if since[:len(d)] <= d <= date] if since is not None else [date]
     seen = []
     for key in active_keys:
-        t = io.read_partition(data_dir, "events", key, columns=["user_id", "timestamp"])
+        t = io.read_partition(data_dir, "events", key, columns=["user_id", "timestamp"], stored=days)
         ts = t.column("timestamp").to_numpy()
         seen.append(t.column("user_id").to_numpy()[(ts >= first) & (ts < day_end)])
     active = np.unique(np.concatenate(seen)).astype(np.int64)

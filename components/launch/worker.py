@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from components.data.io import atomic_write_bytes
+from components.data.durable import atomic_write_bytes
 from components.launch.call import TrainCall, run_call
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from components import config as config_mod
-from components.data.io import atomic_write_bytes
+from components.data.durable import atomic_write_bytes
 
 
 class CheckpointError(ValueError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from components.data.io import atomic_write_bytes
+from components.data.durable import atomic_write_bytes
 from components.report.fmt import bench_markdown, flatten, fmt_number, fmt_value, is_stats
 from components.report.inputs import gather
 from components.report.page import render, render_markdown

@@ -30,7 +30,7 @@ import torch
 
 from components import config as config_mod
 from components.data import io
-from components.data.io import atomic_write_bytes, replace_dir
+from components.data.durable import atomic_write_bytes, replace_dir
 from components.data.schemas import SURFACES
 from components.models import ranker_inputs
 from components.models.ranker import FeatureSpec, load_model

@@ -39,8 +39,8 @@ from feast.infra.registry.file import FileRegistryStore
 from feast.repo_config import RepoConfig
 
 from components import stackconfig
-from components.data import io
-from components.data.io import atomic_write_json, atomic_write_parquet
+from components.data import durable, io
+from components.data.durable import atomic_write_json, atomic_write_parquet
 from components.data.tables import VersionedStore, read_table
 from components.data.validate import load_events
 from components.data.vocab import vocab_of_frame
@@ -75,7 +75,7 @@ class AtomicFileRegistryStore(FileRegistryStore):
     def _write_registry(self, registry_proto) -> None:
         registry_proto.version_id = str(uuid.uuid4())
         registry_proto.last_updated.FromDatetime(dt.datetime.now(dt.UTC))
-        io.atomic_write_bytes(self._filepath, registry_proto.SerializeToString())
+        durable.atomic_write_bytes(self._filepath, registry_proto.SerializeToString())
 
 
 class FeatureStoreError(RuntimeError):
@@ -96,7 +96,7 @@ def init_repo(repo_dir: str | Path, template: str | Path = REPO_TEMPLATE,
             if f.is_file() and f.suffix == ".py":
                 shutil.copy2(f, repo_dir / f.name)
         fs = stackconfig.feature_store_yaml(stack or stackconfig.load_stack("local"))
-        io.atomic_write_bytes(repo_dir / "feature_store.yaml", yaml.safe_dump(fs, sort_keys=False).encode())
+        durable.atomic_write_bytes(repo_dir / "feature_store.yaml", yaml.safe_dump(fs, sort_keys=False).encode())
     (repo_dir / "sources").mkdir(exist_ok=True)
     (repo_dir / "state").mkdir(exist_ok=True)
     return repo_dir

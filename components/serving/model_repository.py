@@ -33,7 +33,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.data.io import replace_dir
+from components.data.durable import replace_dir
 from components.models import ranker_inputs
 from components.models.ranker_inputs import MODEL_INPUTS, MODEL_PREFIX, RankerShapes
 from components.serving import ranker_io

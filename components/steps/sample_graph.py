@@ -16,7 +16,7 @@ def sample_graph(experiment: str, data: Input[Dataset], graph: Output[Dataset], 
 
     import numpy as np
 
-    from components.data.io import atomic_write_bytes
+    from components.data.durable import atomic_write_bytes
     from components.graph.graph import build_graph
     from components.graph.sampling import build_neighbourhoods
     from components.steps.common import load_config, log_metrics

@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from components import config as config_mod
-from components.data import io
+from components.data import durable
 from components.models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint, set_rng_state
 from components.progress import Progress
 from components.training.common import (
@@ -377,7 +377,7 @@ def fit(task: TrainTask, out_dir: str | Path, resume: bool = False,
             model.eval()
             save_checkpoint(out_dir / "model.pt", model, None, step, cfg, extra(epoch, batch))
             metrics.update(task.finish(model))
-            io.atomic_write_json(metrics, out_dir / "metrics.json")
+            durable.atomic_write_json(metrics, out_dir / "metrics.json")
             log.log(event="done", **{k: v for k, v in metrics.items() if isinstance(v, int | float | None)})
         if info.enabled:
             dist.barrier()

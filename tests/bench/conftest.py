@@ -133,7 +133,7 @@ def jsonable(value: Any, where: str = "result") -> Any:
 
 def write_outputs(records: dict[str, dict[str, Any]], out_dir: Path, status: dict[str, str]) -> dict[str, Any]:
     """Merge ``records`` into ``out_dir/bench.json`` and rewrite ``bench.md`` (both atomically)."""
-    from components.data.io import atomic_write_bytes
+    from components.data.durable import atomic_write_bytes
     from components.report import bench_markdown
 
     out_dir.mkdir(parents=True, exist_ok=True)
