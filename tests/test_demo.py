@@ -44,7 +44,7 @@ def test_quiet_output_sends_subprocess_output_to_the_log(tmp_path):
     script = textwrap.dedent(f"""
         import subprocess, sys
         from pathlib import Path
-        from pipelines.demo import Console, quiet_output
+        from pipelines.demo_console import Console, quiet_output
         with quiet_output(Path({str(tmp_path / 'demo.log')!r}), verbose=False) as stream:
             console = Console(stream, log=sys.stdout)
             console.line("stage one")
@@ -61,6 +61,30 @@ def test_quiet_output_sends_subprocess_output_to_the_log(tmp_path):
     log = (tmp_path / "demo.log").read_text()
     for text in ('{"executor_input": 1}', "child out", "child err", "### demo: [00:00] stage one"):
         assert text in log, text
+
+
+def test_task_lines_show_the_headline_metrics(tmp_path):
+    """A finished task's line shows the metrics the README leads with: PinnerFormer's Recall@10 and Recall@100
+    (Recall@1/2/5 are 0 at demo size) with the users scored, the ranker's AUC(save) and HIT@3/save; a task
+    without them its first quality metrics, else its loss."""
+    from pipelines.demo import headline_metrics
+    from pipelines.demo_console import _task_outputs
+
+    pf = {"steps": 176.0, "final_loss": 6.94, "recall@1": 0.0, "recall@2": 0.0, "recall@5": 0.0, "recall@10": 0.0208,
+          "recall@20": 0.104, "recall@50": 0.229, "recall@100": 0.521, "eval_users_scored": 4.0}
+    ranker = {"auc_save": 0.690, "auc_closeup": 0.670, "loss": 1.86, "hit3_save": 0.853, "auc_mean": 0.664}
+    for name, metrics in (("pf", pf), ("ranker", ranker), ("other", {"ndcg@5": 0.5, "steps": 3.0}),
+                          ("pinsage", {"final_loss": 0.0515, "steps": 3156.0})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "executor_output.json").write_text(json.dumps(
+            {"artifacts": {"metrics": {"artifacts": [{"metadata": metrics}]}}}))
+    assert _task_outputs(tmp_path / "pf") == "recall@10 0.021, recall@100 0.521 (4 users scored)"
+    assert _task_outputs(tmp_path / "ranker") == "auc_save 0.690, hit3_save 0.853, auc_mean 0.664"
+    assert _task_outputs(tmp_path / "other") == "ndcg@5 0.500"
+    assert _task_outputs(tmp_path / "pinsage") == "final_loss 0.0515, steps 3156"
+    summary = {"artifacts": {"train-pinnerformer": {"metrics": {"metadata": pf}},
+                             "evaluate-ranker": {"metrics": {"metadata": ranker}}}}
+    assert headline_metrics(summary) == "PinnerFormer Recall@10 0.021, ranker AUC(save) 0.690, HIT@3/save 0.853"
 
 
 def test_bad_parameter_exits_2_naming_it(tmp_path):
