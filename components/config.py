@@ -253,6 +253,10 @@ class RankerConfig(Checked):
     finalmlp_heads: PositiveInt = 4
     dhen_layers: PositiveInt = 2
     dropout: Dropout = 0.0
+    # point-in-time per-pin engagement (data.point_in_time.pin_engagement) as extra dense features
+    pin_engagement: bool = False
+    # a user x pin product slice in x_0 (both embeddings' element-wise product, projected), as LR/GBDT get
+    user_pin_product: bool = False
     seed: NonNegInt = 0
     epochs: PositiveInt = 3
     batch_size: PositiveInt = 512

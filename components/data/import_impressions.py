@@ -12,6 +12,7 @@ from components.config import ConfigError
 from components.data.import_columns import IdSpace, map_surfaces, numbers_of, to_unix_seconds
 from components.data.import_config import ImportConfig
 from components.data.negatives import sample_negatives
+from components.data.point_in_time import counts_before
 from components.data.schemas import TASKS
 
 
@@ -19,7 +20,10 @@ def request_features(imp: pd.DataFrame, ev: pd.DataFrame, pin_ids: np.ndarray, p
                       dense_pin: dict[str, np.ndarray], sparse_pin: dict[str, tuple[np.ndarray, int]]) -> dict[str, int]:
     """Add the ranker's d_*/s_* columns to ``imp`` in place; returns the sparse cardinalities."""
     prow = np.searchsorted(pin_ids, imp["pin_id"].to_numpy())
-    imp["d_pin_popularity"] = np.log1p(pop[prow]).astype(np.float32)
+    # the item's interactions strictly before the request (point in time: never the row's own)
+    imp["d_pin_popularity"] = np.log1p(counts_before(np.searchsorted(pin_ids, ev["pin_id"].to_numpy()),
+                                                     ev["timestamp"].to_numpy(), prow,
+                                                     imp["timestamp"].to_numpy())).astype(np.float32)
     # the user's activity so far: events strictly before the request
     ev_key = ev["user_id"].to_numpy().astype(np.float64) * 1e10 + ev["timestamp"].to_numpy()
     req_key = imp["user_id"].to_numpy().astype(np.float64) * 1e10 + imp["timestamp"].to_numpy()

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.data.point_in_time import counts_before
 from components.data.schemas import SURFACES
 
 GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
@@ -273,7 +274,9 @@ def load(eval_days: int = 28, seed: int = 0, min_board_size: int = 3) -> dict[st
         "pin_id": imp_pin.astype(np.int64),
         "surface": SURFACES[0],
         "timestamp": imp_ts.astype(np.int64),
-        "d_pin_popularity": np.log1p(pop[pidx]).astype(np.float32),
+        # the pin's ratings strictly before the request (never the row's own rating: point in time)
+        "d_pin_popularity": np.log1p(counts_before(np.searchsorted(pin_ids, events["pin_id"].to_numpy()), ev_ts,
+                                                   pidx, imp_ts)).astype(np.float32),
         "d_user_activity": np.log1p(imp_act).astype(np.float32),
         "d_pin_year": year_f[pidx],
         "d_user_age": age.loc[user_df["user_id"]].to_numpy()[uidx],

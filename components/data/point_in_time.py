@@ -1,4 +1,4 @@
-"""Point-in-time user features: each row's user vector is built only from that user's actions strictly
+"""Point-in-time features. User features: each row's user vector is built only from that user's actions strictly
 before the row's own timestamp.
 
 Why: the content-baseline user table (``components.data.baseline.content_embeddings``) is the mean of a
@@ -16,6 +16,10 @@ is built from the actions before the run, and a request comes after it.
 
 Cost O(E log E + Q log E) for E events and Q queries: events sorted by (user, time), one cumulative sum of
 the weighted pin vectors, one binary search per query.
+
+Pin features (:func:`counts_before`, :func:`pin_engagement`): a pin's rating count and its per-task
+engagement rates, each from what happened strictly before the row (the engagement from the days before
+the row's day, as serving's daily pin feature sees it), so no row counts its own rating or label.
 
 Shapes: E events, Q queries, D content-vector width, U users with events.
 """
@@ -96,3 +100,80 @@ def user_history(data_dir: str | Path) -> UserHistory:
     np.cumsum(pins[row] * w[:, None], axis=0, out=sums[1:])
     weights = np.r_[0.0, np.cumsum(w)]
     return UserHistory(users, keys, t0, span, sums, weights)
+
+
+# ---- point-in-time pin statistics ----------------------------------------------------------------------------
+
+DAY = 86_400
+ENGAGEMENT_PRIOR = 10.0  # pseudo-impressions at the global rate: a pin shown twice is not "100% saved"
+PIN_SHOWN = "d_pin_log_impressions"  # log1p(impressions of the pin before the row's day)
+
+
+def engagement_names(tasks: list[str]) -> list[str]:
+    """The dense columns :func:`pin_engagement` adds for ``tasks``: one smoothed rate per task, then the
+    pin's log impression count."""
+    return [f"d_pin_rate_{t}" for t in tasks] + [PIN_SHOWN]
+
+
+def counts_before(keys: np.ndarray, times: np.ndarray, query_keys: np.ndarray, query_times: np.ndarray) -> np.ndarray:
+    """(Q,) int64: for each query, how many (key, time) events have the query's key and a time strictly
+    before the query's time. Keys and times are non-negative int64; cost O((E + Q) log E).
+
+    ML-100k's ``d_pin_popularity`` is log1p of this over the pin's ratings: a row's own rating (at or after
+    its request's time) is never counted."""
+    keys, times = np.asarray(keys, np.int64), np.asarray(times, np.int64)
+    qk, qt = np.asarray(query_keys, np.int64), np.asarray(query_times, np.int64)
+    if not len(keys):
+        return np.zeros(len(qk), np.int64)
+    t0 = int(min(times.min(), qt.min() if len(qt) else times.min()))
+    span = int(max(times.max(), qt.max() if len(qt) else times.max())) - t0 + 2
+    if (int(max(keys.max(), qk.max() if len(qk) else 0)) + 1) * span >= 2**62:
+        raise ValueError(f"{int(keys.max()) + 1} keys x {span} s do not fit one int64 sort key")
+    ev = np.sort(keys * span + (times - t0))  # (E,)
+    return (np.searchsorted(ev, qk * span + (qt - t0), side="left")
+            - np.searchsorted(ev, qk * span, side="left")).astype(np.int64)
+
+
+def pin_engagement(pins: np.ndarray, times: np.ndarray, labels: np.ndarray, query_pins: np.ndarray,
+                   query_times: np.ndarray, tasks: list[str]) -> dict[str, np.ndarray]:
+    """Each query pin's engagement from the impressions of the days strictly before its query's day
+    (UTC): per task, the pin's positive rate smoothed towards the global rate of those days
+    ``(pos + PRIOR * g) / (shown + PRIOR)``, and ``log1p(shown)``. Columns named by :func:`engagement_names`.
+
+    Why days: serving reads the same numbers as a daily pin feature (``feast_store.write_sources`` as of
+    the end of the day before the request), so a training row sees exactly what a request that day would,
+    and never its own label (nor any other label of its own day).
+
+    Shapes: ``pins``, ``times`` (E,), ``labels`` (E, K) in ``tasks`` order; ``query_*`` (Q,).
+    """
+    pins, labels = np.asarray(pins, np.int64), np.asarray(labels, np.float64).reshape(len(pins), len(tasks))
+    day = np.asarray(times, np.int64) // DAY  # (E,)
+    qpin, qday = np.asarray(query_pins, np.int64), np.asarray(query_times, np.int64) // DAY  # (Q,)
+    # per (pin, day) sums, sorted by key; cumulative sums give "everything before day d" by one search
+    udays = np.unique(np.r_[day, qday])
+    d_e, d_q = np.searchsorted(udays, day), np.searchsorted(udays, qday)
+    nd = len(udays) + 1
+    upins = np.unique(pins)
+    p_e = np.searchsorted(upins, pins)
+    p_q = np.searchsorted(upins, qpin).clip(0, max(len(upins) - 1, 0))
+    known = (upins[p_q] == qpin) if len(upins) else np.zeros(len(qpin), bool)
+    key_e = p_e * nd + d_e
+    order = np.argsort(key_e, kind="stable")
+    key_s = key_e[order]
+    shown = np.r_[0.0, np.cumsum(np.ones(len(key_s)))]  # (E+1,)
+    pos = np.vstack([np.zeros((1, len(tasks))), np.cumsum(labels[order], axis=0)])  # (E+1, K)
+    first = np.searchsorted(key_s, p_q * nd, side="left")  # (Q,) the pin's first impression
+    upto = np.searchsorted(key_s, p_q * nd + d_q, side="left")  # (Q,) its first impression on or after the day
+    upto = np.where(known, upto, first)
+    n = shown[upto] - shown[first]  # (Q,)
+    k = pos[upto] - pos[first]  # (Q, K)
+    # the global rate of all impressions before the query's day
+    dorder = np.argsort(d_e, kind="stable")
+    g_shown = np.r_[0.0, np.cumsum(np.ones(len(dorder)))]
+    g_pos = np.vstack([np.zeros((1, len(tasks))), np.cumsum(labels[dorder], axis=0)])
+    g_at = np.searchsorted(d_e[dorder], d_q, side="left")  # (Q,)
+    g = np.where(g_shown[g_at][:, None] > 0, g_pos[g_at] / np.maximum(g_shown[g_at], 1.0)[:, None], 0.0)  # (Q, K)
+    rate = (k + ENGAGEMENT_PRIOR * g) / (n[:, None] + ENGAGEMENT_PRIOR)  # (Q, K)
+    out = {f"d_pin_rate_{t}": rate[:, j].astype(np.float32) for j, t in enumerate(tasks)}
+    out[PIN_SHOWN] = np.log1p(n).astype(np.float32)
+    return out

@@ -19,7 +19,8 @@ Architectures (``cfg.arch``), each on x_0, optionally behind EPNet:
 Then a shared MLP -> K logits, or with ``cfg.pepnet`` K PPNet-gated task towers.
 
 Shapes: B batch, S sparse features, N dense features, E sparse embedding width, P projected embedding
-width, F = N + (S+1)*E + 2P the width of x_0, H the interaction output width, K tasks, T tokens.
+width, F = N + (S+1)*E + 2P (+ P with ``user_pin_product``) the width of x_0, H the interaction output
+width, K tasks, T tokens.
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ class Transformer(Interaction):
         self.out_dim = self.encoder.out_dim
 
     def forward(self, x0: torch.Tensor, user_side: torch.Tensor, pin_side: torch.Tensor) -> torch.Tensor:
-        dense, sparse, surface, user, pin = torch.split(x0, self.widths, dim=-1)
+        dense, sparse, surface, user, pin, *product = torch.split(x0, self.widths, dim=-1)
+        pin = pin + product[0] if product else pin  # the user x pin slice (if any) joins the pin token
         sparse = torch.cat([sparse, surface], dim=-1).unflatten(-1, (-1, surface.shape[-1]))  # (B, S+1, E)
         return self.encoder(self.tokenizer(sparse, dense, user, pin))  # (B, T*E)
 
@@ -216,6 +218,15 @@ class Ranker(nn.Module):
         self.pin_proj = nn.Linear(spec.pin_dim, P)
         F = N + (S + 1) * E + 2 * P
         self.widths = [N, S * E, E, P, P]  # dense, sparse, surface, user, pin slices of x_0
+        # the explicit user x pin slice (the element-wise product LR and GBDT get): of the raw embeddings when
+        # their widths agree (one space, e.g. content vectors), else of the two projections
+        self.product = cfg.user_pin_product
+        self.raw_product = cfg.user_pin_product and spec.user_dim == spec.pin_dim
+        if self.raw_product:
+            self.product_proj = nn.Linear(spec.user_dim, P)
+        if self.product:
+            F += P
+            self.widths.append(P)  # (..., user x pin)
 
         # user/pin-side slices of x_0 (personal features for PPNet, contexts for FinalMLP)
         def side(names: list[str], emb_slice: tuple[int, int]) -> list[int]:
@@ -229,7 +240,8 @@ class Ranker(nn.Module):
         user_start = N + (S + 1) * E
         self.register_buffer("user_idx", torch.tensor(side(spec.user_features, (user_start, user_start + P))),
                              persistent=False)
-        self.register_buffer("pin_idx", torch.tensor(side(spec.pin_features, (user_start + P, F))), persistent=False)
+        self.register_buffer("pin_idx", torch.tensor(side(spec.pin_features, (user_start + P, user_start + 2 * P))),
+                             persistent=False)
 
         if cfg.pepnet:
             self.domain_table = nn.Embedding(len(SURFACES), E)  # EPNet's domain features, separate from x_0's
@@ -252,7 +264,14 @@ class Ranker(nn.Module):
         surface = fn.normalize(self.surface_table(_surface_ids(x_surface)), dim=-1)  # (B, E)
         user = fn.normalize(self.user_proj(x_user_embedding), dim=-1)  # (B, P)
         pin = fn.normalize(self.pin_proj(x_pin_embedding), dim=-1)  # (B, P)
-        return torch.cat([x_dense, *sparse, surface, user, pin], dim=-1)  # (B, F)
+        if not self.product:
+            return torch.cat([x_dense, *sparse, surface, user, pin], dim=-1)  # (B, F)
+        if self.raw_product:  # sum_d w_d u_d p_d per output: LR's product column, P of them
+            prod = self.product_proj(fn.normalize(x_user_embedding, dim=-1) * fn.normalize(x_pin_embedding, dim=-1))
+            prod = prod * x_user_embedding.shape[-1]  # (B, P); unit vectors' products are ~1/D each: O(1) after
+        else:  # a rank-P bilinear form of the projections
+            prod = user * pin * user.shape[-1]  # (B, P)
+        return torch.cat([x_dense, *sparse, surface, user, pin, prod], dim=-1)  # (B, F)
 
     def forward(self, x_dense: torch.Tensor, x_sparse: torch.Tensor, x_surface: torch.Tensor,
                 x_user_embedding: torch.Tensor, x_pin_embedding: torch.Tensor) -> torch.Tensor:

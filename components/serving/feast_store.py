@@ -41,10 +41,11 @@ from feast.repo_config import RepoConfig
 from components import stackconfig
 from components.data import durable, io
 from components.data.durable import atomic_write_json, atomic_write_parquet
+from components.data.point_in_time import PIN_SHOWN, pin_engagement
 from components.data.tables import VersionedStore, read_table
 from components.data.validate import load_events
 from components.data.vocab import vocab_of_frame
-from components.progress import Progress
+from components.progress import Progress, prints_to_log
 
 REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "feature_repo"
 SOURCE_NAMES = ("user_embedding", "pin_embedding", "user_features", "pin_features")
@@ -136,12 +137,31 @@ def _latest_features(imp: pa.Table, id_column: str, columns: list[str]) -> pa.Ta
     return t.drop_columns(["timestamp"]).append_column("event_timestamp", ts)
 
 
+ENGAGEMENT_PREFIXES = ("d_pin_rate_", PIN_SHOWN)
+
+
+def _with_pin_engagement(pins: pa.Table, imp: pa.Table, end: int) -> pa.Table:
+    """``pins`` plus each pin's engagement from every impression before ``end`` (point_in_time.pin_engagement
+    for a request the next day: ``d_pin_rate_<task>`` for each ``label_<task>`` column, ``d_pin_log_impressions``),
+    the values the ranker was trained with for a row of that day."""
+    tasks = [c.removeprefix("label_") for c in imp.column_names if c.startswith("label_")]
+    ids = pins.column("pin_id").to_numpy()
+    labels = np.stack([imp.column(f"label_{t}").to_numpy().astype(np.float64) for t in tasks], axis=1) if tasks \
+        else np.zeros((imp.num_rows, 0))
+    cols = pin_engagement(imp.column("pin_id").to_numpy(), imp.column("timestamp").to_numpy(), labels, ids,
+                          np.full(len(ids), end, np.int64), tasks)
+    for c, v in cols.items():
+        pins = pins.append_column(c, pa.array(v, pa.float32()))
+    return pins
+
+
 def write_sources(repo_dir: str | Path, data_dir: str | Path, date: str, user_embeddings: str | Path | None = None,
                   pin_embeddings: str | Path | None = None) -> dict[str, int]:
     """Write the sources of a repo instance as of the end of ``date`` (YYYY-MM-DD, UTC).
 
     Ranker features: each user's and pin's feature columns (meta.json ``user_features`` /
-    ``pin_features``) at their latest impression before the end of ``date``. Embeddings: the given
+    ``pin_features``) at their latest impression before the end of ``date``; pins also get their
+    engagement over all impressions before the end of ``date`` (``_with_pin_engagement``). Embeddings: the given
     embedding tables (None -> the source is left as it is), stamped with ``date``. Each file is written
     atomically. Returns rows per source.
     """
@@ -164,6 +184,9 @@ def write_sources(repo_dir: str | Path, data_dir: str | Path, date: str, user_em
                                     f"that the impressions do not have")
         schema[key] = {c: ("float" if pa.types.is_floating(imp.schema.field(c).type) else "int") for c in cols}
         t = _latest_features(imp, id_column, cols)
+        if name == "pin_features":  # the ranker's point-in-time pin engagement, as of the end of `date`
+            t = _with_pin_engagement(t, imp, end)
+            schema[key].update({c: "float" for c in t.column_names if c.startswith(ENGAGEMENT_PREFIXES)})
         atomic_write_parquet(t, sources / f"{name}.parquet")
         counts[name] = t.num_rows
     for name, path, id_column in (("user_embedding", user_embeddings, "user_id"),
@@ -326,7 +349,9 @@ def _materialize_view(store: Any, fv: Any, repo_dir: str | Path, date: str, end:
         raise FeatureStoreError(f"{repo_dir}: feature view '{fv.name}' already holds data through "
                                 f"{last - dt.timedelta(days=1):%Y-%m-%d}; materializing {date} would move serving backwards (pass force)")
     start = last if last is not None and end > last else EPOCH
-    store.materialize(start_date=start, end_date=end, feature_views=[fv.name])
+    # Feast's own "Materializing ..." / "<view>:" prints (no switch; its local engine never draws its tqdm bar)
+    with prints_to_log(logging.getLogger(__name__), "feast materialize"):
+        store.materialize(start_date=start, end_date=end, feature_views=[fv.name])
     return f"{start.isoformat()} .. {end.isoformat()}" + (" (reload)" if start == EPOCH and last else "")
 
 

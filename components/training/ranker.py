@@ -25,7 +25,7 @@ from torch import nn
 from components.config import RankerConfig
 from components.data import io
 from components.data.baseline import content_embeddings
-from components.data.point_in_time import UserHistory, user_history
+from components.data.point_in_time import PIN_SHOWN, UserHistory, engagement_names, pin_engagement, user_history
 from components.data.schemas import SURFACES
 from components.data.tables import EmbeddingTable
 from components.data.validate import DataValidationError, load_table
@@ -86,16 +86,36 @@ def embedding_tables(data_dir: str | Path, user_embeddings: EmbeddingSource = No
     return (users if users is not None else user_history(data_dir)), pins
 
 
-def feature_spec(meta: dict[str, Any], users: UserFeatures, pins: EmbeddingTable) -> FeatureSpec:
+def feature_spec(meta: dict[str, Any], users: UserFeatures, pins: EmbeddingTable,
+                 cfg: RankerConfig | None = None) -> FeatureSpec:
+    """The data's features (meta.json), plus the point-in-time pin engagement columns when
+    ``cfg.pin_engagement`` (dense and pin-side: serving reads them from Feast's pin features)."""
     sparse = dict(meta["sparse_features"])
-    return FeatureSpec(dense=list(meta["dense_features"]), sparse=list(sparse), cardinalities=[int(c) for c in sparse.values()],
+    extra = engagement_names(list(cfg.tasks)) if cfg is not None and cfg.pin_engagement else []
+    return FeatureSpec(dense=list(meta["dense_features"]) + extra, sparse=list(sparse),
+                       cardinalities=[int(c) for c in sparse.values()],
                        user_dim=users.dim, pin_dim=pins.dim, user_features=list(meta.get("user_features", [])),
-                       pin_features=list(meta.get("pin_features", [])))
+                       pin_features=list(meta.get("pin_features", [])) + extra)
+
+
+def add_pin_engagement(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """``df`` with the engagement columns ``spec.dense`` names (``d_pin_rate_<task>``, ``d_pin_log_impressions``)
+    computed from ``df``'s own labels, each row from the days strictly before its own (point in time)."""
+    tasks = [n.removeprefix("d_pin_rate_") for n in spec.dense if n.startswith("d_pin_rate_")]
+    if not tasks and PIN_SHOWN not in spec.dense:
+        return df
+    missing = [f"label_{t}" for t in tasks if f"label_{t}" not in df.columns]
+    if missing:
+        raise DataValidationError([f"impressions: the pin engagement features need column(s) {missing}"])
+    pins, ts = df["pin_id"].to_numpy(), df["timestamp"].to_numpy()
+    labels = df[[f"label_{t}" for t in tasks]].to_numpy(np.float64)
+    return df.assign(**pin_engagement(pins, ts, labels, pins, ts, tasks))
 
 
 def load_impressions(data_dir: str | Path, spec: FeatureSpec, tasks: list[str]) -> pd.DataFrame:
-    """All impressions, checked to hold every feature and label column the ranker needs."""
-    df = load_table(data_dir, "impressions")
+    """All impressions, checked to hold every feature and label column the ranker needs (the point-in-time
+    pin engagement columns computed here when ``spec`` has them)."""
+    df = add_pin_engagement(load_table(data_dir, "impressions"), spec)
     where = Path(data_dir) / "impressions"
     needed = spec.dense + spec.sparse + [f"label_{t}" for t in tasks]
     missing = [c for c in needed if c not in df.columns]
@@ -135,7 +155,7 @@ def prepare_data(cfg: RankerConfig, data_dir: str | Path, user_embeddings: Embed
     """(train, eval, extra): the time split, normalisation fitted on train, and what inference needs."""
     meta = io.read_meta(data_dir)
     users, pins = embedding_tables(data_dir, user_embeddings, pin_embeddings)
-    spec = feature_spec(meta, users, pins)
+    spec = feature_spec(meta, users, pins, cfg)
     df = load_impressions(data_dir, spec, cfg.tasks)
     split = int(meta["split_timestamp"])
     is_train = df["timestamp"].to_numpy() < split
