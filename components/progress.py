@@ -11,7 +11,11 @@ Bottom layer: imports nothing from components.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TextIO, TypeVar
@@ -22,6 +26,7 @@ T = TypeVar("T")
 
 QUIET_ENV = "HOMEFEED_QUIET"
 FORCE_ENV = "HOMEFEED_PROGRESS"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes
 
 
 def enabled(file: TextIO | None = None) -> bool:
@@ -106,3 +111,18 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def prints_to_log(logger: logging.Logger, what: str) -> Iterator[None]:
+    """Send what a library ``print``s inside the block (progress chatter it has no switch for, e.g. Feast's
+    materialize) to ``logger`` at DEBUG as one record, colour codes stripped, so the terminal shows only our bars.
+    It swaps the process-wide ``sys.stdout``: for steps and commands, not for a serving thread."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield
+    finally:
+        text = " ".join(ANSI.sub("", buf.getvalue()).split())
+        if text:
+            logger.debug("%s: %s", what, text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -53,14 +54,20 @@ def test_ranker_features_are_the_latest_impression_values(feast_repo, tiny_data)
         np.testing.assert_allclose(np.array(feats[col], float), last_pin.loc[pin_ids, col].to_numpy(float), rtol=1e-6)
 
 
-def test_materialize_rerun_corrects_and_next_day_is_incremental(feast_repo):
+def test_materialize_rerun_corrects_and_next_day_is_incremental(feast_repo, capsys, caplog):
     repo, root, users, day = feast_repo["repo"], feast_repo["root"], feast_repo["users"], feast_repo["day"]
     # a re-run of the same date with corrected embeddings replaces what the first run wrote
     fixed = dataclasses.replace(users, embeddings=-users.embeddings, model_version="fixed")
     write_table(fixed, root / "users_fixed.parquet")
     feast_store.write_sources(repo, feast_repo["data"], day, root / "users_fixed.parquet", None)
-    again = feast_store.materialize(repo, day)
+    capsys.readouterr()
+    with caplog.at_level(logging.DEBUG, logger=feast_store.__name__):
+        again = feast_store.materialize(repo, day)
     assert all(v.endswith("(reload)") for v in again.values())
+    # Feast's own per-view prints are in the log (one DEBUG record per view), not on stdout
+    assert "Materializing" not in capsys.readouterr().out
+    feast_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("feast materialize: ")]
+    assert len(feast_lines) == len(again) and all("Materializing 1 feature views" in x for x in feast_lines)
     got, found = feast_store.online_user_embeddings(repo, users.ids[:10])
     assert found.all()
     np.testing.assert_array_equal(got, fixed.embeddings[:10])
