@@ -25,7 +25,8 @@ from components.data import io
 from components.data.baseline import content_embeddings
 from components.data.tables import EmbeddingTable, write_table
 from components.serving import model_repository
-from components.serving.ranker_features import PinCache
+from components.serving.contract import RecommendError
+from components.serving.ranker_features import PinCache, raw_inputs
 from components.serving.recommend import RecommendConfig, Recommender
 from components.serving.service import Metrics, PinCacheCollector
 from components.stackconfig import dump_stack, load_stack
@@ -172,3 +173,24 @@ def test_pin_cache_metrics():
     for line in ("homefeed_pin_cache_hits_total 1.0", "homefeed_pin_cache_misses_total 1.0",
                  "homefeed_pin_cache_invalidations_total 0.0", "homefeed_pin_cache_entries 2.0"):
         assert line in text, text
+
+
+def test_raw_inputs_fill_missing_values_and_name_a_wrong_dimension():
+    """The ranker inputs from feature lists: the user side (one object repeated) broadcast, missing pins' values
+    filled as training saw an unknown (dense: the training mean, sparse: 0, embeddings: zeros) and counted."""
+    pre = {"dense": {"names": ["d_pin_popularity", "d_position"], "mean": [0.25, 0.0]},
+           "sparse": {"names": ["s_pin_category", "s_hour", "s_user_segment"]}, "surfaces": ["homefeed", "search"],
+           "dims": {"d_user": 3, "d_pin": 2}}
+    user = [0.1, 0.2, 0.3]
+    feats = {"d_pin_popularity": [1.5, None, 2.5], "s_pin_category": [4, None, 6], "user_embedding": [user] * 3,
+             "pin_embedding": [np.array([1, 2], np.float32), None, [5.0, 6.0]]}
+    raw, filled = raw_inputs(pre, feats, 3, WHEN, "search")
+    assert raw["dense"].tolist() == [[1.5, 0.0], [0.25, 0.0], [2.5, 0.0]]
+    assert raw["sparse"].tolist() == [[4, 18, 0], [0, 18, 0], [6, 18, 0]]  # s_hour from the request time
+    assert raw["surface"].tolist() == [[1]] * 3
+    assert np.array_equal(raw["user_embedding"], np.tile(np.float32(user), (3, 1)))
+    assert raw["pin_embedding"].tolist() == [[1, 2], [0, 0], [5, 6]]
+    assert filled == {"d_pin_popularity": 1, "s_pin_category": 1, "s_user_segment": 3, "pin_embedding": 1}
+    feats["pin_embedding"][2] = [1.0, 2.0, 3.0]
+    with pytest.raises(RecommendError, match="pin_embedding has 3 values, the ranker expects 2"):
+        raw_inputs(pre, feats, 3, WHEN, "homefeed")

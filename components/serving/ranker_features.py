@@ -272,9 +272,10 @@ def raw_inputs(pre: dict[str, Any], feats: dict[str, list[Any]], n: int, when: d
 def _column(name: str, feats: dict, context: dict, n: int, default: float, filled: dict[str, int]) -> np.ndarray:
     if name in feats:
         values = feats[name]
-        missing = sum(v is None for v in values)
-        if missing:
-            filled[name] = missing
+        missing = values.count(None)  # scalars only: count compares by identity, then ==
+        if not missing:
+            return np.array(values, np.float64)
+        filled[name] = missing
         return np.array([default if v is None else v for v in values], np.float64)
     if name in context:
         return np.full(n, context[name], np.float64)
@@ -283,12 +284,25 @@ def _column(name: str, feats: dict, context: dict, n: int, default: float, fille
 
 
 def _embeddings(values: list | None, n: int, dim: int, name: str, filled: dict[str, int]) -> np.ndarray:
+    """(n, dim) float32 rows of ``values`` (zeros where None, counted in ``filled``), in one conversion: the user
+    side is one object repeated n times, the pin side one array or list per pin."""
     out = np.zeros((n, dim), np.float32)  # (n, dim)
-    for i, v in enumerate(values or [None] * n):
-        if v is None:
-            filled[name] = filled.get(name, 0) + 1
-        elif len(v) != dim:
-            raise RecommendError(f"feature store {name} has {len(v)} values, the ranker expects {dim}")
-        else:
-            out[i] = v
+    values = values or [None] * n
+    first = values[0] if n else None
+    if first is not None and all(v is first for v in values):  # the user side
+        _check_dim(first, dim, name)
+        out[:] = np.asarray(first, np.float32)  # (dim,) broadcast over the rows
+        return out
+    rows = [i for i, v in enumerate(values) if v is not None]
+    if len(rows) < n:
+        filled[name] = filled.get(name, 0) + n - len(rows)
+    for i in rows:
+        _check_dim(values[i], dim, name)
+    if rows:
+        out[rows] = np.asarray([values[i] for i in rows], np.float32)  # (len(rows), dim)
     return out
+
+
+def _check_dim(v: Any, dim: int, name: str) -> None:
+    if len(v) != dim:
+        raise RecommendError(f"feature store {name} has {len(v)} values, the ranker expects {dim}")
