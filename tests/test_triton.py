@@ -25,6 +25,7 @@ from components.serving import model_repository as mr
 from components.serving import ranker_io
 from components.serving.triton import TritonServer
 from components.serving.triton_client import RankerClient
+from components.training.ranker import add_pin_engagement
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,8 @@ def server(exported, tmp_path_factory):
 
 
 def raw_inputs(tiny_data: Path, pre: dict, n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    df = load_table(tiny_data, "impressions").sample(n, random_state=seed)
+    # the point-in-time pin engagement columns are computed from all impressions, as training does
+    df = add_pin_engagement(load_table(tiny_data, "impressions"), pre["dense"]["names"]).sample(n, random_state=seed)
     pins, users = content_embeddings(tiny_data)
     return {
         "dense": df[pre["dense"]["names"]].to_numpy(np.float32),

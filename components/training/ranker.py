@@ -98,11 +98,12 @@ def feature_spec(meta: dict[str, Any], users: UserFeatures, pins: EmbeddingTable
                        pin_features=list(meta.get("pin_features", [])) + extra)
 
 
-def add_pin_engagement(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    """``df`` with the engagement columns ``spec.dense`` names (``d_pin_rate_<task>``, ``d_pin_log_impressions``)
-    computed from ``df``'s own labels, each row from the days strictly before its own (point in time)."""
-    tasks = [n.removeprefix("d_pin_rate_") for n in spec.dense if n.startswith("d_pin_rate_")]
-    if not tasks and PIN_SHOWN not in spec.dense:
+def add_pin_engagement(df: pd.DataFrame, dense: list[str]) -> pd.DataFrame:
+    """``df`` (all impressions) with the engagement columns among the ``dense`` names (``d_pin_rate_<task>``,
+    ``d_pin_log_impressions``) computed from ``df``'s own labels, each row from the days strictly before its
+    own (point in time). Raw requests for serving tests are built from this too."""
+    tasks = [n.removeprefix("d_pin_rate_") for n in dense if n.startswith("d_pin_rate_")]
+    if not tasks and PIN_SHOWN not in dense:
         return df
     missing = [f"label_{t}" for t in tasks if f"label_{t}" not in df.columns]
     if missing:
@@ -115,7 +116,7 @@ def add_pin_engagement(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
 def load_impressions(data_dir: str | Path, spec: FeatureSpec, tasks: list[str]) -> pd.DataFrame:
     """All impressions, checked to hold every feature and label column the ranker needs (the point-in-time
     pin engagement columns computed here when ``spec`` has them)."""
-    df = add_pin_engagement(load_table(data_dir, "impressions"), spec)
+    df = add_pin_engagement(load_table(data_dir, "impressions"), spec.dense)
     where = Path(data_dir) / "impressions"
     needed = spec.dense + spec.sparse + [f"label_{t}" for t in tasks]
     missing = [c for c in needed if c not in df.columns]

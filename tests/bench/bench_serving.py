@@ -32,6 +32,7 @@ from components.serving import model_repository as mr
 from components.serving.recommend import RecommendConfig, Recommender
 from components.serving.triton import TritonServer
 from components.serving.triton_client import RankerClient
+from components.training.ranker import add_pin_engagement
 
 REPS = 3
 SECONDS = 3.0  # per measurement
@@ -57,7 +58,8 @@ def served(tiny_data, tmp_path_factory):
     repo = mr.materialize(root / "export", root / "repository")
     server = TritonServer(repo).start()
     pre = json.loads((root / "export" / "preprocess.json").read_text())
-    df = load_table(tiny_data, "impressions").sample(2048, random_state=0, replace=True)
+    df = add_pin_engagement(load_table(tiny_data, "impressions"), pre["dense"]["names"]).sample(2048, random_state=0,
+                                                                                                replace=True)
     pins, users = content_embeddings(tiny_data)
     raw = {"dense": df[pre["dense"]["names"]].to_numpy(np.float32),
            "sparse": df[pre["sparse"]["names"]].to_numpy(np.int64),
