@@ -24,8 +24,8 @@ from components.progress import Progress
 
 QUALITY = re.compile(r"(recall|hit|mrr|auc|ndcg|precision|accuracy|topic)", re.I)
 # the metrics the README's result tables lead with, in the order a task's line shows them (up to three); a task
-# that logged none of them shows its first three quality metrics. Recall@1/2/5 are 0 at demo size (94 held-out
-# users against 1,000 candidates), Recall@10 is the papers' and the README's headline, Recall@100 moves at demo size.
+# that logged none of them shows its first three quality metrics. Recall@1/2/5 are 0 at demo size (a handful of
+# held-out users scored against 1,000 candidates), Recall@10 is the papers' and the README's headline, Recall@100 moves.
 HEADLINE = ("recall@10", "recall@100", "hit@10", "mrr", "auc_save", "hit3_save", "auc_mean")
 SCORED = "eval_users_scored"  # how many users a Recall@K is over (said on the line: a handful at demo size)
 RUNNING = re.compile(r"Executing task \W*(?:\x1b\[[0-9;]*m)?'([\w.-]+)'")
