@@ -154,6 +154,7 @@ def test_pin_cache_rules():
     cache.sync("pins_b")  # the alias serves another collection
     assert len(cache) == 0 and cache.generation == "pins_b"
     assert cache.put_many([1], [("a",)], "v2", "pins_a") and len(cache) == 0  # rows read for the old collection
+    assert cache.put_many([1], [("a",)], "v2", "pins_b", epoch=cache.epoch - 1) and len(cache) == 0  # read before a drop
     cache.put_many([1], [(np.arange(3, dtype=np.float32),)], "v2", "pins_b")
     assert not cache.check(1, (np.arange(3, dtype=np.float32),))
     time.sleep(0.4)

@@ -56,6 +56,7 @@ class PinCache:
         self.generation: str | None = None  # the Milvus collection the cached pins were read for
         self.version: str | None = None  # the cached pin embeddings' model_version
         self.hits = self.misses = self.invalidations = 0
+        self.epoch = 0  # +1 at every drop: rows read before a drop are not stored after it
 
     def __len__(self) -> int:
         return len(self._d)
@@ -69,6 +70,7 @@ class PinCache:
     def _clear(self, generation: str | None) -> None:
         if self._d:
             self.invalidations += 1
+        self.epoch += 1
         self._d.clear()
         self.generation, self.version = generation, None
 
@@ -99,13 +101,15 @@ class PinCache:
             self.misses += len(out) - found
         return out
 
-    def put_many(self, pin_ids: list[int], values: list[tuple], version: str | None, generation: str | None) -> bool:
-        """Store values read for ``generation`` with pin embeddings of ``version``. False (and the cache dropped)
-        when ``version`` differs from the cached one: the caller must read every pin again."""
+    def put_many(self, pin_ids: list[int], values: list[tuple], version: str | None, generation: str | None,
+                 epoch: int | None = None) -> bool:
+        """Store values read for ``generation`` with pin embeddings of ``version`` (read while ``epoch`` was current,
+        if given). False (and the cache dropped) when ``version`` differs from the cached one: the caller must read
+        every pin again."""
         now = time.monotonic()
         with self._lock:
-            if generation != self.generation:
-                return True  # another worker saw a newer collection meanwhile: do not store stale-generation rows
+            if generation != self.generation or (epoch is not None and epoch != self.epoch):
+                return True  # the cache was dropped since these rows were read (another worker saw a change)
             if version and self.version and version != self.version:
                 self._clear(generation)
                 self.version = version
@@ -213,12 +217,13 @@ class FeatureReader:
         names = [_output_name(k) for k in keys]
         vi = keys.index(PIN_VERSION) if PIN_VERSION in keys else None
         for _ in range(2):  # a second pass only when the pin version changed under the cache
+            epoch = self.cache.epoch
             got = self.cache.get_many(ids)
             missing = [p for p, v in zip(ids, got) if v is None]
             if missing:
                 fresh = self._read_pins(missing, refs, keys)
                 version = next((v[vi] for v in fresh if v[vi]), None) if vi is not None else None
-                if not self.cache.put_many(missing, fresh, version, generation):
+                if not self.cache.put_many(missing, fresh, version, generation, epoch):
                     continue
                 by_id = dict(zip(missing, fresh))
                 got = [v if v is not None else by_id[p] for p, v in zip(ids, got)]
