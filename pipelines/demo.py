@@ -148,14 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stop-serving", action="store_true", help="only stop the servers a previous demo in --out left")
     ap.add_argument("--verbose", "-v", action="store_true", help="show every step's output (default: to the log)")
     args = ap.parse_args(argv)
-    # kfp and every step, imported after the output is routed to the log (import-time warnings)
-    from pipelines.runner import check_params, parse_params
-
     out = Path(args.out).resolve()
-    if args.stop_serving:
+    if args.stop_serving:  # before kfp and the steps are imported (minutes on a loaded machine)
         stopped = stop_serving(out)
         print(f"stopped: {', '.join(stopped)}" if stopped else f"{rel_path(out)}: no demo servers running")
         return 0
+    # kfp and every step, imported after the output is routed to the log (import-time warnings)
+    from pipelines.runner import check_params, parse_params
+
     try:
         overrides = parse_params(args.params)
         check_params("training", overrides)

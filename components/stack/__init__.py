@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from components.serving import feast_store
 from components.stack.processes import StackError, alive, endpoint_port, remove, stop_group
 from components.stack.servers import (
     Proc,
@@ -86,6 +85,10 @@ def up(profile: str, state_dir: str | Path, triton_repository: str | Path | None
        feast_server: bool = True) -> StackConfig:
     """Start what ``profile`` needs; write and return ``state_dir/stack.yaml``. On any failure every server
     started so far is stopped before the error propagates."""
+    # feast is heavy (its import took 88 of the 277 s `make demo-stop` spent at load 9) and only up() needs it:
+    # `import components.stack.processes` (demo-stop, stack down, the tests' process checks) must not pay for it
+    from components.serving import feast_store
+
     if profile not in PROFILES:
         raise StackError(f"unknown profile '{profile}'; expected one of {', '.join(PROFILES)}")
     state = Path(state_dir).resolve()
