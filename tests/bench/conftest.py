@@ -14,7 +14,9 @@
   becomes a histogram in the report.
   Results of benchmarks that did not run this time are kept from the previous file (each entry says when
   and on which machine it was measured), so running one file updates only its entries.
-  ``HOMEFEED_BENCH_OUT`` changes the output folder.
+  ``HOMEFEED_BENCH_OUT`` changes the output folder. Each record is also written the moment it is recorded to
+  ``<out>/records/<name>.json`` (standard library only), so an hour-long run keeps its figures if the session's
+  final write fails.
 """
 
 from __future__ import annotations
@@ -178,6 +180,11 @@ def bench_record(request) -> Callable[[str, dict], None]:
             raise TypeError(f"bench_record({name!r}): result must be a dict, got {type(result).__name__}")
         store[name] = {"result": jsonable(result, name), "test": request.node.nodeid,
                        "recorded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine()}
+        # the raw record at once, with nothing but the standard library: a long run's figures survive a failure
+        # at session end (bench.json/bench.md are written then, through components.report)
+        raw = Path(os.environ.get("HOMEFEED_BENCH_OUT", REPO / "out")) / "records" / f"{name}.json"
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.write_text(json.dumps(store[name], indent=2) + "\n")
 
     return record
 
