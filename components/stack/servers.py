@@ -303,7 +303,7 @@ def start_milvus(state: Path, password: str, timeout_s: float = 420.0, port: int
 # ---- feast serve ----------------------------------------------------------------------------------
 
 def start_feast_serve(repo: Path, env: dict[str, str], state: Path, registry_ttl_s: int = 5,
-                      timeout_s: float = 120.0, port: int | None = None) -> Proc:
+                      timeout_s: float = 300.0, port: int | None = None) -> Proc:
     """``feast serve`` (HTTP) over the repo instance ``repo``; ``env`` holds its secret placeholders."""
     feast = Path(sys.executable).parent / "feast"
     if port is None:
