@@ -95,8 +95,7 @@ class Metrics:
         self._served: tuple[str, str, str] | None = None
 
     def set_versions(self, versions: dict[str, Any]) -> None:
-        """Point ``homefeed_serving_version_info`` at the versions of a ranked response (one series: the
-        previous label set is removed when a daily run or a rollout changes a version)."""
+        """Point ``homefeed_serving_version_info`` at a ranked response's versions (one series: a change drops the old)."""
         labels = (str(versions.get("ranker") or ""), str(versions.get("user_embeddings") or ""),
                   str(versions.get("index_collection") or ""))
         with self._versions_lock:
@@ -178,6 +177,10 @@ class RecommenderPool:
         self.last_error = None
         self.metrics.pool.set(self._open)
         return rec
+
+    def reopen(self) -> None:
+        """Take or open one Recommender and put it back (an open that succeeds clears ``last_error``)."""
+        self._idle.put(self._get())
 
     def _discard(self, rec: Recommender) -> None:
         rec.close()
@@ -357,6 +360,9 @@ def create_app(settings: ServiceSettings):
         for dep, state in deps.items():
             metrics.up.labels(dep).set(1 if state.startswith("ok") else 0)
         not_ready = [d for d, s in deps.items() if not s.startswith("ok")]
+        if not not_ready and pool.last_error:  # the last open failed (e.g. racing a probe at start): retry it once
+            with contextlib.suppress(Exception):
+                await run_in_threadpool(pool.reopen)  # a success clears last_error: no request needed to recover
         if not not_ready and pool.last_error:
             deps["recommender"] = f"unavailable: {pool.last_error}"
             not_ready.append("recommender")
