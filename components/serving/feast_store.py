@@ -46,6 +46,7 @@ from components.data.tables import VersionedStore, read_table
 from components.data.validate import load_events
 from components.data.vocab import vocab_of_frame
 from components.progress import Progress, prints_to_log
+from components.serving.ranker_features import FeatureReader
 
 REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "feature_repo"
 SOURCE_NAMES = ("user_embedding", "pin_embedding", "user_features", "pin_features")
@@ -375,21 +376,9 @@ def online_user_embeddings(repo_dir: str | Path, user_ids: list[int] | np.ndarra
 def online_ranker_features(repo_dir: str | Path, user_id: int, pin_ids: list[int] | np.ndarray,
                            store: Any = None) -> dict[str, list[Any]]:
     """The ``ranker_v1`` service for one user and candidate pins: feature name -> values per pin
-    (None where the store has no value). Embeddings come as ``user_embedding`` / ``pin_embedding``."""
-    store = store or open_store(repo_dir)
-    rows = [{"user_id": int(user_id), "pin_id": int(p)} for p in pin_ids]
-    out = store.get_online_features(features=store.get_feature_service("ranker_v1"), entity_rows=rows,
-                                    full_feature_names=True).to_dict()
-    result: dict[str, list[Any]] = {}
-    for key, values in out.items():
-        view, _, feat = key.partition("__")
-        if not feat:
-            continue  # join keys
-        if feat == "embedding":
-            result[view] = values
-        elif feat != "model_version":
-            result[feat] = values
-    return result
+    (None where the store has no value). Embeddings come as ``user_embedding`` / ``pin_embedding``.
+    The recommend path's uncached read (``ranker_features.FeatureReader.uncached``)."""
+    return FeatureReader(store or open_store(repo_dir)).uncached(int(user_id), np.asarray(pin_ids))[0]
 
 
 def read_schema(repo_dir: str | Path) -> dict[str, dict[str, str]]:

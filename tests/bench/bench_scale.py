@@ -35,15 +35,14 @@ same exponent in events. Flat per-size rows (``time_*``, ``rss_*``) feed the rep
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
 import shutil
 import time
-import traceback
 from pathlib import Path
 
+import forked
 import pyarrow.dataset as ds
 
 from components import config, stack
@@ -138,42 +137,24 @@ def events(work: Path) -> int:
     return ds.dataset(work / "data" / "events", format="parquet", partitioning="hive").count_rows()
 
 
-def _child(stage: str, pins: int, work: Path, w: int) -> None:
-    """The forked child: run the stage, write its report to the pipe ``w``, exit without returning to pytest."""
-    code = 0
-    try:
-        os.environ["HOMEFEED_QUIET"] = "1"
-        baseline = _rss_mb()
-        t0 = time.perf_counter()
-        timed = run_stage(stage, pins, work)
-        elapsed = time.perf_counter() - t0 if timed is None else timed
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes, this process's peak
-        report = {"seconds": elapsed, "peak_rss_mb": peak_kb / 1024, "baseline_rss_mb": baseline}
-    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
-        report, code = {"error": traceback.format_exc()[-4000:]}, 1
-    with os.fdopen(w, "w") as f:
-        f.write(json.dumps(report))
-    os._exit(code)
+def _stage_report(stage: str, pins: int, work: Path) -> dict[str, float]:
+    """In the forked child: run the stage; its seconds, peak RSS and the after-import RSS it started with."""
+    os.environ["HOMEFEED_QUIET"] = "1"
+    baseline = _rss_mb()
+    t0 = time.perf_counter()
+    timed = run_stage(stage, pins, work)
+    elapsed = time.perf_counter() - t0 if timed is None else timed
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes, this process's peak
+    return {"seconds": elapsed, "peak_rss_mb": peak_kb / 1024, "baseline_rss_mb": baseline}
 
 
 def measure(stage: str, pins: int, work: Path) -> dict[str, float]:
     """Run ``stage`` in a forked child of this process (the modules are imported once, here, before any stage:
     a fresh interpreter per stage spent 90-170 s importing torch/Feast/pymilvus on this loaded machine): its
     wall time, its own peak RSS and its RSS above the after-import baseline it inherits."""
-    r, w = os.pipe()
     t = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        _child(stage, pins, work, w)
-    os.close(w)
-    with os.fdopen(r) as f:
-        text = f.read()
-    _, status = os.waitpid(pid, 0)
+    report = forked.start(f"stage {stage} at {pins} pins", _stage_report, stage, pins, work)()
     seconds = time.perf_counter() - t
-    report = json.loads(text) if text else {"error": f"exited with status {status} and no report"}
-    if "error" in report or status != 0:
-        raise RuntimeError(f"stage {stage} at {pins} pins failed:\n{report.get('error', status)}")
     return {"seconds": seconds, "stage_seconds": report["seconds"], "peak_rss_mb": report["peak_rss_mb"],
             "baseline_rss_mb": report["baseline_rss_mb"],
             "stage_rss_mb": max(report["peak_rss_mb"] - report["baseline_rss_mb"], 0.0)}

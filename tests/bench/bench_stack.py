@@ -34,10 +34,9 @@ import datetime as dt
 import json
 import os
 import time
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 
+import forked
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -139,34 +138,6 @@ def _timed(rec: Recommender, user_ids: np.ndarray, skip: int) -> dict:
     result["share_of_mean_total"] = {k: v["mean_ms"] / total for k, v in result.items() if k != "total"}
     result["loadavg_before"], result["loadavg_after"] = before, loadavg()
     return result
-
-
-def _publish_forked(cfg, rng, pins, users, pins_path, meta, pre) -> Callable[[], dict[str, float]]:
-    """Start ``_publish(cfg, ...)`` in a forked child; the returned callable waits for it and returns its timings."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: publish, report on the pipe, exit without returning to pytest
-        os.close(r)
-        code = 0
-        try:
-            report = _publish(cfg, rng, pins, users, pins_path, meta, pre)
-        except BaseException:  # noqa: BLE001 - reported to the parent, which raises
-            report, code = {"error": traceback.format_exc()[-4000:]}, 1
-        with os.fdopen(w, "w") as f:
-            f.write(json.dumps(report))
-        os._exit(code)
-    os.close(w)
-
-    def wait() -> dict[str, float]:
-        with os.fdopen(r) as f:
-            text = f.read()
-        _, status = os.waitpid(pid, 0)
-        report = json.loads(text) if text else {"error": f"exited with status {status} and no report"}
-        if "error" in report or status != 0:
-            raise RuntimeError(f"the {cfg.profile} publish failed:\n{report.get('error', status)}")
-        return report
-
-    return wait
 
 
 def _requests(cfg, triton: TritonServer, export: Path, rng, users: EmbeddingTable) -> dict[str, dict]:
@@ -291,7 +262,8 @@ def test_bench_stack_local_vs_server(tiny_data, tmp_path, bench_record):
                 server.feast.repo = str(tmp_path / "server_repo")
             # the two publishes are independent and not what is measured: the local one runs in a forked child
             # while this process publishes to the server profile (same sources: the child starts from this rng)
-            child = _publish_forked(local, rng, pins, users, pins_path, meta, pre) if local and server else None
+            child = forked.start("the local publish", _publish, local, rng, pins, users, pins_path, meta, pre) \
+                if local and server else None
             if server is not None:
                 result["server_publish"] = _publish(server, rng, pins, users, pins_path, meta, pre)
             if local is not None:
