@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from components import config as config_mod
@@ -66,16 +68,80 @@ def write_dataset(out: str | Path, tables: dict[str, object], progress: bool | N
             else:
                 io.write_table(out, name, table)
             bar.update(1)
-        gt = tables.get("ground_truth") or {}
-        for name, df in gt.items():
-            durable.atomic_write_parquet(pa.Table.from_pandas(df, preserve_index=False),
-                                    out / "ground_truth" / f"{name}.parquet")
-        # ground truth of an earlier dataset in the same folder would be taken for this one's
-        for stale in sorted((out / "ground_truth").glob("*.parquet")):
-            if stale.stem not in gt:
-                stale.unlink()
+        _write_ground_truth(out, tables.get("ground_truth") or {})
         io.write_meta(out, tables["meta"])
         bar.update(1)
+    return out
+
+
+def _write_ground_truth(out: Path, gt: dict[str, pd.DataFrame]) -> None:
+    for name, df in gt.items():
+        durable.atomic_write_parquet(pa.Table.from_pandas(df, preserve_index=False), out / "ground_truth" / f"{name}.parquet")
+    # ground truth of an earlier dataset in the same folder would be taken for this one's
+    for stale in sorted((out / "ground_truth").glob("*.parquet")):
+        if stale.stem not in gt:
+            stale.unlink()
+
+
+def _by_day(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+    """(day, rows) of ``table`` per UTC day of ``timestamp``, days ascending, each day's rows in table order."""
+    index = table.column("timestamp").to_numpy() // 86_400
+    order = np.argsort(index, kind="stable")
+    uniq, starts = np.unique(index[order], return_index=True)
+    sorted_table = table.take(pa.array(order))
+    for day, s, e in zip(io.day_of(uniq * 86_400), starts, [*starts[1:], len(order)]):
+        yield str(day), sorted_table.slice(int(s), int(e - s))
+
+
+def write_pieces(out: str | Path, pieces: Iterable[tuple[str, object]], spill_dir: str | Path,
+                 progress: bool | None = None) -> Path:
+    """Write a dataset given as (table, piece) pairs in row order (:func:`synthetic.pieces`) into the new folder
+    ``out``, holding one piece at a time: a whole table's pieces go into one Parquet file (a row group per
+    piece), a partitioned table's pieces are split by day into Arrow streams under ``spill_dir`` and each day is
+    then written as one file (the file :func:`write_dataset` writes for the same rows). ``meta.json`` last.
+
+    ``out`` is a folder nobody reads yet (prepare's temporary build), so files are not written atomically one
+    by one: :func:`durable.replace_dir` fsyncs and publishes the whole folder.
+    """
+    out, spill_dir = Path(out), Path(spill_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    whole: dict[str, pq.ParquetWriter] = {}
+    days: dict[tuple[str, str], pa.ipc.RecordBatchStreamWriter] = {}
+    meta: dict | None = None
+    try:
+        for name, piece in tqdm(pieces, desc=f"writing {out.name}", unit="piece", leave=False,
+                                disable=None if progress is None else not progress):
+            if name == "meta":
+                meta = piece
+                continue
+            if name == "ground_truth":
+                _write_ground_truth(out, piece)
+                continue
+            spec = TABLES[name]
+            table = to_arrow(spec, piece)
+            if not spec.partitioned:
+                if name not in whole:
+                    whole[name] = pq.ParquetWriter(out / spec.filename, table.schema, write_page_checksum=True)
+                whole[name].write_table(table)
+                continue
+            for day, rows in _by_day(table):
+                if (name, day) not in days:
+                    path = spill_dir / name / f"{day}.arrows"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    days[name, day] = pa.ipc.new_stream(pa.OSFile(str(path), "wb"), rows.schema)
+                days[name, day].write_table(rows)
+    finally:
+        for writer in [*whole.values(), *days.values()]:
+            writer.close()
+    for name, day in sorted(days):
+        path = spill_dir / name / f"{day}.arrows"
+        with pa.OSFile(str(path), "rb") as f:
+            rows = pa.ipc.open_stream(f).read_all().combine_chunks()
+        durable.atomic_write_parquet(rows, io.partition_path(out, name, day))
+        path.unlink()
+    if meta is None:
+        raise ValueError("write_pieces: the pieces carry no meta (expected a ('meta', dict) pair)")
+    io.write_meta(out, meta)
     return out
 
 
@@ -122,17 +188,18 @@ def prepare(cfg: DataConfig, out: str | Path, progress: bool | None = None) -> V
     os.chmod(work, durable.DIR_MODE)  # mkdtemp's folder is owner-only; published data is readable
     disable = None if progress is None else not progress
     try:
-        with tqdm(total=4, desc=f"prepare {cfg.dataset}", unit="stage", disable=disable) as bar:
-            bar.set_postfix_str("map ML-100k" if cfg.dataset == "ml-100k" else "generate")
+        with tqdm(total=3, desc=f"prepare {cfg.dataset}", unit="stage", disable=disable) as bar:
+            bar.set_postfix_str("map and write ML-100k" if cfg.dataset == "ml-100k" else "generate and write")
             if cfg.dataset == "ml-100k":
                 from components.data import movielens  # only this dataset needs recbole's files
-                tables = movielens.load(eval_days=cfg.eval_days, seed=cfg.seed)
+                write_dataset(work, movielens.load(eval_days=cfg.eval_days, seed=cfg.seed), progress=progress)
             else:
                 from components.data import synthetic  # only this dataset needs the generator
-                tables = synthetic.generate(cfg)
-            bar.update(1)
-            bar.set_postfix_str("write")
-            write_dataset(work, tables, progress=progress)
+                spill = Path(tempfile.mkdtemp(prefix=BUILDING.format(name=out.name, pid=os.getpid()), dir=out.parent))
+                try:  # generated and written piece by piece: bounded memory at any catalogue size
+                    write_pieces(work, synthetic.pieces(cfg), spill, progress=progress)
+                finally:
+                    shutil.rmtree(spill, ignore_errors=True)
             config_mod.save(cfg, work / "config.yaml")
             bar.update(1)
             bar.set_postfix_str("validate")

@@ -5,6 +5,14 @@ boards = pins / 10, ~40 events per user (so events = 4 x pins). The issue #13 ta
 
     HOMEFEED_BENCH_SCALE=10000,100000,1000000 pytest -q -s tests/bench/bench_scale.py
 
+``HOMEFEED_BENCH_SCALE_STAGES`` = comma-separated stage names (default: all) measures only those stages; the stages
+they read the outputs of still run first (``NEEDS``), each in its own forked child as usual, and are recorded under
+``prerequisites`` (not in the table or the growth figures). E.g. re-measuring the streamed data preparation and the
+memory-mapped pin embedding only::
+
+    HOMEFEED_BENCH_SCALE=10000,100000 HOMEFEED_BENCH_SCALE_STAGES=prepare,embed_pins pytest -q -s \
+        tests/bench/bench_scale.py
+
 Every stage runs in its own forked child of the benchmark process (modules imported once, before the first
 fork) and reports its own time, the RSS it starts with and its ``ru_maxrss``, so each peak is that stage's, not the session's, and
 ``stage_rss_mb`` (peak minus the after-import baseline) is what the stage itself holds. Stages, on the synthetic
@@ -59,6 +67,15 @@ from components.training import pinnerformer, pinsage, ranker
 STEPS = 20
 STAGES = ("prepare", "sample_graph", "train_pinsage", "embed_pins", "train_pinnerformer", "embed_users",
           "pin_tower", "train_ranker", "feast_materialize_server", "index_build_server")
+# the stages whose outputs each stage reads (run first when it is selected alone)
+NEEDS = {"prepare": (), "sample_graph": ("prepare",), "train_pinsage": ("prepare",),
+         "embed_pins": ("prepare", "train_pinsage"), "train_pinnerformer": ("prepare", "embed_pins"),
+         "embed_users": ("prepare", "embed_pins", "train_pinnerformer"),
+         "pin_tower": ("embed_pins", "train_pinnerformer"),
+         "train_ranker": ("prepare", "embed_pins", "embed_users"),
+         "feast_materialize_server": ("prepare", "embed_pins", "embed_users"),
+         "index_build_server": ("pin_tower",)}
+assert set(NEEDS) == set(STAGES)
 PLOT_GROUPS = {"time_data_and_stores": ("prepare", "sample_graph", "feast_materialize_server", "index_build_server"),
                "time_training_20_steps": ("train_pinsage", "train_pinnerformer", "train_ranker"),
                "time_embedding": ("embed_pins", "embed_users", "pin_tower")}
@@ -73,6 +90,27 @@ def sizes() -> list[int]:
     if not out or min(out) < 500:
         raise ValueError(f"HOMEFEED_BENCH_SCALE={raw!r}: expected pin counts >= 500")
     return out
+
+
+def selected_stages() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the stages to measure, the other stages to run before them for their outputs), both in pipeline order,
+    from ``HOMEFEED_BENCH_SCALE_STAGES`` (default: every stage, nothing else)."""
+    raw = os.environ.get("HOMEFEED_BENCH_SCALE_STAGES", "").strip()
+    if not raw:
+        return STAGES, ()
+    chosen = {x.strip() for x in raw.split(",") if x.strip()}
+    unknown = sorted(chosen - set(STAGES))
+    if unknown or not chosen:
+        raise ValueError(f"HOMEFEED_BENCH_SCALE_STAGES={raw!r}: unknown stage(s) {', '.join(unknown) or '(none given)'}"
+                         f"; expected comma-separated names from {', '.join(STAGES)}")
+    needed, todo = set(), list(chosen)
+    while todo:
+        for dep in NEEDS[todo.pop()]:
+            if dep not in needed:
+                needed.add(dep)
+                todo.append(dep)
+    return (tuple(s for s in STAGES if s in chosen),
+            tuple(s for s in STAGES if s in needed and s not in chosen))
 
 
 def run_stage(stage: str, pins: int, work: Path) -> float | None:
@@ -167,10 +205,10 @@ def exponent(xs: list[float], ys: list[float]) -> float | None:
     return math.log(ys[-1] / ys[0]) / math.log(xs[-1] / xs[0])
 
 
-def growth(ns: list[int], rows: list[dict]) -> dict[str, dict]:
+def growth(ns: list[int], rows: list[dict], stages: tuple[str, ...] = STAGES) -> dict[str, dict]:
     """Per stage: exponents of time, peak RSS and stage RSS, end to end and between consecutive sizes."""
     out = {}
-    for stage in STAGES:
+    for stage in stages:
         if any("error" in r["stages"][stage] for r in rows):
             continue  # a stage that failed at some size has no growth figure
         g: dict = {}
@@ -182,9 +220,9 @@ def growth(ns: list[int], rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def plot_rows(rows: list[dict]) -> dict[str, list[dict]]:
+def plot_rows(rows: list[dict], stages: tuple[str, ...] = STAGES) -> dict[str, list[dict]]:
     """Flat per-size rows the report's growth plot reads (a size column, then time/RSS columns)."""
-    ok = {s for s in STAGES if all("error" not in r["stages"][s] for r in rows)}
+    ok = {s for s in stages if all("error" not in r["stages"][s] for r in rows)}
     out = {name: [{"pins": r["pins"], **{f"{s}_seconds": r["stages"][s]["stage_seconds"] for s in group if s in ok}}
                   for r in rows] for name, group in PLOT_GROUPS.items()}
     out["rss_vs_events"] = [{"events": r["events"], **{f"{s}_stage_rss_mb": r["stages"][s]["stage_rss_mb"]
@@ -195,29 +233,36 @@ def plot_rows(rows: list[dict]) -> dict[str, list[dict]]:
 
 def test_bench_scale(tmp_path, bench_record):
     ns = sizes()
+    measured, before = selected_stages()
     rows = []
     for n in ns:
         work = tmp_path / f"pins{n}"
         row = {"pins": n, "users": max(n // 10, 50), "loadavg_before": Path("/proc/loadavg").read_text().strip(),
-               "stages": {}}
+               "stages": {}, **({"prerequisites": {}} if before else {})}
         for stage in STAGES:
+            if stage not in measured and stage not in before:
+                continue
+            into = row["stages"] if stage in measured else row["prerequisites"]
             try:
-                row["stages"][stage] = measure(stage, n, work)
+                into[stage] = measure(stage, n, work)
             except RuntimeError as e:  # recorded; the stages after it still run where they can
-                row["stages"][stage] = {"error": str(e)[-2000:]}
-            print(n, stage, row["stages"][stage], flush=True)
+                into[stage] = {"error": str(e)[-2000:]}
+            print(n, stage, "" if stage in measured else "(prerequisite)", into[stage], flush=True)
         row["events"] = events(work)
         row["loadavg_after"] = Path("/proc/loadavg").read_text().strip()
         rows.append(row)
         shutil.rmtree(work, ignore_errors=True)  # the next size needs the disk more than this one's outputs
-    failed = [f"{r['pins']}:{s}" for r in rows for s, v in r["stages"].items() if "error" in v]
+    failed = [f"{r['pins']}:{s}" for r in rows for s, v in {**r.get("prerequisites", {}), **r["stages"]}.items()
+              if "error" in v]
     result = {"what": "per-stage wall time (in the stage's process, imports excluded), peak RSS and stage RSS (peak "
                       "minus the after-import baseline) at each size; growth exponent a of cost ~ pins^a (events = "
                       "4 x pins, so the same a in events)",
               "sizes": ns, "training_steps": STEPS, "rows": rows}
-    result["growth"] = growth(ns, rows)
+    if before:
+        result["stages_measured"] = list(measured)  # HOMEFEED_BENCH_SCALE_STAGES; the rest ran as prerequisites
+    result["growth"] = growth(ns, rows, measured)
     if len(ns) >= 3:
-        result.update(plot_rows(rows))
+        result.update(plot_rows(rows, measured))
     result["failed_stages"] = failed
     bench_record("scale.stages", result)
     assert not failed, f"stages failed: {failed}"
