@@ -66,7 +66,11 @@ def _ranker(rng) -> EvalResult:
         for pep in (False, True):
             for seed in range(2):
                 r.add(f"{arch}{' + PEPNet' if pep else ''}", seed, details={"pepnet": pep}, peak_memory_mb=300.0,
-                      hit3_save=0.4 + 0.05 * pep + 0.01 * rng.standard_normal(), auc_save=0.6, auc_click=None)
+                      hit3_save=0.4 + 0.05 * pep + 0.01 * rng.standard_normal(), auc_save=0.6 + 0.01 * seed * pep,
+                      auc_click=None)
+    r.compare("dcnv2 + PEPNet", "dcnv2", "hit3_save")  # holds (+0.05, small noise)
+    r.compare("dcnv2", "masknet_dcnv2 + PEPNet", "hit3_save")  # reversed
+    r.compare("masknet_dcnv2 + PEPNet", "masknet_dcnv2", "auc_save")  # 0.00 then +0.01: does not hold
     return r
 
 
@@ -154,10 +158,11 @@ def test_report_sections_plots_and_papers(inputs, tmp_path):
     assert "pinnerformer on synthetic: candidate pool 1,000, future window days 14" in papers
     assert "<td>candidate pool; data: Pinterest vs synthetic</td>" in papers  # what differs
     assert "0.0351" in quality and "toy paper" in quality  # same protocol: beside ours
-    # figures: recall@K curve, pinsage bars, ranker bars, loss curves, projection, demo latency, bench
-    # percentiles, latency histogram, growth curves, ratios (one ratio per benchmark: two ratios -> chart)
+    # figures: recall@K curve, pinsage bars, ranker bars, ranker orderings, loss curves, projection, demo latency,
+    # bench percentiles, latency histogram, growth curves, ratios (one ratio per benchmark: two ratios -> chart)
     images = decode_images(page)
-    assert len(images) == info["images"] == 10
+    assert len(images) == info["images"] == 11
+    assert "alt='ranker orderings'" in quality and "alt='pinsage orderings'" not in quality  # only with claims
     assert all(w >= 300 and h >= 150 for w, h in images)
     assert "old_format.json: skipped, not an EvalResult file" in page
     assert "<script" not in page and "http://" not in page.replace("http://www.w3", "")  # self-contained
@@ -165,6 +170,29 @@ def test_report_sections_plots_and_papers(inputs, tmp_path):
     summary = md.read_text()
     assert "### pinsage on ml-100k" in summary and "| PinSage (full) |" in summary
     assert "| ranker.onnx_vs_eager | speedup_onnx | 4 (3.2 – 7.5) |" in summary
+
+
+def test_orderings_are_drawn_with_the_readmes_verdicts(tmp_path):
+    """The claimed orderings of a result as written and read back: each drawn as its paired difference with the 95%
+    interval, marked holds / does not hold / reversed as the README says them, one panel per metric."""
+    from components.evaluation.result import read_results
+    from components.report.plots import VERDICTS, ordering_rows, plot_orderings
+
+    write_result(_ranker(np.random.default_rng(0)), tmp_path)
+    r = next(x for x in read_results(tmp_path) if x.model == "ranker")
+    rows = ordering_rows(r)
+    assert [(m, label, said) for m, label, _, _, _, said, _ in rows] == [
+        ("hit3_save", "dcnv2 + PEPNet > dcnv2", "holds"),
+        ("hit3_save", "dcnv2 > masknet_dcnv2 + PEPNet", "reversed"),
+        ("auc_save", "masknet_dcnv2 + PEPNet > masknet_dcnv2", "does not hold")]
+    for (_, _, mean, lo, hi, said, colour), c in zip(rows, r.comparisons):
+        assert (mean, mean - lo, mean + hi) == pytest.approx((c.diff_mean, c.ci_low, c.ci_high))
+        assert colour == next(col for text, col in VERDICTS.values() if text == said)
+    assert rows[0][2] - rows[0][3] > 0 > rows[1][2] + rows[1][4]  # holds: above 0; reversed: below
+    (w, h), = decode_images(f"<img src='data:image/png;base64,{plot_orderings(r)}'>")
+    assert w >= 400 and h >= 150
+    r.comparisons = []
+    assert plot_orderings(r) is None  # no claim, no figure
 
 
 def test_one_variant_gets_a_table_not_a_one_bar_chart(tmp_path):

@@ -132,6 +132,7 @@ def quality_section(r: EvalResult) -> str:
                  f"{fmt_number(c.ci_high)}]", c.n, c.verdict] for c in r.comparisons]
         parts.append("<p><b>Orderings</b> (paired over shared seeds):</p>"
                      + table(["ordering", "metric", "paired difference [95% CI]", "seeds", "verdict"], rows))
+        parts.append(img(plots.plot_orderings(r), f"{r.model} orderings"))
     if r.notes:
         parts.append("<ul class='muted'>" + "".join(f"<li>{_e(n)}</li>" for n in r.notes) + "</ul>")
     return "\n".join(p for p in parts if p)

@@ -163,6 +163,51 @@ def plot_bars(result: EvalResult, metrics: list[str]) -> str | None:
     return _png(fig)
 
 
+VERDICTS = {  # a comparison's verdict -> (how the README says it, colour)
+    "holds": ("holds", "#3a7d44"),
+    "not significant": ("does not hold", "#8d99ae"),
+    "reversed": ("reversed", "#c8102e"),
+    "undefined": ("undefined (< 2 paired seeds)", "#cccccc"),
+}
+
+
+def ordering_rows(result: EvalResult) -> list[tuple[str, str, float, float, float, str, str]]:
+    """(metric, "better > worse", paired difference, lower error, upper error, verdict as the README says it,
+    colour) per claimed ordering with a mean; > 0 is the claim's direction (as ``EvalResult.compare`` signs it)."""
+    rows = []
+    for c in (c for c in result.comparisons if c.diff_mean is not None):
+        lo, hi = (c.diff_mean - c.ci_low, c.ci_high - c.diff_mean) if c.ci_low is not None else (0.0, 0.0)
+        said, colour = VERDICTS.get(c.verdict, (c.verdict, "#cccccc"))
+        rows.append((c.metric, f"{c.better} > {c.worse}", c.diff_mean, lo, hi, said, colour))
+    return rows
+
+
+def plot_orderings(result: EvalResult) -> str | None:
+    """Each claimed ordering's paired difference over seeds with its 95% interval, 0 dashed, coloured and labelled
+    holds / does not hold / reversed; one panel per metric (differences of different metrics share no scale)."""
+    rows = ordering_rows(result)
+    if not rows:
+        return None
+    plt = _plt()
+    panels = {m: [r for r in rows if r[0] == m] for m in dict.fromkeys(r[0] for r in rows)}
+    heights = [len(p) for p in panels.values()]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9.0, 0.42 * len(rows) + 1.1 * len(panels)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (metric, mine) in zip(axes[:, 0], panels.items()):
+        for y, (_, _, mean, lo, hi, said, colour) in enumerate(mine):
+            ax.errorbar([mean], [y], xerr=[[lo], [hi]], fmt="o", color=colour, capsize=3, markersize=5, linewidth=1.4)
+            ax.annotate(f" {said}", (mean + hi, y), fontsize=7, va="center", color=colour)
+        ax.axvline(0.0, color="#333333", linestyle="--", linewidth=1)
+        ax.set_yticks(range(len(mine)), [r[1] for r in mine], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"paired difference in {metric} (> 0: the claimed order; bars: 95% CI over seeds)", fontsize=8)
+        ax.grid(axis="y", visible=False)
+        ax.margins(x=0.25)
+    axes[0, 0].set_title(f"{result.model} on {result.dataset}: claimed orderings", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def plot_curves(curves: list[TrainCurve]) -> str | None:
     """Training loss against step, one panel per run."""
     curves = [c for c in curves if len(c.steps) >= 2][:9]
