@@ -27,7 +27,8 @@ def test_eval_pinnerformer_seeds_baseline_and_result(tiny_data, tmp_path):
     assert seeds[0] != seeds[1]  # two real trainings
     pop = result.values(POPULARITY, "recall@10")
     assert pop[0] == pop[1] and 0.0 <= pop[0] <= 1.0
-    assert {(c.better, c.worse) for c in result.comparisons} == {(names[1], names[0]), (names[1], POPULARITY)}
+    assert {(c.better, c.worse) for c in result.comparisons} == {(names[1], names[0]), (names[1], POPULARITY),
+                                                                  (names[0], POPULARITY)}  # ROWS[0] is next_action
     assert result.protocol["candidate pool"] > 0 and result.details["eval_users"] > 0
     assert not list(out.rglob("step-*.pt")) and len(list(out.rglob("model.pt"))) == 4
     assert "SASRec" in (out / "pinnerformer_synthetic.md").read_text()

@@ -1,9 +1,10 @@
-"""``homefeed eval pinsage|pinnerformer|ranker``: the one evaluation harness behind the CLI.
+"""``homefeed eval pinsage|pinnerformer|ranker|merge``: the one evaluation harness behind the CLI.
 
 Every command takes ``--seeds`` with one meaning (:func:`components.evaluation.protocol.parse_seeds`): a
 comma-separated list of training seeds, ``--seeds 0,1,2`` = three trainings per variant with seeds 0, 1
 and 2, ``--seeds 3`` = one training with seed 3. Every command writes one
-:class:`components.evaluation.result.EvalResult` as ``OUT/<model>_<dataset>.json`` and ``.md``.
+:class:`components.evaluation.result.EvalResult` as ``OUT/<model>_<dataset>.json`` and ``.md``;
+``eval merge`` joins results run as separate commands (:mod:`components.evaluation.merge`).
 """
 
 from __future__ import annotations
@@ -18,14 +19,52 @@ from components.cli import add_config_args
 from components.evaluation import pinnerformer_harness
 from components.evaluation import pinsage as pinsage_eval
 from components.evaluation import ranker as ranker_eval
+from components.evaluation.merge import merge_results
 from components.evaluation.protocol import PERIODS, parse_seeds
-from components.evaluation.result import EvalResult, to_markdown
+from components.evaluation.result import EvalResult, read_result, to_markdown, write_result
 
 SEEDS_HELP = "comma-separated training seeds, e.g. 0,1,2 (three trainings per variant); default 0,1,2"
 
 
 def _command(fallback: str) -> str:
-    return "homefeed " + shlex.join(sys.argv[1:]) if sys.argv and "homefeed" in sys.argv[0] else fallback
+    """The command line as typed (``homefeed eval ...`` or ``python -m components.cli eval ...``), else ``fallback``
+    (a library caller such as a test passing its own argv)."""
+    from_cli = sys.argv[1:2] == ["eval"] and ("homefeed" in sys.argv[0] or sys.argv[0].endswith("cli.py"))
+    return "homefeed " + shlex.join(sys.argv[1:]) if from_cli else fallback
+
+
+def _ordering(text: str) -> tuple[str, str, str]:
+    """``'A>B:metric'`` -> (A, B, metric)."""
+    head, sep, metric = text.rpartition(":")
+    better, gt, worse = head.partition(">")
+    if not (sep and gt and better.strip() and worse.strip() and metric.strip()):
+        raise config.ConfigError(f"--ordering: expected 'BETTER>WORSE:METRIC' (variant names as in the table), got '{text}'")
+    return better.strip(), worse.strip(), metric.strip()
+
+
+def _merge(args: argparse.Namespace) -> int:
+    results = []
+    for path in args.results:
+        if not Path(path).is_file():
+            raise config.ConfigError(f"eval merge: {path}: no such result file")
+        try:
+            results.append(read_result(path))
+        except ValueError as e:
+            raise config.ConfigError(str(e)) from None
+    model = results[0].model if results else ""
+    standard = {"pinsage": pinsage_eval.ORDERINGS, "pinnerformer": pinnerformer_harness.ORDERINGS}.get(model, ())
+    extra = [_ordering(o) for o in args.ordering]
+    merged = merge_results(results, names=list(args.results), orderings=[*standard, *extra],
+                           command=_command(f"homefeed eval merge {shlex.join(args.results)} --out {args.out}"),
+                           drop_notes=args.drop_note)
+    for better, worse, metric in extra:
+        if not any((c.better, c.worse, c.metric) == (better, worse, metric) for c in merged.comparisons):
+            raise config.ConfigError(f"--ordering '{better}>{worse}:{metric}': no such variant or metric; variants "
+                                     f"{merged.variants}, metrics {list(merged.metrics)}")
+    write_result(merged, args.out)
+    if merged.model == "ranker":  # the ranker harness's chart, redrawn for the merged seeds
+        ranker_eval.plot(merged, Path(args.out) / f"{merged.stem}.png")
+    return _done(merged, args.out)
 
 
 def _done(result: EvalResult, out: str) -> int:
@@ -102,3 +141,13 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     r.add_argument("--user-embeddings", default=None)
     r.add_argument("--pin-embeddings", default=None)
     r.set_defaults(func=_ranker)
+
+    m = groups["eval"].add_parser("merge", help="merge results of one model, dataset and protocol run as separate "
+                                                "commands (e.g. one seed each) into one, orderings recomputed")
+    m.add_argument("results", nargs="+", metavar="RESULT.json", help="EvalResult files (OUT/<model>_<dataset>.json)")
+    m.add_argument("--out", required=True, help="output directory: writes <model>_<dataset>.json and .md there")
+    m.add_argument("--ordering", action="append", default=[], metavar="'BETTER>WORSE:METRIC'",
+                   help="an extra ordering to test (paired over seeds), beside the model's standard ones (repeatable)")
+    m.add_argument("--drop-note", action="append", default=[], metavar="TEXT",
+                   help="leave out the inputs' notes containing TEXT (a note the merge makes stale; repeatable)")
+    m.set_defaults(func=_merge)

@@ -41,6 +41,13 @@ RECALLS = tuple(f"recall@{k}" for k in CURVE_KS)
 METRICS = {**{r: "higher" for r in RECALLS}, "recall@10_daily": "higher", "recall@10_realtime": "higher",
            "train_seconds": "lower", "sequences_per_s": "higher"}
 EVAL_OVERRIDES = {"checkpoint_every": 0}  # evaluation runs keep model.pt only
+_DENSE, _NEXT = "dense_all_action/mixed/logQ", "next_action/mixed/logQ"  # = variant_name(...) of the two main rows
+# the orderings every result tests (paired over seeds, Recall@10) when both rows are present; `eval merge` recomputes
+ORDERINGS: tuple[tuple[str, str, str], ...] = tuple(
+    (better, worse, "recall@10") for better, worse in [
+        (_DENSE, _NEXT), (_DENSE, "all_action/mixed/logQ"), (_DENSE, "dense_all_action/mixed/no logQ"),
+        ("dense_all_action/in_batch/logQ", "dense_all_action/in_batch/no logQ"), (_DENSE, POPULARITY),
+        (_NEXT, POPULARITY)])
 
 
 def variant_name(objective: str, negatives: str, logq: bool) -> str:
@@ -159,14 +166,9 @@ def run_eval(data_dir: str | Path, out_dir: str | Path, pin_embeddings: str | Pa
             result.add(POPULARITY, seed, details={"baseline": True}, **{k: pop[k] for k in RECALLS})
     result.details["eval_users"] = 0 if users is None else len(users)
     if len(seeds) > 1:
-        names = result.variants
-        for better, worse in [(variant_name("dense_all_action", "mixed", True), variant_name("next_action", "mixed", True)),
-                              (variant_name("dense_all_action", "mixed", True), variant_name("all_action", "mixed", True)),
-                              (variant_name("dense_all_action", "mixed", True), variant_name("dense_all_action", "mixed", False)),
-                              (variant_name("dense_all_action", "in_batch", True), variant_name("dense_all_action", "in_batch", False)),
-                              (variant_name("dense_all_action", "mixed", True), POPULARITY)]:
-            if better in names and worse in names:
-                result.compare(better, worse, "recall@10")
+        for better, worse, metric in ORDERINGS:
+            if better in result.variants and worse in result.variants:
+                result.compare(better, worse, metric)
     if base.patience > 0 and period != "test":
         result.notes.append(f"early stopping looked at the 'val' half of the held-out users, part of the reported "
                             f"'{period}' users: report --period test for numbers no choice has seen")

@@ -60,6 +60,10 @@ VARIANT_KEYS = {"content-only": "content-only (MLP on features)", "mean-pooling"
                 "no-hard-negatives": "PinSage, no hard negatives", "full": "PinSage (full)"}  # --variants keys
 BASELINES = ("content features, untrained (cosine)", "popularity", "item co-occurrence",
              "random-walk visit counts (Pixie)")
+# the orderings every result tests (paired over seeds, MRR) when both rows are present; `eval merge` recomputes them
+ORDERINGS: tuple[tuple[str, str, str], ...] = tuple(
+    ("PinSage (full)", worse, "mrr") for worse in ("PinSage, no hard negatives", "PinSage, mean pooling",
+                                                   "content-only (MLP on features)", *BASELINES[1:]))
 HIT_KS = (1, 2, 5, 10, 20, 50, 100)
 METRICS = {**{f"hit@{k}": "higher" for k in HIT_KS}, "mrr": "higher", "topic@10": "higher", "train_seconds": "lower"}
 EVAL_OVERRIDES = {"checkpoint_every": 0}  # evaluation runs keep model.pt only, never thousands of step files
@@ -241,11 +245,9 @@ def compare(cfg: PinSageConfig, data_dir: str | Path, out_dir: str | Path, comma
             write_result(result, out_dir)
     result.details.pop("partial", None)
     if len(seeds) > 1:
-        for better, worse in [("PinSage (full)", "PinSage, no hard negatives"), ("PinSage (full)", "PinSage, mean pooling"),
-                              ("PinSage (full)", "content-only (MLP on features)")] + (
-                [("PinSage (full)", b) for b in BASELINES[1:]] if baselines else []):
+        for better, worse, metric in ORDERINGS:
             if better in result.variants and worse in result.variants:
-                result.compare(better, worse, "mrr")
+                result.compare(better, worse, metric)
     if val_pairs is not None and period != "test":
         result.notes.append(f"early stopping looked at the 'val' period, which is part of the reported '{period}' "
                             "period: report --period test for numbers no choice has seen")
