@@ -222,9 +222,17 @@ def _duplicates(table: pa.Table, key: tuple[str, ...]) -> tuple[int, str]:
     return n, "(" + ", ".join(f"{c}={first[c]}" for c in key) + ")"
 
 
-def table_level_errors(spec: TableSpec, table: pa.Table) -> list[str]:
+def duplicate_rows(table: pa.Table, columns: tuple[str, ...]) -> pa.Table:
+    """The rows of ``table`` (``columns`` only) whose values repeat in another row, every occurrence, in order."""
+    t = table.select(list(columns))
+    return t.filter(pa.array(t.to_pandas().duplicated(keep=False).to_numpy()))
+
+
+def table_level_errors(spec: TableSpec, table: pa.Table, rows: int | None = None) -> list[str]:
     """Checks that need the whole table (every partition): duplicate primary keys, duplicate rows
-    (events), columns that must be constant per key (one user per impression request)."""
+    (events), columns that must be constant per key (one user per impression request). ``rows``: the table's
+    row count when ``table`` holds only the rows that repeat within their partition (:func:`duplicate_rows`;
+    equal events share a timestamp, hence a partition), for the duplicate-rows check."""
     errors = []
     dup, example = _duplicates(table, spec.primary_key)
     if dup:
@@ -234,7 +242,7 @@ def table_level_errors(spec: TableSpec, table: pa.Table) -> list[str]:
     if spec.unique_rows:
         dup, example = _duplicates(table, tuple(spec.columns))
         if dup:
-            errors.append(f"{spec.filename}: {rows_of(dup, table.num_rows)} repeat an earlier row in every column "
+            errors.append(f"{spec.filename}: {rows_of(dup, rows or table.num_rows)} repeat an earlier row in every column "
                           f"(duplicate events; expected each event once; e.g. {example})")
     for key, cols in spec.one_per_key.items():
         df = table.select([key, *cols]).to_pandas()

@@ -21,6 +21,8 @@ The checks of one table and of ``meta.json`` are in :mod:`components.data.checks
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ from components.data.checks import (
     Problem,
     check_meta,
     check_partition_days,
+    duplicate_rows,
     examples_of,
     group_problems,
     rows_of,
@@ -42,6 +45,7 @@ from components.data.checks import (
     table_problems,
 )
 from components.data.schemas import TABLES, DataValidationError, TableSpec  # the loaders raise DataValidationError
+from components.data.summary import EventStats, summarize
 from components.data.vocab import dataset_spec, vocab_of
 
 
@@ -58,34 +62,46 @@ class ValidationReport:
         return not self.errors
 
 
-def _check_references(data_dir: Path, name: str, table: pa.Table, parts: list[tuple[str, int]],
-                      tables: dict[str, pa.Table]) -> list[str]:
-    """Unknown-id errors for ``table``'s reference columns, per file (each partition of a partitioned table)."""
-    spec = TABLES[name]
-    errors = []
-    for col, target in spec.references.items():
-        ref_table, ref_col = target.split(".")
-        if ref_table not in tables:
-            continue
-        values = table.column(col)
-        unknown = pc.invert(pc.is_in(values, value_set=tables[ref_table].column(ref_col))).to_numpy(
-            zero_copy_only=False)
-        if not unknown.any():
-            continue
-        offset = 0
-        bad_files = []
-        for source, n in parts:
-            k = int(unknown[offset:offset + n].sum())
-            if k:
-                ids = np.unique(values.slice(offset, n).to_numpy(zero_copy_only=False)[unknown[offset:offset + n]])
-                bad_files.append(f"{source}: column '{col}': {rows_of(k, n)} point at unknown {ref_table} "
-                                 f"(expected ids present in {ref_table}.{ref_col}; e.g. {examples_of(ids)})")
-            offset += n
-        errors += bad_files[:5]
-        if len(bad_files) > 5:
-            errors.append(f"{spec.filename}: column '{col}': {len(bad_files) - 5} more files point at unknown "
-                          f"{ref_table} ({rows_of(int(unknown.sum()), table.num_rows)} in all)")
-    return errors
+class _References:
+    """Unknown-id errors of a table's reference columns, added a partition at a time: a line per file (at most
+    five per column, then one with the rest and the total)."""
+
+    def __init__(self, name: str):
+        self.spec = TABLES[name]
+        self.lines: dict[str, list[str]] = {col: [] for col in self.spec.references}
+        self.unknown: dict[str, int] = dict.fromkeys(self.spec.references, 0)
+
+    def add(self, table: pa.Table, parts: list[tuple[str, int]], tables: dict[str, pa.Table]) -> None:
+        """``table``: the rows of the files ``parts`` ((file, rows) in order); ``tables``: the referenced tables."""
+        for col, target in self.spec.references.items():
+            ref_table, ref_col = target.split(".")
+            if ref_table not in tables:
+                continue
+            values = table.column(col)
+            unknown = pc.invert(pc.is_in(values, value_set=tables[ref_table].column(ref_col))).to_numpy(
+                zero_copy_only=False)
+            if not unknown.any():
+                continue
+            self.unknown[col] += int(unknown.sum())
+            offset = 0
+            for source, n in parts:
+                k = int(unknown[offset:offset + n].sum())
+                if k:
+                    ids = np.unique(values.slice(offset, n).to_numpy(zero_copy_only=False)[unknown[offset:offset + n]])
+                    self.lines[col].append(f"{source}: column '{col}': {rows_of(k, n)} point at unknown {ref_table} "
+                                           f"(expected ids present in {ref_table}.{ref_col}; e.g. {examples_of(ids)})")
+                offset += n
+
+    def errors(self, rows: int) -> list[str]:
+        """The lines, for a table of ``rows`` rows in all."""
+        errors = []
+        for col, lines in self.lines.items():
+            errors += lines[:5]
+            if len(lines) > 5:
+                ref_table = self.spec.references[col].split(".")[0]
+                errors.append(f"{self.spec.filename}: column '{col}': {len(lines) - 5} more files point at unknown "
+                              f"{ref_table} ({rows_of(self.unknown[col], rows)} in all)")
+        return errors
 
 
 def _files(data_dir: Path, name: str, days: list[str] | None = None
@@ -158,12 +174,78 @@ def _check_files(data_dir: Path, name: str, files: list[tuple[Path, str | None, 
     return out
 
 
+def _read_meta(data_dir: Path) -> tuple[object, list[str]]:
+    """(meta.json parsed or None, the problem reading it)."""
+    if not (data_dir / "meta.json").exists():
+        return None, ["meta.json: missing (expected the dataset's split time and feature lists)"]
+    try:
+        return json.loads((data_dir / "meta.json").read_text()), []
+    except ValueError as e:  # bad JSON, or bytes that are not UTF-8
+        return None, [f"meta.json: not valid JSON: {e}"]
+
+
+def _check_whole(data_dir: Path, name: str, files: list[tuple[Path, str | None, tuple[int, int] | None]],
+                 tables: dict[str, pa.Table]) -> tuple[_Checked, pa.Table | None, int, list[str]]:
+    """A table that is one file, as :func:`_check_partitioned` returns a partitioned one."""
+    checked = _check_files(data_dir, name, files)
+    if not checked.ok or not checked.frames:
+        return checked, None, 0, []
+    whole, refs = checked.table(), _References(name)
+    refs.add(whole, checked.parts, tables)
+    return checked, whole, whole.num_rows, table_level_errors(TABLES[name], whole) + refs.errors(whole.num_rows)
+
+
+def _check_partitioned(data_dir: Path, name: str, files: list[tuple[Path, str | None, tuple[int, int] | None]],
+                       tables: dict[str, pa.Table], meta: object, events: EventStats
+                       ) -> tuple[_Checked, pa.Table | None, int, list[str]]:
+    """A partitioned table checked one partition at a time, as :func:`validate_dir` checks a whole table.
+
+    Returns (the per-file results, without rows; the columns the whole-table checks read -- primary key,
+    one-per-key and the columns ``meta`` lists -- of every row, or None when a file failed; the row count; the
+    whole-table and reference errors). Duplicate rows are counted per partition (equal rows share their
+    timestamp, so they share a partition), unknown ids per file; ``events`` gathers the summary's counts.
+    """
+    spec = TABLES[name]
+    listed = [c for key in ("dense_features", "sparse_features") if isinstance(meta, dict)
+              and isinstance(meta.get(key), (list, dict)) for c in meta[key] if isinstance(c, str)]
+    keep = list(dict.fromkeys([*spec.primary_key, *(c for k, cols in spec.one_per_key.items() for c in (k, *cols)),
+                               *listed]))
+    out, kept, dups, refs = _Checked(), [], [], _References(name)
+    split = meta.get("split_timestamp") if isinstance(meta, dict) else None
+    for _, group in itertools.groupby(files, key=lambda f: f[1]):
+        checked = _check_files(data_dir, name, list(group))
+        out.problems += checked.problems
+        out.errors += checked.errors
+        out.parts += checked.parts
+        for k, v in checked.oov.items():
+            out.oov[k] = out.oov.get(k, 0) + v
+        if not out.ok or not checked.frames:
+            continue  # a failed file: the whole-table checks are skipped, the per-file ones go on
+        t = checked.table()
+        kept.append(t.select([c for c in keep if c in t.column_names]))
+        if spec.unique_rows:
+            dups.append(duplicate_rows(t, tuple(spec.columns)))
+        refs.add(t, checked.parts, tables)
+        if name == "events":
+            events.add(t, split if isinstance(split, int) else None)
+    rows = sum(n for _, n in out.parts)
+    if not out.ok or not kept:
+        return out, None, rows, []
+    whole = pa.concat_tables(kept, promote_options="default")
+    errors = table_level_errors(dataclasses.replace(spec, unique_rows=False), whole) if keep else []
+    if spec.unique_rows:
+        errors += table_level_errors(dataclasses.replace(spec, primary_key=(), one_per_key={}),
+                                     pa.concat_tables(dups, promote_options="default"), rows=rows)
+    return out, whole if keep else None, rows, errors + refs.errors(rows)
+
+
 def validate_dir(data_dir: str | Path, raise_on_error: bool = True) -> ValidationReport:
     """Validate every table of ``data_dir`` and ``meta.json``.
 
     Raises :class:`DataValidationError` listing all problems, grouped (or returns them in the report
     when ``raise_on_error`` is False). Out-of-vocabulary action types/surfaces are counted in
-    ``report.dropped`` ("events.action_type" -> rows), not errors.
+    ``report.dropped`` ("events.action_type" -> rows), not errors. Partitioned tables (events, impressions)
+    are read a partition at a time (:func:`_check_partitioned`), so validating a log does not load it.
     """
     data_dir = Path(data_dir)
     report = ValidationReport(str(data_dir))
@@ -172,61 +254,35 @@ def validate_dir(data_dir: str | Path, raise_on_error: bool = True) -> Validatio
         if raise_on_error:
             raise DataValidationError(report.errors)
         return report
+    meta, meta_errors = _read_meta(data_dir)  # read first: the partitioned tables keep the columns it lists
     tables: dict[str, pa.Table] = {}
-    sources: dict[str, list[tuple[str, int]]] = {}  # table -> [(file, rows)] in concatenation order
+    later: dict[str, list[str]] = {}  # table -> its whole-table and reference errors, reported after every file's
+    events = EventStats()
     for name in TABLES:
         files, errors = _files(data_dir, name)
         report.errors += errors
         if not files:
             continue
-        checked = _check_files(data_dir, name, files)
+        checked, whole, rows, later_errors = (_check_partitioned(data_dir, name, files, tables, meta, events)
+                                              if TABLES[name].partitioned else _check_whole(data_dir, name, files, tables))
         report.errors += checked.errors + group_problems(checked.problems)
         for k, v in checked.oov.items():
             report.dropped[k] = report.dropped.get(k, 0) + v
-        if checked.ok and checked.frames:
-            tables[name] = checked.table()
-            sources[name] = checked.parts
-    for name, t in tables.items():
-        report.rows[name] = t.num_rows
-        report.errors += table_level_errors(TABLES[name], t)
-        report.errors += _check_references(data_dir, name, t, sources[name], tables)
-    meta_path = data_dir / "meta.json"
-    meta = None
-    if not meta_path.exists():
-        report.errors.append("meta.json: missing (expected the dataset's split time and feature lists)")
-    else:
-        try:
-            meta = json.loads(meta_path.read_text())
-        except ValueError as e:  # bad JSON, or bytes that are not UTF-8
-            report.errors.append(f"meta.json: not valid JSON: {e}")
-        else:
-            report.errors += check_meta(meta, tables)
+        if checked.ok and checked.parts:
+            report.rows[name] = rows
+            later[name] = later_errors
+            if whole is not None:
+                tables[name] = whole
+    for errors in later.values():
+        report.errors += errors
+    report.errors += meta_errors
+    if meta is not None:
+        report.errors += check_meta(meta, tables)
     if not report.errors:
-        report.summary = summarize(tables, meta)
+        report.summary = summarize(tables, meta, events)
     if report.errors and raise_on_error:
         raise DataValidationError(report.errors)
     return report
-
-
-def summarize(tables: dict[str, pa.Table], meta: dict | None = None) -> dict[str, object]:
-    """Counts, date range, split and the action/surface mix of a validated directory."""
-    ev = tables["events"]
-    ts = ev.column("timestamp").to_numpy()
-    mix = pd.Series(ev.column("action_type").to_numpy(zero_copy_only=False)).value_counts()
-    surf = pd.Series(ev.column("surface").to_numpy(zero_copy_only=False)).value_counts()
-    return {
-        "users": int(tables["users"].num_rows),
-        "pins": int(tables["pins"].num_rows),
-        "boards": int(tables["boards"].num_rows),
-        "events": int(ev.num_rows),
-        "impressions": int(tables["impressions"].num_rows),
-        "first_day": str(io.day_of(ts.min())),
-        "last_day": str(io.day_of(ts.max())),
-        "action_mix": {k: round(float(v) / len(ts), 4) for k, v in mix.items()},
-        "surface_mix": {k: round(float(v) / len(ts), 4) for k, v in surf.items()},
-        **({"dataset": meta["dataset"], "split_day": str(io.day_of(meta["split_timestamp"])),
-            "eval_events": int((ts >= meta["split_timestamp"]).sum())} if meta else {}),
-    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,7 +328,9 @@ def read_checked(data_dir: str | Path, name: str, days: list[str] | None = None)
                 refs[ref_table] = durable.read_parquet(ref_path, columns=[ref_col])
             except Exception as e:  # noqa: BLE001 - an unreadable referenced table, by name
                 errors.append(f"{ref_path.relative_to(data_dir)}: cannot be read as Parquet: {e}")
-    errors += _check_references(data_dir, name, table, parts, refs)
+    references = _References(name)
+    references.add(table, parts, refs)
+    errors += references.errors(table.num_rows)
     if errors:
         raise DataValidationError(errors)
     return table
