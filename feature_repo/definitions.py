@@ -2,9 +2,12 @@
 
 Sources are Parquet snapshots under ``sources/`` beside this file, written by
 ``components.serving.feast_store.write_sources`` from a data directory and the published embedding
-tables; every row carries ``event_timestamp`` (the snapshot date for embeddings, the latest impression
-for ranker features). Column names of the ranker features are those of the data directory's
-``meta.json`` (``user_features`` / ``pin_features``), listed in ``sources/schema.json``.
+tables; every row carries ``event_timestamp``, when its values last changed: the latest impression for user
+features, the start of the day a row was new or different from the previous day's for embeddings and pin
+features (so a daily materialization loads only what changed; ``components.serving.feast_sources``). Each source
+holds one row per entity; ``pin_features`` has a row for every pin (engagement at the training defaults for a pin
+never shown). Column names of the ranker features are those of the data directory's ``meta.json``
+(``user_features`` / ``pin_features``) and the engagement columns, listed in ``sources/schema.json``.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ pin_features = FeatureView(
     ttl=TTL,
     schema=[Field(name=n, dtype=_TYPES[t]) for n, t in SCHEMA["pin_features"].items()],
     source=_source("pin_features"),
-    description="the ranker's pin features (latest value seen in impressions)",
+    description="the ranker's pin features (latest value seen in impressions) and pin engagement, every pin",
 )
 
 retrieval_v1 = FeatureService(name="retrieval_v1", features=[user_embedding])

@@ -65,7 +65,8 @@ def _features_apply(args: argparse.Namespace) -> int:
     if args.data:
         if not args.date:
             raise SystemExit("error: --data needs --date (the snapshot date of the sources, YYYY-MM-DD)")
-        counts = feast_store.write_sources(repo, args.data, args.date, args.user_embeddings, args.pin_embeddings)
+        counts = feast_store.write_sources(repo, args.data, args.date, args.user_embeddings, args.pin_embeddings,
+                                           batch_rows=args.batch_rows)
         print(f"sources as of {args.date}: {counts}")
     names = feast_store.apply(repo, stack)
     print(f"applied {repo}: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in names.items()))
@@ -78,7 +79,8 @@ def _features_materialize(args: argparse.Namespace) -> int:
     from components.serving import feast_store
 
     stack, repo = _feast_stack(args)
-    for view, interval in feast_store.materialize(repo, args.date, stack, force=args.force).items():
+    for view, interval in feast_store.materialize(repo, args.date, stack, force=args.force,
+                                                  batch_rows=args.batch_rows).items():
         print(f"{view}: {interval}")
     return 0
 
@@ -251,6 +253,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     fa.add_argument("--date", help="snapshot date YYYY-MM-DD of the sources")
     fa.add_argument("--user-embeddings", help="PinnerFormer user embedding table or VersionedStore root")
     fa.add_argument("--pin-embeddings", help="PinSage pin embedding table or VersionedStore root")
+    fa.add_argument("--batch-rows", type=int, default=10_000, help="rows read and written at a time (memory bound)")
     fa.set_defaults(func=_features_apply)
 
     fm = groups["features"].add_parser("materialize", help="load the online store up to the end of --date")
@@ -259,6 +262,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     fm.add_argument("--date", required=True, help="YYYY-MM-DD (UTC); incremental; re-running the latest date "
                     "reloads (corrects) it")
     fm.add_argument("--force", action="store_true", help="reload an older date than the store holds (backfill)")
+    fm.add_argument("--batch-rows", type=int, default=10_000, help="source rows per online-store write (memory bound)")
     fm.set_defaults(func=_features_materialize)
 
     ib = groups["index"].add_parser("build", help="index a pin embedding table in Milvus and switch the alias")

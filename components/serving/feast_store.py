@@ -8,10 +8,13 @@ Redis + SQL registry (``server``, a cluster), secrets as ``${VAR}`` placeholders
 
 - ``apply(repo_dir)`` imports every definition file of the instance (as ``feast apply`` does) and
   registers the objects, removing registered objects that are no longer defined.
-- ``materialize(repo_dir, date)`` loads every feature view from its last materialized end (or the
-  beginning) up to the end of ``date`` (UTC) into the online store. Re-running the latest date reloads the
-  whole snapshot, so a corrected run replaces what that date wrote; an older date than the store holds is
-  refused unless forced (a backfill must not move serving backwards).
+- ``write_sources`` (``feast_sources``) writes the Parquet snapshots in batches of rows, stamping each row with
+  when it last changed.
+- ``materialize(repo_dir, date)`` loads every feature view's rows stamped from its last materialized end (or the
+  beginning) up to the end of ``date`` (UTC) into the online store, ``batch_rows`` at a time through Feast's
+  ``write_to_online_store``, and records the interval in Feast's registry as ``FeatureStore.materialize`` does.
+  Re-running the latest date reloads the whole snapshot, so a corrected run replaces what that date wrote; an
+  older date than the store holds is refused unless forced (a backfill must not move serving backwards).
 - Reads keep working while a view is being materialized (``serve_features_while_materializing``).
 - ``online_user_embeddings`` / ``online_ranker_features`` read the online store.
 """
@@ -32,26 +35,35 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import redis
 import yaml
 from feast import Entity, FeatureService, FeatureStore, FeatureView
+from feast.feature_view import FeatureViewState
 from feast.infra.registry.file import FileRegistryStore
 from feast.repo_config import RepoConfig
 
 from components import stackconfig
 from components.data import durable, io
-from components.data.durable import atomic_write_json, atomic_write_parquet
-from components.data.point_in_time import PIN_SHOWN, pin_engagement
-from components.data.tables import VersionedStore, read_table
-from components.data.validate import load_events
-from components.data.vocab import vocab_of_frame
-from components.progress import Progress, prints_to_log
+from components.progress import Progress
+from components.serving.feast_sources import (
+    BATCH_ROWS,
+    POPULAR_FILE,
+    TS,
+    FeatureStoreError,
+    popular_pins,
+    table_path,
+    write_sources,
+)
 from components.serving.ranker_features import FeatureReader
+
+__all__ = ["BATCH_ROWS", "POPULAR_FILE", "FeatureStoreError", "apply", "init_repo", "materialize", "open_store",
+           "online_ranker_features", "online_user_embeddings", "popular_pins", "read_schema", "table_path",
+           "write_sources"]
 
 REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "feature_repo"
 SOURCE_NAMES = ("user_embedding", "pin_embedding", "user_features", "pin_features")
 EPOCH = dt.datetime(1970, 1, 2, tzinfo=dt.UTC)
-POPULAR_FILE = "popular_pins.parquet"  # beside the sources: the cold-start list (not a feature view)
 
 
 class _FileRegistryFlagWarning(logging.Filter):
@@ -80,10 +92,6 @@ class AtomicFileRegistryStore(FileRegistryStore):
         durable.atomic_write_bytes(self._filepath, registry_proto.SerializeToString())
 
 
-class FeatureStoreError(RuntimeError):
-    """A feature-store problem with a message naming the repo, view or file."""
-
-
 def init_repo(repo_dir: str | Path, template: str | Path = REPO_TEMPLATE,
               stack: stackconfig.StackConfig | None = None) -> Path:
     """Copy the definitions of ``template`` into ``repo_dir`` and write its ``feature_store.yaml`` generated
@@ -107,115 +115,6 @@ def init_repo(repo_dir: str | Path, template: str | Path = REPO_TEMPLATE,
 def _day_start(date: str) -> dt.datetime:
     start, _ = io.day_bounds(date)
     return dt.datetime.fromtimestamp(start, dt.UTC)
-
-
-def table_path(source: str | Path) -> Path:
-    """An embedding table's file from a file, a directory holding one, or a VersionedStore root (CURRENT)."""
-    source = Path(source)
-    if (source / "CURRENT").exists():
-        return VersionedStore(source).path()
-    return source
-
-
-def _embedding_source(path: str | Path, id_column: str, as_of: dt.datetime) -> pa.Table:
-    table = read_table(table_path(path), id_column)
-    n, d = table.embeddings.shape
-    return pa.table({
-        id_column: pa.array(table.ids.astype(np.int64)),
-        "embedding": pa.array(list(table.embeddings.astype(np.float32)), pa.list_(pa.float32())),
-        "model_version": pa.array([table.model_version] * n, pa.string()),
-        "event_timestamp": pa.array([as_of] * n, pa.timestamp("us", tz="UTC")),
-    })
-
-
-def _latest_features(imp: pa.Table, id_column: str, columns: list[str]) -> pa.Table:
-    """One row per entity: its feature values at its latest impression."""
-    t = imp.select([id_column, "timestamp", *columns]).sort_by([(id_column, "ascending"), ("timestamp", "ascending")])
-    ids = t.column(id_column).to_numpy()
-    last = np.r_[ids[1:] != ids[:-1], True] if len(ids) else np.zeros(0, bool)
-    t = t.filter(pa.array(last))
-    ts = pc.cast(pc.multiply(t.column("timestamp"), 1_000_000), pa.timestamp("us", tz="UTC"))
-    return t.drop_columns(["timestamp"]).append_column("event_timestamp", ts)
-
-
-ENGAGEMENT_PREFIXES = ("d_pin_rate_", PIN_SHOWN)
-
-
-def _with_pin_engagement(pins: pa.Table, imp: pa.Table, end: int) -> pa.Table:
-    """``pins`` plus each pin's engagement from every impression before ``end`` (point_in_time.pin_engagement
-    for a request the next day: ``d_pin_rate_<task>`` for each ``label_<task>`` column, ``d_pin_log_impressions``),
-    the values the ranker was trained with for a row of that day."""
-    tasks = [c.removeprefix("label_") for c in imp.column_names if c.startswith("label_")]
-    ids = pins.column("pin_id").to_numpy()
-    labels = np.stack([imp.column(f"label_{t}").to_numpy().astype(np.float64) for t in tasks], axis=1) if tasks \
-        else np.zeros((imp.num_rows, 0))
-    cols = pin_engagement(imp.column("pin_id").to_numpy(), imp.column("timestamp").to_numpy(), labels, ids,
-                          np.full(len(ids), end, np.int64), tasks)
-    for c, v in cols.items():
-        pins = pins.append_column(c, pa.array(v, pa.float32()))
-    return pins
-
-
-def write_sources(repo_dir: str | Path, data_dir: str | Path, date: str, user_embeddings: str | Path | None = None,
-                  pin_embeddings: str | Path | None = None) -> dict[str, int]:
-    """Write the sources of a repo instance as of the end of ``date`` (YYYY-MM-DD, UTC).
-
-    Ranker features: each user's and pin's feature columns (meta.json ``user_features`` /
-    ``pin_features``) at their latest impression before the end of ``date``; pins also get their
-    engagement over all impressions before the end of ``date`` (``_with_pin_engagement``). Embeddings: the given
-    embedding tables (None -> the source is left as it is), stamped with ``date``. Each file is written
-    atomically. Returns rows per source.
-    """
-    repo_dir = Path(repo_dir)
-    sources = repo_dir / "sources"
-    sources.mkdir(parents=True, exist_ok=True)
-    meta = io.read_meta(data_dir)
-    as_of = _day_start(date)
-    end = int(as_of.timestamp()) + 86_400
-    imp = io.read_table(data_dir, "impressions")
-    imp = imp.filter(pc.less(imp.column("timestamp"), end))
-    counts: dict[str, int] = {}
-    schema: dict[str, dict[str, str]] = {}
-    for name, id_column, key in (("user_features", "user_id", "user_features"),
-                                 ("pin_features", "pin_id", "pin_features")):
-        cols = list(meta.get(key, []))
-        missing = [c for c in cols if c not in imp.column_names]
-        if missing:
-            raise FeatureStoreError(f"{data_dir}/impressions: meta.json {key} names columns {missing} "
-                                    f"that the impressions do not have")
-        schema[key] = {c: ("float" if pa.types.is_floating(imp.schema.field(c).type) else "int") for c in cols}
-        t = _latest_features(imp, id_column, cols)
-        if name == "pin_features":  # the ranker's point-in-time pin engagement, as of the end of `date`
-            t = _with_pin_engagement(t, imp, end)
-            schema[key].update({c: "float" for c in t.column_names if c.startswith(ENGAGEMENT_PREFIXES)})
-        atomic_write_parquet(t, sources / f"{name}.parquet")
-        counts[name] = t.num_rows
-    for name, path, id_column in (("user_embedding", user_embeddings, "user_id"),
-                                  ("pin_embedding", pin_embeddings, "pin_id")):
-        if path is not None:
-            t = _embedding_source(path, id_column, as_of)
-            atomic_write_parquet(t, sources / f"{name}.parquet")
-            counts[name] = t.num_rows
-        elif not (sources / f"{name}.parquet").exists():
-            raise FeatureStoreError(f"{sources / (name + '.parquet')}: no {name} source yet; pass an embedding table")
-    pop = popular_pins(data_dir, end)
-    atomic_write_parquet(pop, sources / POPULAR_FILE)
-    counts["popular_pins"] = pop.num_rows
-    atomic_write_json(schema, sources / "schema.json")
-    return counts
-
-
-def popular_pins(data_dir: str | Path, end: int, days: int = 14, top: int = 1000) -> pa.Table:
-    """The cold-start list: pins by positive engagements in the ``days`` before ``end`` (all engagements
-    break ties; all history if the window is empty)."""
-    ev = load_events(data_dir)
-    ev = ev[ev["timestamp"] < end]
-    recent = ev[ev["timestamp"] >= end - days * 86_400]
-    ev = recent if len(recent) else ev
-    pos = vocab_of_frame(ev).is_positive(ev["action_type"].to_numpy(), ev["duration_s"].to_numpy())
-    score = ev.assign(w=np.where(pos, 1.0, 0.01)).groupby("pin_id")["w"].sum().sort_values(ascending=False, kind="stable")
-    score = score.head(top)
-    return pa.table({"pin_id": pa.array(score.index.to_numpy(np.int64)), "score": pa.array(score.to_numpy(np.float64))})
 
 
 def open_store(repo_dir: str | Path, stack: stackconfig.StackConfig | None = None):
@@ -320,14 +219,18 @@ def apply(repo_dir: str | Path, stack: stackconfig.StackConfig | None = None) ->
 
 
 def materialize(repo_dir: str | Path, date: str, stack: stackconfig.StackConfig | None = None,
-                force: bool = False) -> dict[str, str]:
-    """Load every feature view into the online store up to the end of ``date`` (UTC).
+                force: bool = False, batch_rows: int = BATCH_ROWS) -> dict[str, str]:
+    """Load every feature view into the online store up to the end of ``date`` (UTC), ``batch_rows`` source rows
+    at a time.
 
-    A new date loads the interval since the view's last materialized end (incremental). Re-running the
-    latest date reloads the whole snapshot from the beginning, so corrected sources replace what the first
-    run wrote (the sources hold one row per entity). A date older than what a view already holds is an
-    error unless ``force`` (then that snapshot is reloaded). Returns per view the interval loaded.
+    A new date loads the rows stamped since the view's last materialized end (incremental: ``write_sources``
+    stamps a row with the day it last changed). Re-running the latest date reloads the whole snapshot from the
+    beginning, so corrected sources replace what the first run wrote (the sources hold one row per entity). A
+    date older than what a view already holds is an error unless ``force`` (then that snapshot is reloaded).
+    Returns per view the interval loaded and the rows written.
     """
+    if batch_rows < 1:
+        raise FeatureStoreError(f"batch_rows must be >= 1, got {batch_rows}")
     store = open_store(repo_dir, stack)
     end = _day_start(date) + dt.timedelta(days=1)
     views = store.list_feature_views()
@@ -337,12 +240,13 @@ def materialize(repo_dir: str | Path, date: str, stack: stackconfig.StackConfig 
     with Progress(total=len(views), desc="materialize", unit="view") as bar:
         for fv in views:
             bar.set_description(f"materialize {fv.name}")
-            done[fv.name] = _materialize_view(store, fv, repo_dir, date, end, force)
+            done[fv.name] = _materialize_view(store, fv, repo_dir, date, end, force, batch_rows)
             bar.update(1)
     return done
 
 
-def _materialize_view(store: Any, fv: Any, repo_dir: str | Path, date: str, end: dt.datetime, force: bool) -> str:
+def _materialize_view(store: Any, fv: Any, repo_dir: str | Path, date: str, end: dt.datetime, force: bool,
+                      batch_rows: int) -> str:
     """One view: from its last materialized end (or the beginning, to reload) up to ``end``; the interval."""
     ends = [e if e.tzinfo else e.replace(tzinfo=dt.UTC) for _, e in fv.materialization_intervals]
     last = max(ends) if ends else None
@@ -350,10 +254,54 @@ def _materialize_view(store: Any, fv: Any, repo_dir: str | Path, date: str, end:
         raise FeatureStoreError(f"{repo_dir}: feature view '{fv.name}' already holds data through "
                                 f"{last - dt.timedelta(days=1):%Y-%m-%d}; materializing {date} would move serving backwards (pass force)")
     start = last if last is not None and end > last else EPOCH
-    # Feast's own "Materializing ..." / "<view>:" prints (no switch; its local engine never draws its tqdm bar)
-    with prints_to_log(logging.getLogger(__name__), "feast materialize"):
-        store.materialize(start_date=start, end_date=end, feature_views=[fv.name])
-    return f"{start.isoformat()} .. {end.isoformat()}" + (" (reload)" if start == EPOCH and last else "")
+    previous = _begin(store, fv)
+    try:
+        rows, batches = _write_online(store, fv, start, end, batch_rows)
+    except BaseException:
+        if previous is not None:  # as FeatureStore.materialize: a failed run gives the view its state back
+            fv.state = previous
+            store.registry.apply_feature_view(fv, store.project, commit=True)
+        raise
+    store.registry.apply_materialization(fv, store.project, start, end)  # the interval; state AVAILABLE_ONLINE
+    logging.getLogger(__name__).debug("materialize %s: %s .. %s, %d rows in %d batches", fv.name, start, end,
+                                      rows, batches)
+    return f"{start.isoformat()} .. {end.isoformat()}, {rows} rows" + (" (reload)" if start == EPOCH and last else "")
+
+
+def _begin(store: Any, fv: Any) -> FeatureViewState | None:
+    """Mark ``fv`` MATERIALIZING in the registry as ``FeatureStore.materialize`` does (readers keep reading it:
+    ``serve_features_while_materializing``); the state to restore on failure (None: nothing changed)."""
+    state = getattr(fv, "state", None)
+    if state is None or state == FeatureViewState.STATE_UNSPECIFIED:
+        return None
+    if state == FeatureViewState.MATERIALIZING:  # left by a killed run: proceed, and restore GENERATED on failure
+        return FeatureViewState.GENERATED
+    if not state.can_transition_to(FeatureViewState.MATERIALIZING):
+        raise FeatureStoreError(f"feature view '{fv.name}' is {state.name}, which cannot be materialized")
+    fv.state = FeatureViewState.MATERIALIZING
+    store.registry.apply_feature_view(fv, store.project, commit=True)
+    return state
+
+
+def _write_online(store: Any, fv: Any, start: dt.datetime, end: dt.datetime, batch_rows: int) -> tuple[int, int]:
+    """Write the source rows of ``fv`` with ``start <= event_timestamp <= end`` (Feast's file offline store's
+    window, both ends included) to the online store through ``FeatureStore.write_to_online_store`` (Feast's own
+    row conversion and online write), one record batch at a time. (rows, batches written)."""
+    source = fv.batch_source
+    path = Path(source.path)
+    if not path.exists():
+        raise FeatureStoreError(f"{path}: the source of feature view '{fv.name}' is missing; run write_sources")
+    ts_field = source.timestamp_field
+    columns = list(dict.fromkeys([*fv.join_keys, *(f.name for f in fv.features), ts_field]))
+    lo, hi = pa.scalar(start, TS), pa.scalar(end, TS)
+    rows = batches = 0
+    for b in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+        ts = b.column(ts_field).cast(TS)
+        b = b.filter(pc.and_(pc.greater_equal(ts, lo), pc.less_equal(ts, hi)))
+        if b.num_rows:
+            store.write_to_online_store(fv.name, df=b.to_pandas())
+            rows, batches = rows + b.num_rows, batches + 1
+    return rows, batches
 
 
 def online_user_embeddings(repo_dir: str | Path, user_ids: list[int] | np.ndarray,

@@ -8,7 +8,7 @@ from components.steps.images import step
 @step
 def register_features(data: Input[Dataset], repo: Output[Dataset], stats: Output[Metrics],
                       user_embeddings: Input[Dataset] = None, pin_embeddings: Input[Dataset] = None,
-                      date: str = "", repo_dir: str = "", stack: str = ""):
+                      date: str = "", repo_dir: str = "", stack: str = "", batch_rows: int = 10000):
     """``feast_store``: init the repo, write its sources as of ``date``, ``apply``, ``materialize``.
 
     ``stack``: a stack file (components/stackconfig.py): the Feast stores (online store, registry,
@@ -16,6 +16,7 @@ def register_features(data: Input[Dataset], repo: Output[Dataset], stats: Output
     pipeline passes both parameters through); "" = the local profile's stores.
     ``repo_dir``: the persistent Feast repo (a PVC path on a cluster) used without a stack; "" = this run's
     artifact. ``date`` "" = the date of the user embeddings (or the last training day).
+    ``batch_rows``: rows read, written and sent to the online store at a time (the step's memory bound).
     """
     # the local (lightweight) component runs this function's source alone, so its imports live inside it
     from components.serving import feast_store
@@ -33,9 +34,10 @@ def register_features(data: Input[Dataset], repo: Output[Dataset], stats: Output
     feast_store.init_repo(root, stack=cfg)
     rows = feast_store.write_sources(root, data.path, date,
                                      user_embeddings=table_path(user_embeddings.path) if user_embeddings is not None else None,
-                                     pin_embeddings=table_path(pin_embeddings.path) if pin_embeddings is not None else None)
+                                     pin_embeddings=table_path(pin_embeddings.path) if pin_embeddings is not None else None,
+                                     batch_rows=batch_rows)
     names = feast_store.apply(root, cfg)
-    loaded = feast_store.materialize(root, date, cfg)
+    loaded = feast_store.materialize(root, date, cfg, batch_rows=batch_rows)
     repo.metadata["repo_dir"] = str(root)
     repo.metadata["date"] = date
     repo.metadata["stack"] = stack
