@@ -70,6 +70,7 @@ class _References:
         self.spec = TABLES[name]
         self.lines: dict[str, list[str]] = {col: [] for col in self.spec.references}
         self.unknown: dict[str, int] = dict.fromkeys(self.spec.references, 0)
+        self._known: dict[str, np.ndarray] = {}  # "table.column" -> its sorted ids, once (not once per partition)
 
     def add(self, table: pa.Table, parts: list[tuple[str, int]], tables: dict[str, pa.Table]) -> None:
         """``table``: the rows of the files ``parts`` ((file, rows) in order); ``tables``: the referenced tables."""
@@ -78,8 +79,10 @@ class _References:
             if ref_table not in tables:
                 continue
             values = table.column(col)
-            unknown = pc.invert(pc.is_in(values, value_set=tables[ref_table].column(ref_col))).to_numpy(
-                zero_copy_only=False)
+            if target not in self._known:
+                self._known[target] = np.unique(tables[ref_table].column(ref_col).to_numpy(zero_copy_only=False))
+            known, v = self._known[target], values.to_numpy(zero_copy_only=False)
+            unknown = known[np.searchsorted(known, v).clip(0, len(known) - 1)] != v if len(known) else np.ones(len(v), bool)
             if not unknown.any():
                 continue
             self.unknown[col] += int(unknown.sum())
