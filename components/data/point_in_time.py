@@ -17,6 +17,11 @@ is built from the actions before the run, and a request comes after it.
 Cost O(E log E + Q log E) for E events and Q queries: events sorted by (user, time), one cumulative sum of
 the weighted pin vectors, one binary search per query.
 
+Learned user tables (:class:`DailyUserTables`): the daily ``embed_users`` store holds one table per date (version D
+embeds each user from their actions up to the end of D). Each row reads the newest version dated strictly before
+its own UTC day, what serving reads that day (the latest published table, materialised after the day it covers):
+never a table of the row's own day or later.
+
 Pin features (:func:`counts_before`, :func:`pin_engagement`): a pin's rating count and its per-task
 engagement rates, each from what happened strictly before the row (the engagement from the days before
 the row's day, as serving's daily pin feature sees it), so no row counts its own rating or label.
@@ -26,15 +31,20 @@ Shapes: E events, Q queries, D content-vector width, U users with events.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import datetime as dt
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
+from components.data.schemas import DataValidationError
+from components.data.tables import EmbeddingTable, VersionedStore, read_table
 from components.data.validate import load_events, pin_features
 from components.data.vocab import vocab_of_frame
 
 POSITIVE_WEIGHT, OTHER_WEIGHT = 1.0, 0.05  # as content_embeddings: positives dominate, other actions break ties
+DAY = 86_400  # seconds; days are UTC (as the dt=YYYY-MM-DD partitions and the daily tables)
 
 
 @dataclass
@@ -58,6 +68,12 @@ class UserHistory:
     def at(self, user_ids: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """((Q, D) float32 L2-normalised user vectors, (Q,) found) as of each query's time, from the actions
         strictly before it; a user with no earlier action gets a zero vector and found False."""
+        lo, hi, found = self.positions(user_ids, timestamps)
+        return self.gather(lo, hi, found), found
+
+    def positions(self, user_ids: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lo, hi, found), each (Q,): the span of each query's earlier actions in the cumulative sums; :meth:`at`
+        is :meth:`gather` of these (kept per row, gathered per batch by the ranker)."""
         user_ids = np.asarray(user_ids, np.int64)
         t = np.asarray(timestamps, np.int64)
         u = np.searchsorted(self.users, user_ids).clip(0, max(len(self.users) - 1, 0))
@@ -65,13 +81,17 @@ class UserHistory:
         base = u.astype(np.int64) * self.span
         lo = np.searchsorted(self.keys, base, side="left")  # (Q,) the user's first action
         hi = np.searchsorted(self.keys, base + np.clip(t - self.t0, 0, self.span - 1), side="left")  # ts < t
+        found = known & (hi > lo) & (self.weights[hi] - self.weights[lo] > 0)
+        return lo, hi, found
+
+    def gather(self, lo: np.ndarray, hi: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """(Q, D) float32: the weighted mean of each span's pin vectors, L2-normalised; zero where not found."""
         acc = self.sums[hi] - self.sums[lo]  # (Q, D)
         w = self.weights[hi] - self.weights[lo]  # (Q,)
-        found = known & (hi > lo) & (w > 0)
-        out = np.zeros((len(user_ids), self.dim), np.float64)
+        out = np.zeros((len(lo), self.dim), np.float64)
         out[found] = acc[found] / w[found, None]
         norm = np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-8)
-        return (out / norm).astype(np.float32), found
+        return (out / norm).astype(np.float32)
 
 
 def user_history(data_dir: str | Path) -> UserHistory:
@@ -102,9 +122,120 @@ def user_history(data_dir: str | Path) -> UserHistory:
     return UserHistory(users, keys, t0, span, sums, weights)
 
 
+# ---- learned user tables, one per day ------------------------------------------------------------------------
+
+DATE_VERSION = "%Y-%m-%d"
+
+
+def _epoch_day(version: str) -> int:
+    return (dt.date.fromisoformat(version) - dt.date(1970, 1, 1)).days
+
+
+@dataclass
+class DailyUserTables:
+    """A ``VersionedStore`` of daily user embedding tables (``embed_users``' output), joined per row as of the day
+    before the row's day. Tables are read on first use and kept (one per version the rows need).
+
+    Which versions: every published ``YYYY-MM-DD`` version up to ``CURRENT`` (a version after ``CURRENT`` was
+    rolled back, and serving does not read it either). All must come from one model (``model_version``) and
+    have one width, checked when the store is opened.
+    """
+
+    root: Path
+    versions: list[str]  # (V,) dates, oldest first, the last one CURRENT
+    days: np.ndarray  # (V,) int64 days since 1970-01-01 (UTC) of each version
+    model_version: str
+    dim: int
+    _tables: dict[int, EmbeddingTable] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, root: str | Path) -> DailyUserTables:
+        """The store at ``root`` (a folder with ``CURRENT``); a clear error for anything the per-row join cannot
+        use: no version, a version that is not a date, tables of several models or widths."""
+        store = VersionedStore(root)
+        current = store.current()
+        if current is None:
+            raise DataValidationError([f"{root}: no CURRENT file: not a published embedding store"])
+        versions = store.versions()
+        not_dates = [v for v in versions if not _is_date(v)]
+        if not_dates:
+            raise DataValidationError([
+                f"{root}: versions {not_dates} are not dates; a per-row join of daily user tables needs YYYY-MM-DD "
+                f"versions (as embed_users publishes). To join one table to every row, pass its file "
+                f"({store.path(current)})"])
+        versions = versions[:versions.index(current) + 1]
+        found: dict[tuple[str, int], list[str]] = {}
+        for v in versions:
+            path = store.path(v)
+            schema = pq.read_schema(path)
+            emb = schema.field("embedding").type if "embedding" in schema.names else None
+            width = getattr(emb, "list_size", -1)
+            model = pq.read_table(path, columns=["model_version"]).column(0) if "model_version" in schema.names else None
+            if emb is None or model is None or width <= 0:
+                raise DataValidationError([f"{path}: expected an embedding table (fixed-size 'embedding' list and "
+                                           f"'model_version' columns), have {schema.names}"])
+            found.setdefault((model[0].as_py() if len(model) else "", int(width)), []).append(v)
+        if len(found) > 1:
+            kinds = "; ".join(f"model {m!r}, {d} dims: {vs}" for (m, d), vs in found.items())
+            raise DataValidationError([f"{root}: the daily user tables come from different models or widths "
+                                       f"({kinds}); re-embed the older days with the current model (embed users "
+                                       f"--since) or pass one table file"])
+        (model_version, dim), = found
+        days = np.array([_epoch_day(v) for v in versions], np.int64)
+        return cls(Path(root), versions, days, model_version, dim)
+
+    def table_index(self, timestamps: np.ndarray) -> np.ndarray:
+        """(Q,) int64: the version each row reads, the newest dated strictly before the row's UTC day; -1: none."""
+        day = np.asarray(timestamps, np.int64) // DAY
+        return np.searchsorted(self.days, day, side="left").astype(np.int64) - 1
+
+    def table(self, i: int) -> EmbeddingTable:
+        if i not in self._tables:
+            t = read_table(VersionedStore(self.root).path(self.versions[i]))
+            if t.dim != self.dim or t.model_version != self.model_version:
+                raise DataValidationError([f"{self.root}: version {self.versions[i]} changed while training read it "
+                                           f"({t.model_version}, {t.dim} dims; opened as {self.model_version}, "
+                                           f"{self.dim} dims)"])
+            self._tables[i] = t
+        return self._tables[i]
+
+    def at(self, user_ids: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """((Q, D) float32, (Q,) found): each row's user embedding from the table of the day before its day
+        (:meth:`table_index`); a user absent from that table, or a row older than every table, gets a zero
+        vector and found False (the fallback an unknown id gets from any embedding table)."""
+        table, row, found = self.positions(user_ids, timestamps)
+        return self.gather(table, row, found), found
+
+    def positions(self, user_ids: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(table, row, found), each (Q,): the version each query reads (:meth:`table_index`), the user's row in
+        it, whether it is there; :meth:`at` is :meth:`gather` of these (kept per row, gathered per batch)."""
+        user_ids = np.asarray(user_ids, np.int64)
+        table = self.table_index(timestamps)
+        row = np.zeros(len(user_ids), np.int64)
+        found = np.zeros(len(user_ids), bool)
+        for i in np.unique(table[table >= 0]):
+            rows = np.flatnonzero(table == i)
+            row[rows], found[rows] = self.table(int(i)).positions(user_ids[rows])
+        return table, row, found
+
+    def gather(self, table: np.ndarray, row: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """(Q, D) float32: each found query's row of its table, zero elsewhere."""
+        out = np.zeros((len(table), self.dim), np.float32)
+        for i in np.unique(table[found]):
+            rows = np.flatnonzero(found & (table == i))
+            out[rows] = self.table(int(i)).embeddings[row[rows]]
+        return out
+
+
+def _is_date(version: str) -> bool:
+    try:
+        return dt.datetime.strptime(version, DATE_VERSION).strftime(DATE_VERSION) == version
+    except ValueError:
+        return False
+
+
 # ---- point-in-time pin statistics ----------------------------------------------------------------------------
 
-DAY = 86_400
 ENGAGEMENT_PRIOR = 10.0  # pseudo-impressions at the global rate: a pin shown twice is not "100% saved"
 PIN_SHOWN = "d_pin_log_impressions"  # log1p(impressions of the pin before the row's day)
 

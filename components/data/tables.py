@@ -47,13 +47,23 @@ class EmbeddingTable:
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings (len(ids), D), found mask); rows of unknown ids are zero."""
+        idx, found = self.positions(ids)
+        return self.gather(idx, found), found
+
+    def positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row of each id (len(ids),) int64, found mask): :meth:`lookup` in two halves, so that a caller can keep
+        the rows of many ids and :meth:`gather` a few of them at a time (the ranker's batches)."""
         order = np.argsort(self.ids)
         pos = np.searchsorted(self.ids, ids, sorter=order).clip(0, max(len(self.ids) - 1, 0))
         idx = order[pos] if len(self.ids) else pos
         found = (self.ids[idx] == ids) if len(self.ids) else np.zeros(len(ids), bool)
-        out = np.zeros((len(ids), self.dim), np.float32)
+        return idx, found
+
+    def gather(self, idx: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """(len(idx), D) float32: the rows :meth:`positions` found, zero where ``found`` is False."""
+        out = np.zeros((len(idx), self.dim), np.float32)
         out[found] = self.embeddings[idx[found]]
-        return out, found
+        return out
 
 
 def to_arrow(table: EmbeddingTable) -> pa.Table:

@@ -4,8 +4,10 @@ Training rows are impressions before ``meta["split_timestamp"]``, evaluation row
 features are normalised with statistics of the training rows (saved with the model and exported for
 serving); user and pin embeddings are joined from embedding tables. Without a user table, each row's user
 vector is the content baseline *as of that row's time* (``components.data.point_in_time``: only the user's
-actions strictly before the impression), so no training row sees its own outcome; without a pin table, the
-pins' content vectors.
+actions strictly before the impression), so no training row sees its own outcome. A user embedding *store* (the
+daily ``embed_users`` output, one table per date) is joined per row as of the day before the row's day
+(``point_in_time.DailyUserTables``, what serving reads that day); one table file is joined to every row. Without a
+pin table, the pins' content vectors.
 Runs alone or under ``torchrun --nproc_per_node=2`` (gloo DDP; each rank takes its shard of every epoch's
 permutation); the loop itself (checkpoints, exact resume, logs) is :func:`components.training.loop.fit`.
 """
@@ -20,12 +22,20 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as fn
+from numpy.lib.mixins import NDArrayOperatorsMixin
 from torch import nn
 
 from components.config import RankerConfig
 from components.data import io
 from components.data.baseline import content_embeddings
-from components.data.point_in_time import PIN_SHOWN, UserHistory, engagement_names, pin_engagement, user_history
+from components.data.point_in_time import (
+    PIN_SHOWN,
+    DailyUserTables,
+    UserHistory,
+    engagement_names,
+    pin_engagement,
+    user_history,
+)
 from components.data.schemas import SURFACES
 from components.data.tables import EmbeddingTable
 from components.data.validate import DataValidationError, load_table
@@ -38,18 +48,62 @@ from components.training.loop import TrainTask, Validation, fit
 from components.training.pinnerformer import open_table
 
 EmbeddingSource = str | Path | EmbeddingTable | None
-UserFeatures = EmbeddingTable | UserHistory  # a table joined by id, or the point-in-time content history
+# a table joined by id, the point-in-time content history, or daily tables joined as of the day before each row
+UserFeatures = EmbeddingTable | UserHistory | DailyUserTables
+
+
+class EmbeddingRows(NDArrayOperatorsMixin):
+    """(n, D) float32 embedding features kept as each row's position in its source (an ``EmbeddingTable``,
+    ``UserHistory`` or ``DailyUserTables``: ``positions`` per row, ``gather`` per batch) and gathered when indexed,
+    so a run of a few steps never holds every row's vectors (n x D floats). ``rows[i]`` equals row i of
+    ``source.at``/``lookup`` over all rows, byte for byte; ``np.asarray`` and arithmetic gather every row."""
+
+    def __init__(self, source: Any, parts: tuple[np.ndarray, ...]):
+        self.source, self.parts = source, parts  # parts: positions' arrays, each (n,); the last is `found`
+        self.shape = (len(parts[-1]), source.dim)
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def found(self) -> np.ndarray:
+        return self.parts[-1]
+
+    def take(self, rows: np.ndarray | slice) -> EmbeddingRows:
+        return EmbeddingRows(self.source, tuple(p[rows] for p in self.parts))
+
+    def __getitem__(self, rows: np.ndarray | slice | int) -> np.ndarray:
+        if isinstance(rows, int | np.integer):  # one row: (D,)
+            return self[np.array([rows])][0]
+        return self.source.gather(*(p[rows] for p in self.parts))
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = self[slice(None)]
+        return out if dtype is None else out.astype(dtype)
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        arrays = [np.asarray(x) if isinstance(x, EmbeddingRows) else x for x in inputs]
+        return getattr(ufunc, method)(*arrays, **kwargs)
+
+
+def embedding_rows(source: UserFeatures | EmbeddingTable, ids: np.ndarray, timestamps: np.ndarray) -> EmbeddingRows:
+    """The rows of ``ids`` in ``source``: as of each row's time for the point-in-time sources, by id for a table."""
+    if isinstance(source, EmbeddingTable):
+        return EmbeddingRows(source, source.positions(ids))
+    return EmbeddingRows(source, source.positions(ids, timestamps))
 
 
 @dataclass
 class RankerData:
-    """Model-ready arrays for a set of impressions (inputs in ranker_inputs.MODEL_INPUTS order)."""
+    """Model-ready arrays for a set of impressions (inputs in ranker_inputs.MODEL_INPUTS order); the embedding
+    features may be :class:`EmbeddingRows`, gathered per batch."""
 
     dense: np.ndarray  # (n, N) float32, normalised
     sparse: np.ndarray  # (n, S) int64
     surface: np.ndarray  # (n, 1) int64
-    user: np.ndarray  # (n, D_user) float32
-    pin: np.ndarray  # (n, D_pin) float32
+    user: np.ndarray | EmbeddingRows  # (n, D_user) float32
+    pin: np.ndarray | EmbeddingRows  # (n, D_pin) float32
     labels: np.ndarray  # (n, K) float32
     request_id: np.ndarray  # (n,) int64
     timestamp: np.ndarray | None = None  # (n,) int64 impression time (a validation period is cut by it)
@@ -63,8 +117,9 @@ class RankerData:
                      for a in (self.dense, self.sparse, self.surface, self.user, self.pin))
 
     def subset(self, rows: np.ndarray) -> RankerData:
-        return RankerData(*(a[rows] for a in (self.dense, self.sparse, self.surface, self.user, self.pin,
-                                             self.labels, self.request_id)),
+        return RankerData(*(a.take(rows) if isinstance(a, EmbeddingRows) else a[rows]
+                            for a in (self.dense, self.sparse, self.surface, self.user, self.pin, self.labels,
+                                      self.request_id)),
                           timestamp=None if self.timestamp is None else self.timestamp[rows])
 
 
@@ -75,11 +130,22 @@ def read_embeddings(source: EmbeddingSource, what: str) -> EmbeddingTable | None
     return open_table(source, what)
 
 
-def embedding_tables(data_dir: str | Path, user_embeddings: EmbeddingSource = None,
+def read_user_features(source: EmbeddingSource | DailyUserTables) -> EmbeddingTable | DailyUserTables | None:
+    """A folder with ``CURRENT`` (a VersionedStore root, e.g. ``embed_users``' ``users/``) is joined per row
+    (:class:`DailyUserTables`); a table file or a ``v=<version>`` folder is one table for every row."""
+    if isinstance(source, DailyUserTables):
+        return source
+    if isinstance(source, str | Path) and Path(source).is_dir() and (Path(source) / "CURRENT").exists():
+        return DailyUserTables.open(source)
+    return read_embeddings(source, "user embedding table")
+
+
+def embedding_tables(data_dir: str | Path, user_embeddings: EmbeddingSource | DailyUserTables = None,
                      pin_embeddings: EmbeddingSource = None) -> tuple[UserFeatures, EmbeddingTable]:
     """(user features, pin table). A missing user table is the content baseline's point-in-time history
-    (each row's vector from the actions before its own time), a missing pin table the content vectors."""
-    users = read_embeddings(user_embeddings, "user embedding table")
+    (each row's vector from the actions before its own time), a user store the daily tables joined per row,
+    a missing pin table the content vectors."""
+    users = read_user_features(user_embeddings)
     pins = read_embeddings(pin_embeddings, "pin embedding table")
     if pins is None:
         pins, _ = content_embeddings(data_dir)
@@ -134,13 +200,12 @@ def dense_stats(df: pd.DataFrame, spec: FeatureSpec) -> tuple[list[float], list[
 def to_arrays(df: pd.DataFrame, spec: FeatureSpec, tasks: list[str], mean: list[float], std: list[float],
               users: UserFeatures, pins: EmbeddingTable) -> tuple[RankerData, dict[str, int]]:
     """Impressions -> model inputs exactly as serving builds them (ranker_inputs' normalisation and clamps);
-    point-in-time user features are taken as of each row's timestamp."""
+    point-in-time user features are taken as of each row's timestamp. The embedding features are
+    :class:`EmbeddingRows` (each row's position, gathered per batch)."""
     surface = vocab_of_frame(df).surface_codes(df["surface"])  # the dataset's surfaces (meta.json)
-    if isinstance(users, UserHistory):
-        user, user_found = users.at(df["user_id"].to_numpy(), df["timestamp"].to_numpy())
-    else:
-        user, user_found = users.lookup(df["user_id"].to_numpy())
-    pin, pin_found = pins.lookup(df["pin_id"].to_numpy())
+    ts = df["timestamp"].to_numpy()
+    user, pin = embedding_rows(users, df["user_id"].to_numpy(), ts), embedding_rows(pins, df["pin_id"].to_numpy(), ts)
+    user_found, pin_found = user.found, pin.found
     data = RankerData(
         dense=normalize_dense(df[spec.dense].to_numpy(np.float32), mean, std),
         sparse=clamp_sparse(df[spec.sparse].to_numpy(np.int64), spec.cardinalities),
@@ -148,7 +213,10 @@ def to_arrays(df: pd.DataFrame, spec: FeatureSpec, tasks: list[str], mean: list[
         user=user, pin=pin,
         labels=df[[f"label_{t}" for t in tasks]].to_numpy(np.float32),
         request_id=df["request_id"].to_numpy(np.int64), timestamp=df["timestamp"].to_numpy(np.int64))
-    return data, {"missing_user_embeddings": int((~user_found).sum()), "missing_pin_embeddings": int((~pin_found).sum())}
+    counts = {"missing_user_embeddings": int((~user_found).sum()), "missing_pin_embeddings": int((~pin_found).sum())}
+    if isinstance(users, DailyUserTables):  # of the missing users: rows older than every daily table
+        counts["rows_before_first_user_table"] = int((users.table_index(data.timestamp) < 0).sum())
+    return data, counts
 
 
 def prepare_data(cfg: RankerConfig, data_dir: str | Path, user_embeddings: EmbeddingSource = None,
@@ -177,10 +245,15 @@ def prepare_data(cfg: RankerConfig, data_dir: str | Path, user_embeddings: Embed
              "data_dir": str(Path(data_dir).resolve()),
              "user_embeddings_path": _path_or_none(user_embeddings), "pin_embeddings_path": _path_or_none(pin_embeddings),
              "rows": {"train": len(train), "eval": len(evaluation)}, "missing": {"train": miss_train, "eval": miss_eval}}
+    if isinstance(users, DailyUserTables):
+        extra["user_tables"] = {"join": "per row, the newest table dated before the row's day",
+                                "versions": list(users.versions)}
     return train, evaluation, extra
 
 
-def _path_or_none(source: EmbeddingSource) -> str | None:
+def _path_or_none(source: EmbeddingSource | DailyUserTables) -> str | None:
+    if isinstance(source, DailyUserTables):
+        return str(source.root.resolve())
     return str(Path(source).resolve()) if isinstance(source, str | Path) else None
 
 
