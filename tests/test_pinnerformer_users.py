@@ -17,8 +17,15 @@ from components import config
 from components.cli import main as cli_main
 from components.data import io
 from components.data.baseline import content_embeddings
-from components.data.tables import VersionedStore, write_table
-from components.inference.users import embed_pin_tower, embed_users
+from components.data.tables import EmbeddingTable, VersionedStore, write_table
+from components.inference.users import (
+    embed_active_users,
+    embed_pin_tower,
+    embed_users,
+    model_digest,
+    publish_users,
+    retrained_users,
+)
 from components.training.pinnerformer import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +94,41 @@ def test_daily_incremental_merge_and_idempotence(tiny_data, trained, tmp_path):
     assert pq.read_table(out / "users" / f"v={d2}" / "embeddings.parquet").equals(
         pq.read_table(pa.BufferReader(before)))
     assert store.current() == d2
+
+
+def test_a_retrained_model_re_embeds_every_user_and_never_mixes_spaces(tiny_data, trained, tmp_path):
+    """Day 1 by model A, day 2 by a retrained model B: users inactive on day 2 are not carried over with A's
+    vectors (another space than B's pin tower) but re-embedded by B from their actions up to day 2."""
+    model_a, pins = trained
+    model_b = tmp_path / "model_b"
+    train(config.load("pinnerformer_tiny", {"max_steps": 7, "epochs": 1, "seed": 1}), tiny_data, pins, model_b,
+          evaluate=False)
+    assert model_digest(model_a) != model_digest(model_b)
+    d1, d2 = _days(tiny_data)[20:22]
+    out = tmp_path / "emb"
+    store = VersionedStore(out / "users")
+    embed_users(model_a, tiny_data, pins, out, d1)
+    t1 = store.read(d1)
+    assert len(retrained_users(out, d2, model_a)) == 0  # same model: an ordinary incremental day
+    np.testing.assert_array_equal(retrained_users(out, d2, model_b), t1.ids)
+    embed_users(model_b, tiny_data, pins, out, d2)
+    t2 = store.read(d2)
+    assert t2.model_version == model_digest(model_b)
+    active2 = np.unique(pq.read_table(io.partition_path(tiny_data, "events", d2)).column("user_id").to_numpy())
+    np.testing.assert_array_equal(t2.ids, np.union1d(t1.ids, active2))
+    carried = np.setdiff1d(t1.ids, active2)
+    assert len(carried)
+    # every row is model B's embedding of that user from their latest actions up to the end of day 2
+    fresh = embed_active_users(model_b, tiny_data, pins, d2, also=t2.ids)
+    np.testing.assert_array_equal(fresh.ids, t2.ids)
+    np.testing.assert_allclose(t2.embeddings, fresh.embeddings, atol=1e-6)
+    assert not np.allclose(t1.lookup(carried)[0], t2.lookup(carried)[0])
+    # publish_users alone never carries rows of another model either
+    only = EmbeddingTable(active2, fresh.lookup(active2)[0], fresh.model_version, fresh.created_at, "user_id")
+    base = tmp_path / "emb2"
+    publish_users(t1, base, d1)
+    publish_users(only, base, d2)
+    np.testing.assert_array_equal(VersionedStore(base / "users").read(d2).ids, active2)
 
 
 def test_embedding_uses_latest_actions_up_to_end_of_day(tiny_data, trained, tmp_path):

@@ -5,7 +5,9 @@
    ``events/dt=YYYY-MM`` as an imported log writes them; every ``*.parquet`` of a partition is read);
 2. each is embedded from their latest M actions up to the end of D (only their events are read);
 3. the result is merged into the previous day's table (the newest published version older than D):
-   new rows replace old ones, the other users carry over;
+   new rows replace old ones, the other users carry over. If that table was made by another model (a
+   retrain), its users are re-embedded by the new one in the same run (``retrained_users``) and nothing
+   of the old model is carried over: a merged table never mixes two models' spaces;
 4. the merged table is published as version D of ``VersionedStore(out_root / "users")``: written
    completely, then CURRENT switches with a rename. A run killed before that leaves the previous
    version current and readable; re-running D merges with the same base and gives the same table
@@ -85,17 +87,30 @@ def embed_users(model_dir: str | Path, data_dir: str | Path, pin_embeddings: str
     instead, each from their latest M actions up to the end of ``date``, in one pass.
     ``before_publish`` (tests, hooks) is called with the merged table right before publishing.
     """
-    rows = embed_active_users(model_dir, data_dir, pin_embeddings, date, batch_size, since)
+    also = retrained_users(out_root, date, model_dir)
+    rows = embed_active_users(model_dir, data_dir, pin_embeddings, date, batch_size, since, also=also)
     return publish_users(rows, out_root, date, before_publish)
+
+
+def retrained_users(out_root: str | Path, date: str, model_dir: str | Path) -> np.ndarray:
+    """The users of the newest published table older than ``date`` if another model made it (the model was
+    retrained since), else none: a new model's first daily run re-embeds them so that none keeps a vector of
+    the old model's space, which the new pin tower's index does not share."""
+    store = VersionedStore(Path(out_root) / USERS_STORE)
+    previous = [v for v in store.versions() if v < date]
+    if not previous:
+        return np.zeros(0, np.int64)
+    old = store.read(previous[-1])
+    return np.zeros(0, np.int64) if old.model_version == model_digest(model_dir) else old.ids.astype(np.int64)
 
 
 @torch.no_grad()
 def embed_active_users(model_dir: str | Path, data_dir: str | Path, pin_embeddings: str | Path, date: str,
                        batch_size: int = 512, since: str | None = None,
-                       shard: tuple[int, int] | None = None) -> EmbeddingTable:
-    """The rows :func:`embed_users` computes (users active on ``date``, or from ``since`` to ``date``), not yet
-    merged with the previous table; ``shard`` = (k, n): only the users of shard k of n
-    (:mod:`components.inference.shards`), the daily pipeline's parallel tasks."""
+                       shard: tuple[int, int] | None = None, also: np.ndarray | None = None) -> EmbeddingTable:
+    """The rows :func:`embed_users` computes (users active on ``date``, or from ``since`` to ``date``, and the
+    users ``also``, e.g. :func:`retrained_users`), not yet merged with the previous table; ``shard`` = (k, n):
+    only the users of shard k of n (:mod:`components.inference.shards`), the daily pipeline's parallel tasks."""
     day_start, day_end = io.day_bounds(date)
     days = io.partitions(data_dir, "events")  # stored keys: days, or months for an imported long log
     if io.locate(data_dir, "events", date, days) is None:
@@ -118,6 +133,8 @@ def embed_active_users(model_dir: str | Path, data_dir: str | Path, pin_embeddin
         t = io.read_partition(data_dir, "events", key, columns=["user_id", "timestamp"], stored=days)
         ts = t.column("timestamp").to_numpy()
         seen.append(t.column("user_id").to_numpy()[(ts >= first) & (ts < day_end)])
+    if also is not None:
+        seen.append(np.asarray(also, np.int64))
     active = np.unique(np.concatenate(seen)).astype(np.int64)
     if shard is not None:
         active = active[in_shard(active, *shard)]
@@ -143,7 +160,9 @@ def embed_active_users(model_dir: str | Path, data_dir: str | Path, pin_embeddin
 def publish_users(rows: EmbeddingTable, out_root: str | Path, date: str,
                   before_publish: Callable[[EmbeddingTable], None] | None = None) -> Path:
     """Merge ``rows`` into the newest version of ``out_root/users`` older than ``date`` (new rows replace old
-    ones, the other users carry over) and publish the result as version ``date``; returns its path."""
+    ones, the other users carry over) and publish the result as version ``date``; returns its path. Rows of
+    another model (the previous table before a retrain) are not carried over: the caller re-embeds those
+    users (:func:`retrained_users`); one without events up to ``date`` has no embedding until it acts."""
     ids, emb = rows.ids, rows.embeddings
     store = VersionedStore(Path(out_root) / USERS_STORE)
     previous = [v for v in store.versions() if v < date]
@@ -152,7 +171,7 @@ def publish_users(rows: EmbeddingTable, out_root: str | Path, date: str,
         if old.dim != emb.shape[1]:
             raise ValueError(f"{store.path(previous[-1])}: previous table has {old.dim} dims, this model "
                              f"produces {emb.shape[1]}")
-        keep = ~np.isin(old.ids, ids)
+        keep = ~np.isin(old.ids, ids) & (old.model_version == rows.model_version)
         ids = np.concatenate([old.ids[keep], ids])
         emb = np.concatenate([old.embeddings[keep], emb])
     order = np.argsort(ids, kind="stable")

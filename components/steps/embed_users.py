@@ -26,7 +26,7 @@ def embed_users(data: Input[Dataset], model: Input[Model], pin_embeddings: Input
 
     from components.data.io import partitions
     from components.data.tables import VersionedStore, read_table
-    from components.inference.users import USERS_STORE, embed_active_users
+    from components.inference.users import USERS_STORE, embed_active_users, retrained_users
     from components.inference.users import embed_users as run
     from components.stackconfig import load_stack
     from components.steps.common import default_date, describe_users, table_path
@@ -40,7 +40,8 @@ def embed_users(data: Input[Dataset], model: Input[Model], pin_embeddings: Input
     replay = replay[-backfill_days:] if backfill_days > 0 else []
     since = replay[0] if replay else None
     if shards > 0:
-        rows = embed_active_users(model.path, data.path, pins, date, since=since, shard=(shard, shards))
+        also = retrained_users(root, date, model.path)  # a retrain: the old model's users are re-embedded
+        rows = embed_active_users(model.path, data.path, pins, date, since=since, shard=(shard, shards), also=also)
         path = VersionedStore(os.path.join(users.path, USERS_STORE)).publish(rows, date)
     else:
         path = run(model.path, data.path, pins, root, date, since=since)
