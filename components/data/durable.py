@@ -111,8 +111,15 @@ def atomic_write_parquet(table: pa.Table, path: str | Path, **kwargs: Any) -> Pa
 
 
 def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """Read a Parquet file, verifying page checksums where the writer stored them."""
-    return pq.read_table(path, columns=columns, page_checksum_verification=True)
+    """Read a Parquet file, verifying page checksums where the writer stored them.
+
+    Row group by row group: a whole-file read of a large list column (1M pins' features, 271 MB) held ~2x the
+    table in decoding buffers (+650 MB RSS), a row group at a time ~1.1x (+360 MB). Same table (a chunk per row
+    group either way)."""
+    f = pq.ParquetFile(path, page_checksum_verification=True)
+    if f.num_row_groups <= 1:
+        return f.read(columns=columns)
+    return pa.concat_tables([f.read_row_group(i, columns=columns) for i in range(f.num_row_groups)])
 
 
 def atomic_write_json(obj: Any, path: str | Path) -> Path:
