@@ -121,6 +121,9 @@ class MilvusConfig:
     alias: str = "pins"
     keep_collections: int = 3  # the served collection plus the previous ones kept for rollback
     ef_search: int = 128
+    # the recommend path's searches: a published collection is never written again, so they need not wait for
+    # newer writes (components/serving/milvus_search.py: Strong waits for a time tick per search)
+    consistency: Literal["Strong", "Bounded", "Eventually"] = "Eventually"
 
 
 @dataclass

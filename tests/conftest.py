@@ -26,7 +26,7 @@ def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
 
 # Test modules that share the session's `server_stack`: under xdist they form one unit of work, so that the servers
 # start once (a module missing here still works: its worker starts a stack of its own).
-SERVER_STACK_MODULES = ("test_milvus_server", "test_recommend_cache", "test_stack", "test_stack_pipeline")
+SERVER_STACK_MODULES = ("test_milvus_server", "test_milvus_search", "test_recommend_cache", "test_stack", "test_stack_pipeline")
 # Units of work by wall time in whole-suite runs (the previous sessions' --durations), slowest first; the rest follow
 # in file order. Only the order in which xdist hands out work depends on it (longest first, so that no worker is
 # left running a long unit alone at the end).

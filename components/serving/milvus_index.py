@@ -1,8 +1,10 @@
 """The Milvus pin index: one collection per pin-embedding version, served through an alias.
 
 ``build_index`` creates a new collection named after the table's version and content, inserts the
-embeddings, builds an HNSW index (cosine), loads it, and only then points the alias (``pins``) at it
-with one ``alter_alias`` (``create_alias`` the first time); the previous collection keeps serving until
+embeddings, flushes them, builds an HNSW index (cosine) and waits for it, loads the collection, waits until the
+query node serves every row from an indexed sealed segment (``milvus_search.wait_until_served``: a search right
+after the switch is as fast as one a day later), counts the rows, and only then points the alias (``pins``) at
+it with one ``alter_alias`` (``create_alias`` the first time); the previous collection keeps serving until
 that switch. The newest ``keep`` collections (the stack's ``milvus.keep_collections``) stay after the
 switch (released from memory, except the served one) so that ``rollback`` can point the alias back at
 one; older ones are dropped. A build that fails midway drops its own half-built collection and leaves
@@ -36,6 +38,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 
 from components.data.tables import EmbeddingTable, read_table
 from components.serving.feast_store import table_path
+from components.serving.milvus_search import CONSISTENCY_LEVELS, search_ids, wait_until_served
 
 ALIAS = "pins"
 ID_FIELD = "pin_id"
@@ -221,10 +224,13 @@ def build_index(uri: str | Path, embeddings_path: str | Path, alias: str = ALIAS
                 on_batch(e, n)
         client.flush(name)
         _create_index(client, name, index)
-        client.load_collection(name)
-        if wait:
+        if wait:  # index first, then load: a flushed segment loaded before its index is served brute force
             wait_for_index(client, name, n)
-        count = client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"]
+        client.load_collection(name)
+        if wait and _lite_path(uri) is None:  # a server: every row served from an indexed sealed segment first
+            wait_until_served(client, name, n)
+        # Strong: the count sees every insert (the build's own reads may wait for a time tick; serving never does)
+        count = client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"]
         if count != n:
             raise MilvusIndexError(f"{uri}: collection {name} holds {count} rows after insert, expected {n}")
         if old is None:
@@ -325,13 +331,21 @@ def wait_for_index(client, collection: str, rows: int, timeout_s: float = 600.0)
 
 
 class PinIndex:
-    """Queries through the alias: ``search(vectors, k) -> (ids (Q, k), similarities (Q, k))``."""
+    """Queries through the alias: ``search(vectors, k) -> (ids (Q, k), similarities (Q, k))``.
 
-    def __init__(self, uri: str | Path, alias: str = ALIAS, ef_search: int = 128, token: str | None = None):
-        self.uri, self.alias, self.ef_search = str(uri), alias, ef_search
+    Each search names ``consistency`` (default ``Eventually``: the served collection is never written after the
+    alias moved to it, so no search has a newer write to wait for) and reads the hits off the response message
+    (:func:`components.serving.milvus_search.search_ids`; why: that module's docstring)."""
+
+    def __init__(self, uri: str | Path, alias: str = ALIAS, ef_search: int = 128, token: str | None = None,
+                 consistency: str = "Eventually"):
+        if consistency not in CONSISTENCY_LEVELS:
+            raise MilvusIndexError(f"consistency: '{consistency}' is not one of {', '.join(CONSISTENCY_LEVELS)}")
+        self.uri, self.alias, self.ef_search, self.consistency = str(uri), alias, ef_search, consistency
         self.client = connect(uri, token)
         collection = served_collection(self.client, alias)
         if collection is None:
+            disconnect(self.client, uri)
             raise MilvusIndexError(f"{uri}: no collection behind alias '{alias}'; run `homefeed index build` first")
         # Milvus Lite does not keep a collection loaded across processes; loading a loaded one is a no-op
         if "Loaded" not in str(self.client.get_load_state(collection).get("state")):
@@ -343,17 +357,7 @@ class PinIndex:
         return int(field["params"]["dim"])
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        vectors = np.atleast_2d(np.asarray(vectors, np.float32))
-        res = self.client.search(self.alias, data=vectors.tolist(), limit=k, anns_field=VECTOR_FIELD,
-                                 output_fields=[ID_FIELD],  # not the vectors (Milvus Lite returns them by default)
-                                 search_params={"metric_type": "COSINE", "params": {"ef": max(self.ef_search, k)}})
-        ids = np.full((len(vectors), k), -1, np.int64)
-        sims = np.full((len(vectors), k), np.nan, np.float32)
-        for q, hits in enumerate(res):
-            for j, h in enumerate(hits[:k]):
-                ids[q, j] = h.id  # the primary key (pin_id), on Milvus Lite and server alike
-                sims[q, j] = h.distance
-        return ids, sims
+        return search_ids(self.client, self.alias, vectors, k, max(self.ef_search, k), VECTOR_FIELD, self.consistency)
 
     def close(self) -> None:
         disconnect(self.client, self.uri)

@@ -79,6 +79,7 @@ class RecommendConfig:
     surface: str = "homefeed"
     ef_search: int = 128
     milvus_token: str | None = None
+    milvus_consistency: str = "Eventually"  # the searches' consistency level (stack milvus.consistency)
     triton_model: str = "ranker_ensemble"
     max_k: int = 200
     max_candidates: int = 2000
@@ -100,6 +101,7 @@ class RecommendConfig:
         kw = dict(feature_repo=Path(stack.feast.repo), milvus_uri=stack.milvus.uri, triton_url=stack.triton.url,
                   preprocess=Path(preprocess or stack.triton.repository), protocol=stack.triton.protocol,
                   alias=stack.milvus.alias, ef_search=stack.milvus.ef_search, milvus_token=stack.milvus_token(),
+                  milvus_consistency=stack.milvus.consistency,
                   triton_model=stack.triton.model, max_k=stack.service.max_k,
                   max_candidates=stack.service.max_candidates, stack=stack)
         kw["candidates"] = min(500, kw["max_candidates"])
@@ -165,7 +167,7 @@ class Recommender:
                                     f"build --uri {uri}` or pass a Milvus server URI http://host:19530)")
         try:
             kw = {"token": self.cfg.milvus_token} if self.cfg.milvus_token else {}
-            index = PinIndex(uri, self.cfg.alias, self.cfg.ef_search, **kw)
+            index = PinIndex(uri, self.cfg.alias, self.cfg.ef_search, consistency=self.cfg.milvus_consistency, **kw)
             self.versions["index_collection"] = served_collection(index.client, self.cfg.alias)
             dim = index.dim()
         except Exception as e:  # noqa: BLE001 - grpc/milvus errors: unreachable, auth, no alias

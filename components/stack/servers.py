@@ -242,12 +242,22 @@ def _link_milvus_binaries(bin_dir: Path) -> None:
             link.symlink_to(f)
 
 
+# Milvus settings the stack's server starts with (the wheel's --extra-config key=value; a cluster sets the same keys
+# in the Milvus chart's config). A segment seals at sealProportion (0.23) x maxSize: at the default 512 MB that is
+# ~450k 64-d pins, so a 500k or 1M catalogue became 2-3 segments, which Milvus then compacts into one and re-indexes
+# in the background for minutes after the alias has moved (tests/bench/bench_milvus_search.py measured the search
+# slowing 2-4x while that ran, and every extra segment is one more HNSW search per query). At 2048 MB one segment
+# holds ~1.8M 64-d pins (~450k at d = 256): the daily collection is one indexed segment from the start.
+MILVUS_CONFIG: dict[str, str] = {"dataCoord.segment.maxSize": "2048"}
+
+
 def start_milvus(state: Path, password: str, timeout_s: float = 420.0, port: int | None = None,
-                 etcd_ports: tuple[int, int] | None = None) -> Proc:
+                 etcd_ports: tuple[int, int] | None = None, config: dict[str, str] | None = None) -> Proc:
     """The Milvus 2.3.5 standalone server with authorization; user ``root``'s password set to ``password``.
 
     ``port`` and ``etcd_ports`` (a restart): start again on the same data directory, proxy and etcd ports; the
-    password was set by the first start and is only checked."""
+    password was set by the first start and is only checked. ``config``: Milvus settings (dotted keys of its
+    milvus.yaml) instead of :data:`MILVUS_CONFIG` (a benchmark's other segment size)."""
     restart = port is not None
     exe = Path(sys.executable).parent / "milvus-server"
     if not exe.exists():
@@ -270,8 +280,10 @@ def start_milvus(state: Path, password: str, timeout_s: float = 420.0, port: int
                          f"initial-advertise-peer-urls: http://127.0.0.1:{etcd_peer}\n"
                          f"initial-cluster: default=http://127.0.0.1:{etcd_peer}\n")
     env = {**os.environ, "ETCD_CONFIG_PATH": str(etcd_conf)}
+    settings = [arg for key, value in (MILVUS_CONFIG if config is None else config).items()
+                for arg in ("--extra-config", f"{key}={value}")]
     proc = _spawn("milvus", [str(exe), "--data", str(data), "--proxy-port", str(port), "--etcd-port", str(etcd_client),
-                             "--authorization-enabled", "true"], log, env=env)
+                             "--authorization-enabled", "true", *settings], log, env=env)
     uri = f"http://127.0.0.1:{port}"
     changed = {"done": restart}
 

@@ -23,7 +23,11 @@ stage (``<profile>_ratio_uncached_over_cached``), the cache's hits/misses/size a
 
 Then, on the Milvus server: HNSW recall@10 against exact search at several ``ef``, one query per request as the
 recommend path sends them, and queries/s against exact numpy search one query at a time (the goal in issue #13:
-recall@10 >= 0.95 at >= 20x exact QPS). ``/proc/loadavg`` is recorded before and after each timed phase.
+recall@10 >= 0.95 at >= 20x exact QPS), with each request's fixed cost beside it (``per_request_split``: the gRPC
+round trip alone and a top-1 search at ef 16; per ef, ``ms_over_top1_ef16`` is what the graph walk adds), and the
+recommend path's top-500 search before this round's change (pymilvus' own search, hits read one by one) and now
+(``PinIndex.search``), interleaved (``server_milvus_top500``; bench_milvus_search.py splits it further).
+``/proc/loadavg`` is recorded before and after each timed phase.
 """
 
 from __future__ import annotations
@@ -40,12 +44,14 @@ import forked
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from bench_milvus_search import client_search
 
 from components import config, stack
 from components.data import io
 from components.data.tables import EmbeddingTable, write_table
 from components.serving import feast_store
 from components.serving import milvus_index as mi
+from components.serving import milvus_search as ms
 from components.serving import model_repository as mr
 from components.serving.recommend import RecommendConfig, Recommender
 from components.serving.triton import TritonServer
@@ -180,6 +186,7 @@ def _retrieval(cfg, rng, pin_emb: np.ndarray) -> dict:
         top[np.argsort(-s[top])]
     exact_qps = QUERIES / (time.perf_counter() - t)
     out["exact_numpy_per_request_queries_per_s"] = exact_qps
+    out["per_request_split"] = _fixed_cost(cfg, queries)
     met = []
     for ef in EFS:
         index = mi.PinIndex(cfg.milvus.uri, cfg.milvus.alias, ef_search=ef, token=cfg.milvus_token())
@@ -191,13 +198,62 @@ def _retrieval(cfg, rng, pin_emb: np.ndarray) -> dict:
         finally:
             index.close()
         recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth)]))
-        out[f"ef{ef}"] = {"recall_at_10": recall, "queries_per_s": qps, "ratio_qps_over_exact": qps / exact_qps}
+        out[f"ef{ef}"] = {"recall_at_10": recall, "queries_per_s": qps, "ratio_qps_over_exact": qps / exact_qps,
+                          # what the graph walk itself adds to a request, over a top-1 search's fixed cost
+                          "ms_per_query": 1000 / qps,
+                          "ms_over_top1_ef16": 1000 / qps - out["per_request_split"]["top1_ef16_p50_ms"]}
         if recall >= 0.95 and qps / exact_qps >= 20:
             met.append(ef)
         assert recall > 0.3  # a broken index would be near 0
     out["goal"] = "recall@10 >= 0.95 at >= 20x exact per-request QPS"
     out["goal_met_at_ef"] = met
     out["loadavg_after"] = loadavg()
+    return out
+
+
+def _fixed_cost(cfg, queries: np.ndarray) -> dict:
+    """A request's fixed cost on the Milvus server: the gRPC round trip alone (GetVersion) and a top-1 search at
+    ef 16 (proxy task + query node + a minimal graph walk), p50 over the queries, interleaved."""
+    client = mi.connect(cfg.milvus.uri, cfg.milvus_token())
+    trip, top1 = [], []
+    try:
+        for q in queries:
+            t = time.perf_counter()
+            client.get_server_version()
+            trip.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            ms.search_ids(client, cfg.milvus.alias, q, 1, 16, mi.VECTOR_FIELD, cfg.milvus.consistency)
+            top1.append(time.perf_counter() - t)
+    finally:
+        mi.disconnect(client, cfg.milvus.uri)
+    return {"grpc_round_trip_p50_ms": float(np.median(trip) * 1000), "top1_ef16_p50_ms": float(np.median(top1) * 1000)}
+
+
+def _top500_paths(cfg, users: np.ndarray) -> dict:
+    """The recommend path's Milvus search per request before this round's change (pymilvus' search, the primary
+    key as output field, the collection's Bounded default, hits read one by one) and now (``PinIndex.search``:
+    Eventually, hits off the response), top 500 at ef 500, same users, interleaved in rounds of 20."""
+    index = mi.PinIndex(cfg.milvus.uri, cfg.milvus.alias, ef_search=128, token=cfg.milvus_token(),
+                        consistency=cfg.milvus.consistency)
+    times: dict[str, list[float]] = {"before_client_search": [], "now_pin_index": []}
+    before = loadavg()
+    try:
+        for r in range(0, len(users), 20):
+            for name in (("before_client_search", "now_pin_index") if r % 40 == 0 else
+                         ("now_pin_index", "before_client_search")):
+                for u in users[r:r + 20]:
+                    t = time.perf_counter()
+                    if name == "now_pin_index":
+                        index.search(u[None, :], N)
+                    else:
+                        client_search(index.client, cfg.milvus.alias, u, N, N)
+                    times[name].append((time.perf_counter() - t) * 1000)
+    finally:
+        index.close()
+    out: dict = {name: _pct(v) for name, v in times.items()}
+    out["ratio_before_over_now_p50"] = out["before_client_search"]["p50_ms"] / out["now_pin_index"]["p50_ms"]
+    out["ratio_before_over_now_p99"] = out["before_client_search"]["p99_ms"] / out["now_pin_index"]["p99_ms"]
+    out["loadavg_before"], out["loadavg_after"] = before, loadavg()
     return out
 
 
@@ -248,6 +304,7 @@ def test_bench_stack_local_vs_server(tiny_data, tmp_path, bench_record):
                            params=mi.HnswParams(insert_batch=20_000))
             result["server_index_build_s"] = time.perf_counter() - t
             result["server_retrieval"] = _retrieval(server, rng, pin_emb)
+            result["server_milvus_top500"] = _top500_paths(server, users.embeddings[:200])
         bench_record(f"stack_retrieval_{PINS // 1000}k", result)
         return
     triton = TritonServer(repository, log_path=tmp_path / "triton.log").start()
@@ -272,6 +329,7 @@ def test_bench_stack_local_vs_server(tiny_data, tmp_path, bench_record):
             if server is not None:
                 _record(result, "server", _requests(server, triton, export, rng, users))
                 result["server_retrieval"] = _retrieval(server, rng, pin_emb)
+                result["server_milvus_top500"] = _top500_paths(server, users.embeddings[:200])
                 p99 = result["server"]["total"]["p99_ms"]
                 result["server_goal_p99_le_50ms"] = bool(p99 <= 50)
                 result["server_uncached_goal_p99_le_50ms"] = bool(result["server_uncached"]["total"]["p99_ms"] <= 50)
