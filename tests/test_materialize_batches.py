@@ -4,7 +4,8 @@
   Feast's own ``FeatureStore.materialize`` writes from them, with the same registry intervals;
 - a daily run re-materializes only the users whose embedding changed: an inactive user still reads the previous
   day's embedding, an active one the new one;
-- a pin with no impression yet is served the engagement the ranker's training gives it (global rate, 0 shown).
+- a pin with no impression yet is served the engagement the ranker's training gives it (global rate, 0 shown);
+- the cold-start list read from the window's partitions equals the one from every event.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from components.data import io
 from components.data.baseline import content_embeddings
 from components.data.point_in_time import PIN_SHOWN, pin_engagement
 from components.data.tables import write_table
-from components.data.validate import load_table
+from components.data.validate import load_events, load_table
+from components.data.vocab import vocab_of_frame
 from components.serving import feast_store
 from components.serving.ranker_features import raw_inputs
 
@@ -142,3 +144,18 @@ def test_a_pin_without_impressions_is_served_the_training_defaults(tiny_data, ta
     _, filled = raw_inputs(pre, feats, len(pins), pd.Timestamp(day, tz="UTC").to_pydatetime(), "home")
     assert not set(filled) & set(names), filled
     assert all(feats[c][i] is None for c in io.read_meta(tiny_data)["pin_features"] for i in range(40))
+
+
+@pytest.mark.parametrize("days_after", [0, 30])  # 30: no event in the 14-day window, so all history counts
+def test_popular_pins_from_the_window_partitions_equal_all_events(tiny_data, days_after):
+    end = io.day_bounds(io.partitions(tiny_data, "events")[-1])[1] + days_after * 86_400
+    got = feast_store.popular_pins(tiny_data, end).to_pandas()
+    ev = load_events(tiny_data)
+    ev = ev[ev["timestamp"] < end]
+    recent = ev[ev["timestamp"] >= end - 14 * 86_400]
+    ev = recent if len(recent) else ev
+    w = np.where(vocab_of_frame(ev).is_positive(ev["action_type"].to_numpy(), ev["duration_s"].to_numpy()), 1.0, 0.01)
+    want = ev.assign(w=w).groupby("pin_id")["w"].sum().sort_values(ascending=False, kind="stable").head(1000)
+    assert len(got) == len(want) > 0
+    np.testing.assert_array_equal(got["pin_id"].to_numpy(), want.index.to_numpy())
+    np.testing.assert_array_equal(got["score"].to_numpy(), want.to_numpy())
