@@ -100,13 +100,14 @@ def write_pieces(out: str | Path, pieces: Iterable[tuple[str, object]], spill_di
     piece), a partitioned table's pieces are split by day into Arrow streams under ``spill_dir`` and each day is
     then written as one file (the file :func:`write_dataset` writes for the same rows). ``meta.json`` last.
 
-    ``out`` is a folder nobody reads yet (prepare's temporary build), so files are not written atomically one
-    by one: :func:`durable.replace_dir` fsyncs and publishes the whole folder.
+    ``out`` is a folder nobody reads yet (prepare's temporary build), so a whole table is written in place, piece
+    by piece: :func:`durable.replace_dir` fsyncs and publishes the whole folder.
     """
     out, spill_dir = Path(out), Path(spill_dir)
     out.mkdir(parents=True, exist_ok=True)
     whole: dict[str, pq.ParquetWriter] = {}
     days: dict[tuple[str, str], pa.ipc.RecordBatchStreamWriter] = {}
+    sinks: list[pa.NativeFile] = []
     meta: dict | None = None
     try:
         for name, piece in tqdm(pieces, desc=f"writing {out.name}", unit="piece", leave=False,
@@ -128,10 +129,11 @@ def write_pieces(out: str | Path, pieces: Iterable[tuple[str, object]], spill_di
                 if (name, day) not in days:
                     path = spill_dir / name / f"{day}.arrows"
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    days[name, day] = pa.ipc.new_stream(pa.OSFile(str(path), "wb"), rows.schema)
+                    sinks.append(pa.OSFile(str(path), "wb"))
+                    days[name, day] = pa.ipc.new_stream(sinks[-1], rows.schema)
                 days[name, day].write_table(rows)
     finally:
-        for writer in [*whole.values(), *days.values()]:
+        for writer in [*whole.values(), *days.values(), *sinks]:
             writer.close()
     for name, day in sorted(days):
         path = spill_dir / name / f"{day}.arrows"
