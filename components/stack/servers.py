@@ -244,10 +244,10 @@ def _link_milvus_binaries(bin_dir: Path) -> None:
 
 # Milvus settings the stack's server starts with (the wheel's --extra-config key=value; a cluster sets the same keys
 # in the Milvus chart's config). A segment seals at sealProportion (0.23) x maxSize: at the default 512 MB that is
-# ~450k 64-d pins, so a 500k or 1M catalogue became 2-3 segments, which Milvus then compacts into one and re-indexes
-# in the background for minutes after the alias has moved (tests/bench/bench_milvus_search.py measured the search
-# slowing 2-4x while that ran, and every extra segment is one more HNSW search per query). At 2048 MB one segment
-# holds ~1.8M 64-d pins (~450k at d = 256): the daily collection is one indexed segment from the start.
+# ~450k 64-d pins, so a 500k or 1M catalogue became 2-3 segments, which Milvus then compacts and re-indexes in the
+# background after the alias has moved, and every segment is one more HNSW search per query (bench_milvus_search.py
+# with 16 MB segments: five segments, the idle server at 0.79 cores, top-500 search 21.8 ms p50 vs 12.5 ms in one
+# segment; docs/service.md). At 2048 MB one segment holds ~1.8M 64-d pins (~450k at d = 256).
 MILVUS_CONFIG: dict[str, str] = {"dataCoord.segment.maxSize": "2048"}
 
 
