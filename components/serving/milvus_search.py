@@ -5,15 +5,15 @@ Why each piece (measured with ``tests/bench/bench_milvus_search.py`` on the Milv
 - **Consistency.** A search names its consistency level. pymilvus 3.0.2 creates collections ``Bounded`` and, with
   no level given, asks the server to use the collection's. Milvus 2.3.5 turns the level into a guarantee
   timestamp the query node waits for before it searches: ``Strong`` = now (every search waits for the next time
-  tick, ~200 ms apart: measured 4-6x a Bounded search), ``Bounded`` = now - ``common.gracefulTime`` (5 s: no wait
+  tick: ~200 ms per search, 16x an Eventually one at 100k pins), ``Bounded`` = now - ``common.gracefulTime`` (5 s: no wait
   unless the query node's serviceable time lags 5 s behind, as it can on a loaded machine), ``Eventually`` = no
   wait at all. The pin index is written once, by ``build_index``, into a new collection that is flushed, indexed,
   loaded and counted before the alias points at it, and never written again: there is no newer write a search
   could wait for, so ``Eventually`` returns the same rows as ``Strong`` without ever waiting (the default,
   ``milvus.consistency`` in the stack file).
 - **The response.** pymilvus' ``MilvusClient.search`` turns every hit into a ``Hit`` dict (and an entity dict)
-  before returning: for the recommend path's 500 candidates that was 7 ms of Python per request, plus 8 ms for
-  reading them back hit by hit (load ~10, nice 19), more than the server's own search at 100k pins.
+  before returning; reading them back hit by hit made the recommend path's 500 candidates 7.3 ms of client Python
+  per request at load ~4 (15-20 ms at load ~10), a third of the request at 100k pins.
   :func:`search_ids` sends the same request through the same client connection (its channel carries the token)
   and reads ids and scores straight off the response message into arrays. It uses pymilvus' request builder
   and the connection's stub, pinned with pymilvus==3.0.2; ``tests/test_milvus_search.py`` checks it against
