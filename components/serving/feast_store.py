@@ -289,6 +289,7 @@ def _write_online(store: Any, fv: Any, start: dt.datetime, end: dt.datetime, bat
     row conversion and online write), one record batch at a time. (rows, batches written)."""
     source = fv.batch_source
     path = Path(source.path)
+    path = path if path.is_absolute() else Path(store.repo_path) / path  # as Feast resolves a relative FileSource
     if not path.exists():
         raise FeatureStoreError(f"{path}: the source of feature view '{fv.name}' is missing; run write_sources")
     ts_field = source.timestamp_field
