@@ -204,7 +204,8 @@ def _retrieval(cfg, rng, pin_emb: np.ndarray) -> dict:
                           "ms_over_top1_ef16": 1000 / qps - out["per_request_split"]["top1_ef16_p50_ms"]}
         if recall >= 0.95 and qps / exact_qps >= 20:
             met.append(ef)
-        assert recall > 0.3  # a broken index would be near 0
+    # a broken index would be near 0 at every ef; a small ef on one 1M-row segment can sit below 0.3 (0.28 at ef 16)
+    assert max(v["recall_at_10"] for k, v in out.items() if k.startswith("ef")) > 0.8
     out["goal"] = "recall@10 >= 0.95 at >= 20x exact per-request QPS"
     out["goal_met_at_ef"] = met
     out["loadavg_after"] = loadavg()
