@@ -29,7 +29,7 @@ from components.evaluation import pinsage as pinsage_eval
 from components.evaluation.katib import build_experiment
 from components.evaluation.pinnerformer import recall_at_split
 from components.evaluation.pinnerformer_harness import content_pin_table, early_stopping, heldout_half
-from components.evaluation.protocol import Period
+from components.evaluation.protocol import Period, period_bounds
 from components.evaluation.ranker import ranker_period_metrics
 from components.evaluation.search_space import DEFAULT_EXPERIMENT, OBJECTIVE, SPACES, TRIALS, Model, Param
 from components.graph.graph import build_graph
@@ -91,7 +91,8 @@ def validation_score(model: Model, data_dir: str | Path, experiment: str, params
         users = heldout_half(np.asarray(extra["eval_users"], np.int64), period)
         r = recall_at_split(net, cfg_saved, data_dir, table, users, seqs)
         return float(r["recall@10"] or 0.0)
-    ranker_training.train(cfg, data_dir, work_dir / "model")
+    val = period_bounds(data_dir, "val") if cfg.patience > 0 else None  # as the evaluation harness trains
+    ranker_training.train(cfg, data_dir, work_dir / "model", val_period=val)
     return ranker_period_metrics(work_dir / "model", data_dir, period)["hit3_save"] or 0.0
 
 
