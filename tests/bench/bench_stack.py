@@ -204,8 +204,8 @@ def _retrieval(cfg, rng, pin_emb: np.ndarray) -> dict:
                           "ms_over_top1_ef16": 1000 / qps - out["per_request_split"]["top1_ef16_p50_ms"]}
         if recall >= 0.95 and qps / exact_qps >= 20:
             met.append(ef)
-    # a broken index would be near 0 at every ef; a small ef on one 1M-row segment can sit below 0.3 (0.28 at ef 16)
-    assert max(v["recall_at_10"] for k, v in out.items() if k.startswith("ef")) > 0.8
+    # checked by _sanity after the record is written, so a failed check still keeps the run's figures
+    out["best_recall_at_10"] = max(v["recall_at_10"] for k, v in out.items() if k.startswith("ef"))
     out["goal"] = "recall@10 >= 0.95 at >= 20x exact per-request QPS"
     out["goal_met_at_ef"] = met
     out["loadavg_after"] = loadavg()
@@ -268,6 +268,13 @@ def _ranker(tiny_data: Path, root: Path) -> tuple[Path, Path]:
     return export, mr.materialize(export, root / "repository")
 
 
+def _sanity(result: dict) -> None:
+    """After the record: a broken index is near 0 at every ef (a small ef on one 1M-row segment can sit below
+    0.3: 0.28 at ef 16), so the best ef must find most of the true top 10."""
+    if "server_retrieval" in result:
+        assert result["server_retrieval"]["best_recall_at_10"] > 0.8, result["server_retrieval"]
+
+
 def _record(result: dict, profile: str, phases: dict[str, dict]) -> None:
     """``<profile>``: the cached path (the service's default); ``<profile>_uncached`` etc. beside it."""
     result[profile] = phases.pop("cached")
@@ -307,6 +314,7 @@ def test_bench_stack_local_vs_server(tiny_data, tmp_path, bench_record):
             result["server_retrieval"] = _retrieval(server, rng, pin_emb)
             result["server_milvus_top500"] = _top500_paths(server, users.embeddings[:200])
         bench_record(f"stack_retrieval_{PINS // 1000}k", result)
+        _sanity(result)
         return
     triton = TritonServer(repository, log_path=tmp_path / "triton.log").start()
     try:
@@ -340,3 +348,4 @@ def test_bench_stack_local_vs_server(tiny_data, tmp_path, bench_record):
         result["ratio_local_over_server_p50"] = {k: result["local"][k]["p50_ms"] / result["server"][k]["p50_ms"]
                                                  for k in result["local"] if "p50_ms" in result["local"][k]}
     bench_record(f"stack_recommend_{PINS // 1000}k", result)
+    _sanity(result)
