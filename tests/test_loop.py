@@ -227,3 +227,29 @@ def test_the_step_bar_is_drawn_only_when_enabled(tmp_path, monkeypatch, capfd):
     fit(ToyTask(cfg(max_steps=4)), tmp_path / "bar")
     err = capfd.readouterr().err
     assert "train toy" in err and "/4 [" in err  # the bar, with the run's 4 steps as its total
+
+
+def test_the_report_hook_stops_a_run_and_early_stopping_that_could_not_fire_warns(tmp_path):
+    """Validation.report (a tuning study's pruner) sees (index, value) after each validation and stops the run when it
+    returns True; early stopping that could never fire (no validation data, or at most `patience` validations)
+    warns once and is listed in metrics.json's never_activated."""
+    seen = []
+
+    def report(index, value):
+        seen.append((index, value))
+        return index == 1
+
+    v = Validation(Scripted([0.5, 0.7, 0.9, 1.0]), every=4, patience=3, report=report)
+    m = fit(ToyTask(cfg()), tmp_path / "r", validation=v)
+    assert seen == [(0, 0.5), (1, 0.7)] and m["steps"] == 8 and m["stopped_by_report"] is True
+    recs = [r for r in read_log(tmp_path / "r") if r["event"] == "validate"]
+    assert [r.get("stopped_by_report") for r in recs] == [None, True] and "never_activated" not in m
+    assert "stopped_by_report" not in fit(ToyTask(cfg(max_steps=4)), tmp_path / "plain",
+                                          validation=Validation(Scripted([0.5]), every=4))  # no hook: as before
+    with pytest.warns(UserWarning, match="patience 3 needs 4 validations to stop a run, this one had 3"):
+        m = fit(ToyTask(cfg()), tmp_path / "short", validation=Validation(Scripted([0.1, 0.2, 0.3]), patience=3))
+    assert len(m["never_activated"]) == 1 and m["validations"] == 3
+    assert json.loads((tmp_path / "short" / "metrics.json").read_text())["never_activated"] == m["never_activated"]
+    with pytest.warns(UserWarning, match="patience 2 is configured but this run had no validation data"):
+        m = fit(ToyTask(cfg(patience=2, max_steps=2)), tmp_path / "none")
+    assert "no validation data" in m["never_activated"][0]

@@ -5,8 +5,11 @@ built from the same search space that validates offline."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from datetime import datetime
 
+import optuna
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -97,6 +100,107 @@ def test_one_trial_prints_the_validation_metric_for_katib(tiny_data, capsys):
     args = ["tune", "pinsage", "--trial", "--experiment", "pinsage_tiny", "--data", str(tiny_data), "--set", "lr=0.002"]
     args += [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
     assert cli_main(args) == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
-    name, value = (part.strip() for part in line.split("="))  # Katib's stdout collector allows spaces around
+    lines = capsys.readouterr().out.strip().splitlines()
+    stamp, name, value = _katib_line(lines[-1])
     assert name == "mrr" and 0.0 < float(value) <= 1.0
+    # TINY validates once (patience 1, one epoch): that value, then the best weights' score, the same weights
+    values = [_katib_line(line) for line in lines if "mrr=" in line]
+    assert len(values) == 2 and float(values[0][2]) == pytest.approx(float(value), abs=2e-6)
+
+
+def _katib_line(line):
+    """(time, name, value) of a line as Katib's StdOut collector reads it: an RFC 3339 first word (the
+    observation's time), then name=value (its default filter)."""
+    stamp, rest = line.split(" ", 1)
+    datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ")
+    m = re.fullmatch(r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)", rest.strip())
+    assert m, line
+    return stamp, m.group(1), m.group(2)
+
+
+# ranker trials that validate every step (patience > 0, as the *_eval experiments): 4 validations when not pruned
+RANKER = {"patience": 5, "val_every": 1, "max_steps": 4, "max_train_rows": 3000, "log_every": 1000}
+
+
+def test_pruning_stops_a_trial_at_its_first_report_and_never_trial_0(tiny_data, tmp_path):
+    """A pruner that prunes every report (ThresholdPruner above any HIT@3/save) stops trial 1 at its first
+    validation, while trial 0 (the config's own values) reports the same way and runs to its end; the pruned
+    trial is recorded with its last value, where it stopped and its seconds. Trial 0 is a ranker trial of an
+    experiment with patience > 0: it validates on the 'val' period and keeps its best weights."""
+    out = tmp_path / "t"
+    s = tuning.tune("ranker", tiny_data, out, "ranker_tiny", trials=2, overrides=RANKER,
+                    pruner=optuna.pruners.ThresholdPruner(lower=10.0))
+    first, second = s["records"]
+    assert first["pruned"] is False and first["validations"] == 4 and first["seconds"] > 0
+    assert second["pruned"] is True and second["stopped_at_validation"] == 0 and second["validations"] == 1
+    assert second["seconds"] > 0 and 0 <= second["hit3_save"] <= 3
+    assert s["pruned"] == 1 and s["best_value"] == first["hit3_save"] and "ThresholdPruner" in s["pruning"]
+    logs = {n: [json.loads(x) for x in (out / "trials" / f"ranker-{n}" / "model" / "train_log.jsonl").read_text().splitlines()]
+            for n in (0, 1)}
+    val0 = [r for r in logs[0] if r["event"] == "validate"]
+    val1 = [r for r in logs[1] if r["event"] == "validate"]
+    assert [r["step"] for r in val0] == [1, 2, 3, 4] and all(r["metric"] == "val_hit3_save" for r in val0)
+    assert [r["step"] for r in val1] == [1] and val1[0]["stopped_by_report"] is True
+    assert second["hit3_save"] == pytest.approx(val1[0]["value"])  # the last reported value
+    m0 = json.loads((out / "trials" / "ranker-0" / "model" / "metrics.json").read_text())
+    m1 = json.loads((out / "trials" / "ranker-1" / "model" / "metrics.json").read_text())
+    assert m0["steps"] == 4 and m0["validations"] == 4 and m0["stopped_by_report"] is False and "best_step" in m0
+    assert m1["steps"] == 1 and m1["stopped_by_report"] is True
+    # the trial's score is its best validated weights' HIT@3/save on the 'val' period
+    assert first["hit3_save"] == pytest.approx(m0["best_val_hit3_save"])
+
+
+def test_the_default_pruner_and_katibs_medianstop_share_their_settings(tmp_path):
+    p = tuning.default_pruner()
+    assert isinstance(p, optuna.pruners.MedianPruner)
+    assert (p._n_startup_trials, p._n_warmup_steps) == (tuning.PRUNE_STARTUP_TRIALS, tuning.PRUNE_WARMUP_VALIDATIONS)
+    assert cli_main(["tune", "ranker", "--katib", "--out", str(tmp_path)]) == 0
+    spec = validate_experiment(yaml.safe_load((tmp_path / "ranker_katib.yaml").read_text()))["spec"]
+    settings = {s["name"]: int(s["value"]) for s in spec["earlyStopping"]["algorithmSettings"]}
+    assert spec["earlyStopping"]["algorithmName"] == "medianstop"
+    # Katib counts reported values from 1 and stops from the start_step-th; Optuna's warm-up skips indices < 2
+    assert settings == {"min_trials_required": tuning.PRUNE_STARTUP_TRIALS,
+                        "start_step": tuning.PRUNE_WARMUP_VALIDATIONS + 1}
+    assert spec["objective"]["metricStrategies"] == [{"name": "hit3_save", "value": "latest"}]
+    assert spec["metricsCollectorSpec"]["collector"]["kind"] == "StdOut"
+    assert cli_main(["tune", "ranker", "--katib", "--no-prune", "--out", str(tmp_path / "np")]) == 0
+    spec = validate_experiment(yaml.safe_load((tmp_path / "np" / "ranker_katib.yaml").read_text()))["spec"]
+    assert "earlyStopping" not in spec
+    assert "--no-prune" in spec["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
+def test_katib_early_stopping_is_validated_as_katib_does():
+    good = build_experiment("ranker", "ranker_eval", 5, early_stopping=tuning.katib_early_stopping())
+    validate_experiment(good)
+    for setting, value, match in (("start_step", "0", "start_step"), ("min_trials_required", "x", "min_trials"),
+                                  ("grace", "1", "unknown setting")):
+        bad = json.loads(json.dumps(good))
+        bad["spec"]["earlyStopping"]["algorithmSettings"] = [{"name": setting, "value": value}]
+        with pytest.raises(KatibValidationError, match=match):
+            validate_experiment(bad)
+    bad = json.loads(json.dumps(good))
+    bad["spec"]["earlyStopping"]["algorithmName"] = "hyperband"
+    with pytest.raises(KatibValidationError, match="algorithmName|hyperband"):
+        validate_experiment(bad)
+    bad = json.loads(json.dumps(good))
+    bad["spec"]["metricsCollectorSpec"]["collector"]["kind"] = "PrometheusMetric"
+    with pytest.raises(KatibValidationError, match="StdOut or File"):
+        validate_experiment(bad)
+    bad = json.loads(json.dumps(good))
+    bad["spec"]["objective"]["metricStrategies"][0]["value"] = "median"
+    with pytest.raises(KatibValidationError, match="median"):
+        validate_experiment(bad)
+
+
+def test_a_ranker_trial_prints_each_validation_for_katib_and_no_prune_only_the_last(tiny_data, capsys):
+    base = ["tune", "ranker", "--trial", "--experiment", "ranker_tiny", "--data", str(tiny_data)]
+    base += [x for k, v in RANKER.items() for x in ("--set", f"{k}={v}")]
+    assert cli_main(base) == 0
+    lines = [_katib_line(x) for x in capsys.readouterr().out.strip().splitlines() if "hit3_save=" in x]
+    assert len(lines) == 4 + 1 and all(name == "hit3_save" for _, name, _ in lines)
+    assert [t for t, _, _ in lines] == sorted(t for t, _, _ in lines)  # in time order, as medianstop needs
+    # the last line (Katib's objective, metricStrategies latest) is the best validated weights' score
+    assert float(lines[-1][2]) == pytest.approx(max(float(v) for _, _, v in lines[:-1]), abs=2e-6)
+    assert cli_main([*base, "--no-prune"]) == 0
+    lines = [x for x in capsys.readouterr().out.strip().splitlines() if "hit3_save=" in x]
+    assert len(lines) == 1

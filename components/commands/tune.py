@@ -2,7 +2,8 @@
 
     homefeed tune pinsage --data D --out out/tune            # TRIALS[model] trials; best params as YAML
     homefeed tune pinsage --katib --out out/tune             # only the Katib manifest (for a cluster)
-    homefeed tune pinsage --trial --data D --set lr=0.001    # one trial, as Katib runs it: prints mrr=...
+    homefeed tune pinsage --trial --data D --set lr=0.001    # one trial, as Katib runs it: prints <time> mrr=...
+    homefeed tune pinsage --data D --no-prune                # every trial to its end (no median pruning)
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ def _run(args: argparse.Namespace) -> int:
     model = args.command
     experiment = args.experiment or DEFAULT_EXPERIMENT[model]
     trials = args.trials if args.trials is not None else TRIALS[model]
+    prune = not args.no_prune
     if args.katib:
-        manifest = build_experiment(model, experiment, trials, image=args.image, seed=args.seed)
+        manifest = build_experiment(model, experiment, trials, image=args.image, seed=args.seed,
+                                    early_stopping=tuning.katib_early_stopping(prune))
         path = durable.atomic_write_bytes(Path(args.out) / f"{model}_katib.yaml", yaml.safe_dump(manifest, sort_keys=False).encode())
         print(f"written: {path}")
         return 0
@@ -34,13 +37,17 @@ def _run(args: argparse.Namespace) -> int:
         raise config.ConfigError(f"tune {model}: --data is required (except with --katib)")
     if args.trial:
         params = config.parse_overrides(args.overrides)
+        # each validation's value, then the best weights' score: Katib's collector reads every line (its
+        # medianstop stops the Job on them) and takes the last as the objective (metricStrategies: latest)
+        reports = tuning.TrialReports(echo=OBJECTIVE[model]) if prune else None
         with tempfile.TemporaryDirectory(prefix=f"homefeed-trial-{model}-") as work:
-            value = tuning.validation_score(model, args.data, experiment, params, args.seed, work)
-        print(f"{OBJECTIVE[model]}={value:.6f}")  # Katib's StdOut collector reads name=value
+            value = tuning.validation_score(model, args.data, experiment, params, args.seed, work, report=reports)
+        print(tuning.katib_line(OBJECTIVE[model], value), flush=True)
         return 0
     summary = tuning.tune(model, args.data, args.out, experiment, trials, seed=args.seed,
-                          overrides=config.parse_overrides(args.overrides))
-    print(f"best {summary['objective']}: {summary['best_value']:.4f} with {summary['best_params']}")
+                          overrides=config.parse_overrides(args.overrides), prune=prune)
+    print(f"best {summary['objective']}: {summary['best_value']:.4f} with {summary['best_params']}; "
+          f"{summary['pruned']} of {summary['trials']} trials pruned, {summary['seconds']:.0f} s of trials")
     print(f"written: {Path(args.out) / (summary['tuned_experiment'] + '.yaml')}, {model}_trials.json, {model}_katib.yaml")
     return 0
 
@@ -56,6 +63,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
         p.add_argument("--seed", type=int, default=0, help="training seed of every trial and the sampler's seed")
         p.add_argument("--trial", action="store_true", help="run one trial with --set values; print name=value")
         p.add_argument("--katib", action="store_true", help="only write the Katib Experiment manifest")
+        p.add_argument("--no-prune", action="store_true",
+                       help="no median pruning: every trial trains to its end (and no Katib early stopping)")
         p.add_argument("--image", default=CPU_IMAGE, help="trial image for the Katib manifest")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="a parameter value (with --trial) or a fixed override of every trial (repeatable)")

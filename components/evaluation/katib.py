@@ -1,9 +1,17 @@
 """A Katib ``Experiment`` (kubeflow.org/v1beta1) built from the same search space as ``homefeed tune``.
 
 Each Katib trial is a batch/v1 Job running ``homefeed tune <model> --trial --set key=${trialParameters.key}
-...``, which trains once and prints ``<objective>=<value>`` measured on the validation period; Katib's StdOut
-metrics collector reads that line (its default format is ``name=value``). The algorithm is TPE, as locally,
-with the same trial budget.
+...``, which trains once and prints ``<time> <objective>=<value>`` after every validation and once at the end
+(the best weights' score on the validation period); Katib's StdOut metrics collector reads those lines (its
+default filter is ``name=value``; a first word that parses as RFC 3339 is the value's time, which early
+stopping needs to order the values), and ``metricStrategies: latest`` makes the last line the trial's
+objective. The algorithm is TPE, as locally, with the same trial budget. Early stopping is Katib's
+``medianstop`` (``min_trials_required``, ``start_step``; the settings of the local study's MedianPruner, see
+:func:`components.evaluation.tuning.katib_early_stopping`): a trial whose best value after ``start_step``
+reports is below the finished trials' reference is stopped. (Katib's reference is the mean over finished trials
+of each one's average of its first ``start_step`` values, Optuna's the median of the finished trials' values at
+the same validation: the same rule in spirit, not bit for bit.) Without pruning (``--no-prune``) the manifest
+has no ``earlyStopping`` and the trials print only their final value.
 
 :func:`validate_experiment` checks a manifest offline: a JSON Schema of the Experiment fields homefeed writes
 (names, types and allowed values of the v1beta1 API: ``ExperimentSpec``, ``ObjectiveSpec``,
@@ -22,6 +30,8 @@ KUBE_VERSION = "1.30.0"
 PARAMETER_TYPES = {"float": "double", "int": "int", "categorical": "categorical"}
 ALGORITHMS = ("random", "grid", "bayesianoptimization", "tpe", "multivariate-tpe", "cmaes", "hyperband", "sobol")
 COLLECTORS = ("StdOut", "File", "TensorFlowEvent", "PrometheusMetric", "Custom", "None")
+EARLY_STOPPING = ("medianstop",)  # Katib's early stopping algorithms
+MEDIANSTOP_SETTINGS = {"min_trials_required": 1, "start_step": 1}  # Katib's validation: int, at least this
 DISTRIBUTIONS = ("uniform", "logUniform", "normal", "logNormal")
 
 
@@ -34,12 +44,13 @@ def _feasible(p: Param) -> dict[str, Any]:
 
 def build_experiment(model: str, experiment: str, trials: int, image: str = "homefeed-steps:latest",
                      namespace: str = "kubeflow", data_path: str = "/data/homefeed", parallel: int = 2,
-                     seed: int = 0) -> dict[str, Any]:
-    """The Katib Experiment for ``model``'s search space (:data:`SPACES`), ``trials`` trials, TPE."""
+                     seed: int = 0, early_stopping: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The Katib Experiment for ``model``'s search space (:data:`SPACES`), ``trials`` trials, TPE;
+    ``early_stopping`` = (min_trials_required, start_step) of Katib's medianstop, or None for none."""
     space = SPACES[model]
     name = f"homefeed-tune-{model}-{experiment.replace('_', '-')}"[:63].rstrip("-")
     command = ["homefeed", "tune", model, "--trial", "--experiment", experiment, "--data", data_path,
-               "--seed", str(seed)]
+               "--seed", str(seed)] + ([] if early_stopping else ["--no-prune"])
     for p in space:
         command += ["--set", f"{p.name}=${{trialParameters.{p.name}}}"]
     job = {"apiVersion": "batch/v1", "kind": "Job",
@@ -48,12 +59,17 @@ def build_experiment(model: str, experiment: str, trials: int, image: str = "hom
                                  "spec": {"restartPolicy": "Never",
                                           "containers": [{"name": "training", "image": image, "command": command,
                                                           "resources": {"requests": {"cpu": "2", "memory": "4Gi"}}}]}}}}
+    stopping = {} if not early_stopping else {"earlyStopping": {"algorithmName": "medianstop", "algorithmSettings": [
+        {"name": "min_trials_required", "value": str(early_stopping[0])},
+        {"name": "start_step", "value": str(early_stopping[1])}]}}
     return {
         "apiVersion": API_VERSION, "kind": "Experiment",
         "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/part-of": "homefeed"}},
         "spec": {
-            "objective": {"type": "maximize", "objectiveMetricName": OBJECTIVE[model]},
+            "objective": {"type": "maximize", "objectiveMetricName": OBJECTIVE[model],
+                          "metricStrategies": [{"name": OBJECTIVE[model], "value": "latest"}]},
             "algorithm": {"algorithmName": "tpe", "algorithmSettings": [{"name": "random_state", "value": str(seed)}]},
+            **stopping,
             "maxTrialCount": int(trials), "parallelTrialCount": int(parallel), "maxFailedTrialCount": 3,
             "metricsCollectorSpec": {"collector": {"kind": "StdOut"}},
             "parameters": [{"name": p.name, "parameterType": PARAMETER_TYPES[p.kind], "feasibleSpace": _feasible(p)}
@@ -80,7 +96,14 @@ SCHEMA: dict[str, Any] = _obj({
     "spec": _obj({
         "objective": _obj({"type": {"enum": ["maximize", "minimize"]}, "goal": {"type": "number"},
                            "objectiveMetricName": {"type": "string", "pattern": r"^[\w|-]+$"},
-                           "additionalMetricNames": {"type": "array", "items": _STR}}, ("type", "objectiveMetricName")),
+                           "additionalMetricNames": {"type": "array", "items": _STR},
+                           "metricStrategies": {"type": "array", "items": _obj(
+                               {"name": _STR, "value": {"enum": ["min", "max", "latest"]}}, ("name", "value"))}},
+                          ("type", "objectiveMetricName")),
+        "earlyStopping": _obj({"algorithmName": {"enum": list(EARLY_STOPPING)},
+                               "algorithmSettings": {"type": "array",
+                                                     "items": _obj({"name": _STR, "value": _STR}, ("name", "value"))}},
+                              ("algorithmName",)),
         "algorithm": _obj({"algorithmName": {"enum": list(ALGORITHMS)},
                            "algorithmSettings": {"type": "array", "items": _obj({"name": _STR, "value": _STR}, ("name", "value"))}},
                           ("algorithmName",)),
@@ -124,6 +147,7 @@ def validate_experiment(obj: dict[str, Any]) -> dict[str, Any]:
         fs = p["feasibleSpace"]
         if p["parameterType"] in ("int", "double") and not ({"min", "max"} <= set(fs) and float(fs["min"]) < float(fs["max"])):
             raise KatibValidationError(f"Katib Experiment: parameter '{p['name']}' needs feasibleSpace min < max, got {fs}")
+    _check_early_stopping(spec)
     job = dict(spec["trialTemplate"]["trialSpec"])
     job.setdefault("metadata", {"name": "trial"})
     try:
@@ -134,3 +158,30 @@ def validate_experiment(obj: dict[str, Any]) -> dict[str, Any]:
     if spec["trialTemplate"].get("primaryContainerName") not in {c["name"] for c in containers}:
         raise KatibValidationError("Katib Experiment: primaryContainerName is not a container of the trial Job")
     return obj
+
+
+def _check_early_stopping(spec: dict[str, Any]) -> None:
+    """What Katib checks of ``earlyStopping``: medianstop's known settings as integers in range (its
+    ``validate_medianstop_setting``), a StdOut or File metrics collector (the only ones early stopping reads),
+    and a strategy for the objective metric only among the known metrics."""
+    names = {spec["objective"]["objectiveMetricName"], *spec["objective"].get("additionalMetricNames", [])}
+    unknown = [m["name"] for m in spec["objective"].get("metricStrategies", []) if m["name"] not in names]
+    if unknown:
+        raise KatibValidationError(f"Katib Experiment: metricStrategies name unknown metrics {unknown}")
+    es = spec.get("earlyStopping")
+    if es is None:
+        return
+    for s in es.get("algorithmSettings", []):
+        if s["name"] not in MEDIANSTOP_SETTINGS:
+            raise KatibValidationError(f"Katib Experiment: unknown setting '{s['name']}' for algorithm medianstop "
+                                       f"(known: {sorted(MEDIANSTOP_SETTINGS)})")
+        try:
+            ok = int(s["value"]) >= MEDIANSTOP_SETTINGS[s["name"]]
+        except ValueError:
+            ok = False
+        if not ok:
+            raise KatibValidationError(f"Katib Experiment: medianstop {s['name']} must be an integer >= "
+                                       f"{MEDIANSTOP_SETTINGS[s['name']]}, got {s['value']!r}")
+    kind = spec.get("metricsCollectorSpec", {}).get("collector", {}).get("kind", "StdOut")
+    if kind not in ("StdOut", "File"):
+        raise KatibValidationError(f"Katib Experiment: early stopping reads only the StdOut or File collector, not {kind}")

@@ -142,9 +142,11 @@ def planted_topics(data_dir: str | Path, pin_ids: np.ndarray) -> np.ndarray | No
 
 
 def train_and_embed(cfg: PinSageConfig, data_dir: str | Path, model_dir: str | Path,
-                    val_pairs: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+                    val_pairs: np.ndarray | None = None,
+                    report: Callable[[int, float | None], bool] | None = None) -> tuple[np.ndarray, dict]:
     """Train one run and embed every pin (layer-wise) with the neighbourhoods it trained on. With ``val_pairs``
-    and ``cfg.patience`` > 0 the run is validated on them (MRR), keeps its best weights and stops early."""
+    and ``cfg.patience`` > 0 the run is validated on them (MRR), keeps its best weights and stops early;
+    ``report`` is :class:`Validation`'s optional hook (``homefeed tune``'s pruner)."""
     model_dir = Path(model_dir)
     graph = build_graph(data_dir, cfg.use_engagement_edges)
     feats = graph_features(graph, data_dir)
@@ -157,7 +159,7 @@ def train_and_embed(cfg: PinSageConfig, data_dir: str | Path, model_dir: str | P
             emb = layerwise_embeddings(model, feats, nbr_ids, nbr_w, cfg.inference_chunk)
             return ranking_metrics(emb, val_pairs, cfg.eval_pool)["mrr"]
         validation = Validation(val_mrr, metric="val_mrr", direction="higher", every=cfg.val_every,
-                                patience=cfg.patience)
+                                patience=cfg.patience, report=report)
     metrics = train(cfg, data_dir, model_dir, neighbourhoods=model_dir / "neighbourhoods.npz", validation=validation)
     model, _, _ = load_model(model_dir)
     return layerwise_embeddings(model, feats, nbr_ids, nbr_w, cfg.inference_chunk), metrics

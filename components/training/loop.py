@@ -14,7 +14,9 @@ the model on rank 0 every ``every`` steps (0 = at the end of every epoch) and at
 ``event: validate`` record per evaluation, keeps the best weights in ``best.pt`` (and saves them as
 ``model.pt`` at the end: the model that is published is the best one seen on the validation data), and stops
 early after ``patience`` evaluations without improvement (0 = never). ``metrics.json`` then adds
-``best_step``, ``best_<metric>``, ``validations`` and ``stopped_early``. A step bar is drawn through
+``best_step``, ``best_<metric>``, ``validations`` and ``stopped_early``. A configured feature the run ended
+before activating (early stopping without validation data, or with fewer than ``patience`` + 1 validations) is
+warned once and listed in ``metrics.json: never_activated`` (:func:`never_activated`). A step bar is drawn through
 :mod:`components.progress` on rank 0 (off when stderr is not a terminal).
 
 A model supplies a :class:`TrainTask` (build, batches, loss, checkpoint extras); see
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import StringIO
@@ -166,6 +169,9 @@ class Validation:
     the validation metric (None = undefined, never an improvement). ``every``: optimizer steps between
     evaluations (0 = at the end of every epoch); training always ends with one. ``patience``: evaluations
     in a row without an improvement of more than ``min_delta`` before training stops (0 = never stops early).
+    ``report`` (optional, rank 0): called after each evaluation with (its index from 0, the value); True stops
+    training there like early stopping (a tuning study's pruner, e.g. Optuna's, decides through it; the loop
+    knows nothing of the study). ``metrics.json`` then says ``stopped_by_report``. None = no hook.
     """
 
     evaluate: Callable[[nn.Module], float | None]
@@ -174,6 +180,7 @@ class Validation:
     every: int = 0
     patience: int = 0
     min_delta: float = 0.0
+    report: Callable[[int, float | None], bool] | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in ("higher", "lower"):
@@ -188,6 +195,7 @@ class _Tracker:
 
     def __init__(self, v: Validation):
         self.v, self.best, self.best_step, self.bad, self.count = v, None, 0, 0, 0
+        self.reported_stop = False  # the ``report`` hook asked to stop
 
     def improved(self, value: float | None) -> bool:
         if value is None or not math.isfinite(value):
@@ -246,9 +254,30 @@ def _validate(v: Validation, tracker: _Tracker, model: nn.Module, step: int, epo
     else:
         tracker.bad += 1
     stop = v.patience > 0 and tracker.bad >= v.patience
+    hook: dict[str, Any] = {}
+    if v.report is not None and v.report(tracker.count - 1, value):
+        tracker.reported_stop = stop = True
+        hook = {"stopped_by_report": True}
     log.log(event="validate", step=step, epoch=epoch, metric=v.metric, value=value, best=tracker.best,
-            best_step=tracker.best_step, improved=better, stop=stop, seconds=round(time.perf_counter() - t0, 3))
+            best_step=tracker.best_step, improved=better, stop=stop, seconds=round(time.perf_counter() - t0, 3),
+            **hook)
     return stop
+
+
+def never_activated(cfg: Any, validation: Validation | None, tracker: _Tracker | None, early: bool) -> list[str]:
+    """The loop's configured features that this run ended before activating (warned and listed in
+    ``metrics.json: never_activated``): early stopping (``patience``) needs validation data, and patience + 1
+    validations before it can stop a run (the first one always improves)."""
+    if validation is None:
+        patience = int(getattr(cfg, "patience", 0) or 0)
+        return [f"early stopping: patience {patience} is configured but this run had no validation data (only the "
+                "evaluation harness and homefeed tune pass one), so it trained every epoch and kept the last "
+                "weights"] if patience > 0 else []
+    if validation.patience > 0 and not early and tracker is not None and tracker.count <= validation.patience:
+        return [f"early stopping: patience {validation.patience} needs {validation.patience + 1} validations to stop "
+                f"a run, this one had {tracker.count} (epochs {cfg.epochs}, max_steps {cfg.max_steps}, validation "
+                f"every {validation.every or 'epoch'}{' steps' if validation.every else ''}): it could not stop it"]
+    return []
 
 
 def _agree(flag: bool, info: DistInfo) -> bool:
@@ -372,11 +401,18 @@ def fit(task: TrainTask, out_dir: str | Path, resume: bool = False,
             if tracker is not None:
                 metrics.update({"best_step": tracker.best_step, f"best_{validation.metric}": tracker.best,
                                 "validations": tracker.count, "stopped_early": early})
+                if validation.report is not None:
+                    metrics["stopped_by_report"] = tracker.reported_stop
                 if tracker.best is not None and best_path.exists():  # publish the best weights, not the last
                     model.load_state_dict(read_checkpoint(best_path)["model"])
             model.eval()
             save_checkpoint(out_dir / "model.pt", model, None, step, cfg, extra(epoch, batch))
             metrics.update(task.finish(model))
+            never = never_activated(cfg, validation, tracker, early)
+            for text in never:  # once per run, on rank 0, as PinSage's hard-negative warning
+                warnings.warn(f"{task.name}: {text}", stacklevel=2)
+            if never:
+                metrics["never_activated"] = never
             durable.atomic_write_json(metrics, out_dir / "metrics.json")
             log.log(event="done", **{k: v for k, v in metrics.items() if isinstance(v, int | float | None)})
         if info.enabled:

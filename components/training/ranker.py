@@ -14,6 +14,7 @@ permutation); the loop itself (checkpoints, exact resume, logs) is :func:`compon
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -345,9 +346,11 @@ class RankerTask(TrainTask):
                 "rows_train": len(self.train_data), "rows_eval": len(self.eval_data)}
 
 
-def validation_on(task: RankerTask, start: int, end: int | None) -> Validation:
+def validation_on(task: RankerTask, start: int, end: int | None,
+                  report: Callable[[int, float | None], bool] | None = None) -> Validation:
     """Early stopping for ``task`` (``cfg.patience`` > 0): HIT@3/save (AUC of the first task without a save
-    task) on its evaluation impressions in [start, end), the validation period; best weights kept."""
+    task) on its evaluation impressions in [start, end), the validation period; best weights kept. ``report``:
+    :class:`Validation`'s optional hook (a tuning study's pruner)."""
     cfg = task.cfg
     key = "hit3_save" if "save" in cfg.tasks else f"auc_{cfg.tasks[0]}"
 
@@ -357,16 +360,19 @@ def validation_on(task: RankerTask, start: int, end: int | None) -> Validation:
         rows = np.flatnonzero((ts >= start) & (ts < end) if end is not None else ts >= start)
         return evaluate(model, data.subset(rows), cfg.tasks, cfg.task_weights, cfg.eval_batch_size).get(key)
 
-    return Validation(score, metric=f"val_{key}", direction="higher", every=cfg.val_every, patience=cfg.patience)
+    return Validation(score, metric=f"val_{key}", direction="higher", every=cfg.val_every, patience=cfg.patience,
+                      report=report)
 
 
 def train(cfg: RankerConfig, data_dir: str | Path, out_dir: str | Path, user_embeddings: EmbeddingSource = None,
           pin_embeddings: EmbeddingSource = None, resume: bool = False,
-          val_period: tuple[int, int | None] | None = None) -> dict[str, Any]:
+          val_period: tuple[int, int | None] | None = None,
+          report: Callable[[int, float | None], bool] | None = None) -> dict[str, Any]:
     """Train the ranker into ``out_dir`` (model.pt, config.yaml, checkpoints/, train_log.jsonl, metrics.json);
     a missing embedding table falls back to the content baseline. With ``val_period`` ([start, end) unix
     seconds inside the evaluation range) and ``cfg.patience`` > 0, validates there, keeps the best weights and
-    stops early (the evaluation harness passes the protocol's ``val`` period). Returns the metrics."""
+    stops early (the evaluation harness passes the protocol's ``val`` period); ``report`` is called with each
+    validation (``homefeed tune``'s pruner may stop the run there). Returns the metrics."""
     task = RankerTask(cfg, data_dir, user_embeddings, pin_embeddings)
-    validation = validation_on(task, *val_period) if val_period is not None and cfg.patience > 0 else None
+    validation = validation_on(task, *val_period, report) if val_period is not None and cfg.patience > 0 else None
     return fit(task, out_dir, resume=resume, validation=validation)
