@@ -110,3 +110,33 @@ def test_early_stopping_on_the_validation_period_publishes_the_best_weights(tiny
     assert m["stopped_early"] == (m["steps"] < full_steps)
     plain = train(cfg, tiny_data, tmp_path / "plain")  # no period: no validation, every epoch
     assert "best_step" not in plain and plain["steps"] == full_steps
+
+
+def test_one_seed_records_the_readme_orderings_and_merge_recomputes_them(tiny_data, tmp_path):
+    """One seed per command: each result records the README's orderings (final > its non-PEPNet twin, > every other
+    model, > LightGBM, > LR; every model > popularity; HIT@3/save and AUC(save)) as "undefined", and `eval merge`
+    of two one-seed results gives the same orderings paired over both seeds without any --ordering flag."""
+    exps = ["ranker_dcnv2_baseline_tiny", "ranker_masknet_dcnv2_tiny", "ranker_masknet_dcnv2_pepnet_tiny"]
+    final, twin, other = exps[2], exps[1], exps[0]
+    pop, lr, gbdt = ranker_eval.BASELINES
+    expected = {(final, twin), (final, other), (final, gbdt), (final, lr), *((m, pop) for m in exps)}
+    outs = []
+    for seed in (0, 1):
+        out = tmp_path / f"seed{seed}"
+        assert cli_main(["eval", "ranker", "--experiments", ",".join(exps), "--seeds", str(seed), "--data",
+                         str(tiny_data), "--out", str(out), "--set", "max_steps=3", "--set", "max_train_rows=3000"]) == 0
+        [r] = read_results(out)
+        got = {(c.better, c.worse, c.metric): c for c in r.comparisons}
+        assert set(got) == {(b, w, m) for b, w in expected for m in ("hit3_save", "auc_save")}
+        assert all(c.verdict == "undefined" and c.n == 1 for c in got.values())
+        outs.append(out / "ranker_synthetic.json")
+    merged_dir = tmp_path / "merged"
+    assert cli_main(["eval", "merge", *map(str, outs), "--out", str(merged_dir)]) == 0
+    [m] = read_results(merged_dir)
+    got = {(c.better, c.worse, c.metric): c for c in m.comparisons}
+    assert set(got) == {(b, w, k) for b, w in expected for k in ("hit3_save", "auc_save")}
+    assert all(c.n == 2 and c.verdict in ("holds", "not significant", "reversed") for c in got.values())
+    c = got[(final, gbdt, "auc_save")]  # the paired difference is the mean of the two seeds' differences
+    diffs = [m.values(final, "auc_save")[s] - m.values(gbdt, "auc_save")[s] for s in (0, 1)]
+    assert c.diff_mean == pytest.approx(sum(diffs) / 2)
+    assert ranker_eval.orderings(["ranker_mlp_tiny", "ranker_dcnv2_lowrank_pepnet_tiny"]) == []  # no twin, no baseline

@@ -53,6 +53,8 @@ def _merge(args: argparse.Namespace) -> int:
             raise config.ConfigError(str(e)) from None
     model = results[0].model if results else ""
     standard = {"pinsage": pinsage_eval.ORDERINGS, "pinnerformer": pinnerformer_harness.ORDERINGS}.get(model, ())
+    if model == "ranker":  # the README's orderings among the variants of the union
+        standard = tuple(ranker_eval.orderings(list(dict.fromkeys(v for r in results for v in r.variants))))
     extra = [_ordering(o) for o in args.ordering]
     merged = merge_results(results, names=list(args.results), orderings=[*standard, *extra],
                            command=_command(f"homefeed eval merge {shlex.join(args.results)} --out {args.out}"),

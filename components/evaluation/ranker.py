@@ -147,6 +147,27 @@ METRIC_DIRECTIONS: dict[str, str] = {"hit3_save": "higher", "hit3_save_norm": "h
                                       "latency_ms_b1": "lower"}
 BASELINES = ("popularity (per-pin rate)", "logistic regression", "GBDT (LightGBM)")
 EVAL_OVERRIDES = {"checkpoint_every": 1_000_000_000}  # one checkpoint at the last step: keep-last
+ORDERING_METRICS = ("hit3_save", "auc_save")
+
+
+def orderings(variants: list[str], metrics: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """The orderings the README claims, for the variants present, as (better, worse, metric) on HIT@3/save and
+    AUC(save): each final model (a ``*_pepnet`` experiment whose non-PEPNet twin also ran) > its twin, > every
+    other model, > LightGBM and > logistic regression; every model > popularity. ``homefeed eval ranker`` records
+    them with any number of seeds (one seed: "undefined") and ``eval merge`` recomputes them over the union."""
+    models = [v for v in variants if v not in BASELINES]
+    finals = [v for v in models if "_pepnet" in v and v.replace("_pepnet", "") in models]
+    out: list[tuple[str, str, str]] = []
+    for metric in ORDERING_METRICS:
+        if metrics is not None and metric not in metrics:
+            continue
+        for final in finals:
+            twin = final.replace("_pepnet", "")
+            out += [(final, worse, metric) for worse in [twin, *(m for m in models if m not in (final, twin)),
+                                                         BASELINES[2], BASELINES[1]] if worse in variants]
+        if BASELINES[0] in variants:
+            out += [(m, BASELINES[0], metric) for m in models]
+    return out
 
 
 def period_rows(data_dir: str | Path, cfg: Any, extra: dict[str, Any], period: Period) -> np.ndarray:
@@ -254,13 +275,8 @@ def evaluate(experiments: list[str], data_dir: str | Path, out_dir: str | Path =
                        **{k: m.get(k) for k in result.metrics})
             print(f"[eval ranker] {exp} seed {seed}: HIT@3/save {m.get('hit3_save')}, AUC save {m.get('auc_save')}, "
                   f"{m['train_seconds']:.1f} s", flush=True)
-    if len(seeds) > 1:
-        for exp in experiments:
-            twin = exp.replace("_pepnet", "")
-            if twin != exp and twin in experiments:
-                result.compare(exp, twin, "hit3_save")
-            if baselines:
-                result.compare(exp, BASELINES[2], "hit3_save")
+    for better, worse, metric in orderings(result.variants, result.metrics):  # 1 seed: each one "undefined"
+        result.compare(better, worse, metric)
     result.papers = papers.for_result("ranker", result.protocol)
     result.notes.append("Baselines score requests by p(save); the models by the serving score (score_weights). "
                         "Latency: eager PyTorch, one thread, median, first seed only. Peak RSS: the training "
