@@ -89,6 +89,7 @@ def _pinnerformer(args: argparse.Namespace) -> int:
     result = pinnerformer_harness.run_eval(
         args.data, args.out, args.pin_embeddings, args.experiment, args.overrides, seeds=parse_seeds(args.seeds),
         period=args.period, baselines=not args.no_baselines, rows=pinnerformer_harness.parse_rows(args.rows),
+        row_experiments=pinnerformer_harness.parse_row_experiments(args.row_experiment),
         command=_command(f"homefeed eval pinnerformer --experiment {args.experiment} --data {args.data} "
                          f"--out {args.out} --seeds {args.seeds}"))
     return _done(result, args.out)
@@ -130,6 +131,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     e.add_argument("--pin-embeddings", default=None, help="pin embedding table (default: content baseline)")
     e.add_argument("--rows", default="", help="comma-separated objective/negatives/logq|nologq rows, e.g. "
                                               "dense_all_action/mixed/logq,next_action/mixed/logq (default: all)")
+    e.add_argument("--row-experiment", action="append", default=[], metavar="ROW=EXPERIMENT",
+                   help="train ROW (as in --rows) with EXPERIMENT's values, e.g. its tuned study's, instead of "
+                        "--experiment's; the measurement fields must match (repeatable)")
     e.set_defaults(func=_pinnerformer)
 
     r = groups["eval"].add_parser("ranker", help="train and compare ranker architectures and baselines on one split")

@@ -6,6 +6,12 @@ the curves) on the held-out users of a period, with the popularity baseline; wri
 Early stopping (``patience`` > 0, as in ``pinnerformer_eval``): every run is validated on the ``val`` half of
 the held-out users (Recall@10, every ``val_every`` steps or each epoch), keeps its best weights and stops after
 ``patience`` validations without gain; report ``--period test`` (the other half) for numbers no choice saw.
+
+Per-row experiments (``--row-experiment ROW=EXPERIMENT``): each compared objective can have its own tuned
+hyperparameters (one ``homefeed tune pinnerformer --set objective=...`` study per row, the same trial budget),
+so an ordering compares each objective at its best rather than both at one objective's values. A row's
+experiment supplies every training value; the row still decides objective, negatives and logQ, and the
+fields that define the measurement (:data:`PROTOCOL_FIELDS`) must equal the base experiment's.
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ RECALLS = tuple(f"recall@{k}" for k in CURVE_KS)
 METRICS = {**{r: "higher" for r in RECALLS}, "recall@10_daily": "higher", "recall@10_realtime": "higher",
            "train_seconds": "lower", "sequences_per_s": "higher"}
 EVAL_OVERRIDES = {"checkpoint_every": 0}  # evaluation runs keep model.pt only
+# what is measured (held-out users, embedding time, candidate pool, window) and how runs stop: equal for every row
+PROTOCOL_FIELDS = ("eval_at", "eval_user_fraction", "eval_pool", "future_window_days", "patience", "val_every")
+Row = tuple[str, str, bool]
 _DENSE, _NEXT = "dense_all_action/mixed/logQ", "next_action/mixed/logQ"  # = variant_name(...) of the two main rows
 # the orderings every result tests (paired over seeds, Recall@10) when both rows are present; `eval merge` recomputes
 ORDERINGS: tuple[tuple[str, str, str], ...] = tuple(
@@ -74,7 +83,7 @@ def heldout_half(users: np.ndarray, period: Period) -> np.ndarray:
     return np.sort(users[half])
 
 
-def parse_rows(text: str | None) -> list[tuple[str, str, bool]] | None:
+def parse_rows(text: str | None) -> list[Row] | None:
     """``"dense_all_action/mixed/logq,next_action/mixed/logq"`` -> rows (None/"" = every row); ``nologq`` turns
     the correction off. A malformed or unknown row is a ConfigError naming the known rows."""
     if not text:
@@ -91,6 +100,43 @@ def parse_rows(text: str | None) -> list[tuple[str, str, bool]] | None:
     return rows
 
 
+def row_label(row: Row) -> str:
+    """``dense_all_action/mixed/logq``: the row as ``--rows`` and ``--row-experiment`` spell it."""
+    return f"{row[0]}/{row[1]}/{'logq' if row[2] else 'nologq'}"
+
+
+def parse_row_experiments(items: list[str] | None) -> dict[Row, str]:
+    """``["next_action/mixed/logq=pinnerformer_eval_ml100k_next"]`` -> {row: experiment}; a malformed item or
+    unknown row is a ConfigError (the row is checked as ``--rows`` checks it)."""
+    out: dict[Row, str] = {}
+    for item in items or []:
+        row_text, eq, experiment = item.partition("=")
+        if not (eq and row_text.strip() and experiment.strip()):
+            raise ConfigError(f"--row-experiment: expected ROW=EXPERIMENT (e.g. next_action/mixed/logq="
+                              f"pinnerformer_eval), got '{item}'")
+        [row] = parse_rows(row_text.strip())
+        if row in out:
+            raise ConfigError(f"--row-experiment: row '{row_text.strip()}' is given twice")
+        out[row] = experiment.strip()
+    return out
+
+
+def row_configs(base: config_mod.PinnerFormerConfig, base_experiment: str, row_experiments: dict[Row, str],
+                overrides: list[str] | None) -> dict[Row, config_mod.PinnerFormerConfig]:
+    """Each row's config from its own experiment (with the same ``--set`` overrides); a ConfigError when one
+    measures differently from ``base`` (a :data:`PROTOCOL_FIELDS` value differs)."""
+    out = {}
+    for row, experiment in row_experiments.items():
+        cfg = config_mod.load(experiment, overrides, model="pinnerformer")
+        differ = [f"{k} ({getattr(cfg, k)} vs {getattr(base, k)})" for k in PROTOCOL_FIELDS
+                  if getattr(cfg, k) != getattr(base, k)]
+        if differ:
+            raise ConfigError(f"--row-experiment {row_label(row)}={experiment}: {', '.join(differ)} differ from "
+                              f"--experiment {base_experiment}: every row must be measured the same way")
+        out[row] = cfg
+    return out
+
+
 def early_stopping(cfg: config_mod.PinnerFormerConfig, data_dir: Path, table, seqs) -> Validation | None:
     """Recall@10 of the 'val' half of the held-out users (the users training holds out, computed the same way);
     None when ``cfg.patience`` is 0. The harness and ``homefeed tune`` stop on it."""
@@ -104,10 +150,12 @@ def early_stopping(cfg: config_mod.PinnerFormerConfig, data_dir: Path, table, se
 
 def run_eval(data_dir: str | Path, out_dir: str | Path, pin_embeddings: str | Path | None = None,
              experiment: str = "pinnerformer_eval", overrides: list[str] | None = None,
-             rows: list[tuple[str, str, bool]] | None = None, command: str | None = None,
-             seeds: list[int] | str | None = None, period: Period = "all", baselines: bool = True) -> EvalResult:
+             rows: list[Row] | None = None, command: str | None = None,
+             seeds: list[int] | str | None = None, period: Period = "all", baselines: bool = True,
+             row_experiments: dict[Row, str] | None = None) -> EvalResult:
     """Train each (objective, negatives, logQ) variant once per seed and report Recall@10 on the held-out
-    users of ``period``; write and return the :class:`EvalResult`."""
+    users of ``period``; write and return the :class:`EvalResult`. ``row_experiments`` gives a row its own
+    experiment (its tuned values) instead of ``experiment``."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     dataset = str(io.read_meta(data_dir).get("dataset", data_dir.name))
     work = out_dir / f"pinnerformer_{dataset}_runs"
@@ -118,9 +166,14 @@ def run_eval(data_dir: str | Path, out_dir: str | Path, pin_embeddings: str | Pa
         pin_source = str(pin_embeddings)
     table = load_pin_table(pin_embeddings)
     base = config_mod.load(experiment, overrides, model="pinnerformer")
+    row_experiments = dict(row_experiments or {})
+    per_row = row_configs(base, experiment, row_experiments, overrides)
     seeds = parse_seeds(seeds, default=base.seed)
     seqs = build_sequences(load_events(data_dir), table.ids)
     todo = rows if rows is not None else list(dict.fromkeys(OBJECTIVE_ROWS + NEGATIVE_ROWS))
+    unused = [row_label(r) for r in row_experiments if r not in todo]
+    if unused:
+        raise ConfigError(f"--row-experiment names rows that are not evaluated: {', '.join(unused)} (add them to --rows)")
     result = EvalResult(
         model="pinnerformer", dataset=dataset, command=command or " ".join(sys.argv),
         protocol={"task": f"Recall@10 of all positives in the {base.future_window_days} days after the embedding "
@@ -132,15 +185,18 @@ def run_eval(data_dir: str | Path, out_dir: str | Path, pin_embeddings: str | Pa
                   "pin input": pin_source,
                   "early stopping": (f"Recall@10 of the 'val' half of the held-out users every "
                                      f"{f'{base.val_every} steps' if base.val_every else 'epoch'}, patience "
-                                     f"{base.patience}, best weights kept" if base.patience > 0 else "none")},
+                                     f"{base.patience}, best weights kept" if base.patience > 0 else "none"),
+                  # only when given, so results without per-row experiments still merge with each other
+                  **({"row experiments": {variant_name(*r): e for r, e in row_experiments.items()}}
+                     if row_experiments else {})},
         metrics=dict(METRICS))
     users = None
     runs = [(seed, row) for seed in seeds for row in todo]  # seed by seed: a cut-short run has whole seeds
     for i, (seed, (objective, negatives, logq)) in enumerate(runs):
         name = variant_name(objective, negatives, logq)
-        cfg = dataclasses.replace(base, objective=objective, negatives=negatives, logq=logq, seed=seed,
+        row_cfg = per_row.get((objective, negatives, logq), base)
+        cfg = dataclasses.replace(row_cfg, objective=objective, negatives=negatives, logq=logq, seed=seed,
                                   **EVAL_OVERRIDES)
-        object.__setattr__(cfg, "_experiment", experiment)
         run_dir = work / f"{objective}-{negatives}-{'logq' if logq else 'nologq'}" / f"seed-{seed}"
         t0 = time.perf_counter()
         metrics = train(cfg, data_dir, pin_embeddings, run_dir, evaluate=False,
