@@ -270,16 +270,29 @@ class RankerConfig(Checked):
     log_every: PositiveInt = 50
     patience: NonNegInt = 0  # eval harness: validation-period evaluations without gain before stopping; 0 = none
     val_every: NonNegInt = 0  # eval harness: steps between validations (0 = each epoch) when patience > 0
+    # the validation metric of early stopping and of `homefeed tune ranker`: hit3_save or auc_<task>
+    val_metric: str = "hit3_save"
 
     def check(self) -> None:
         if not self.tasks:
             raise ConfigError("RankerConfig: key 'tasks' expects at least one task")
+        allowed = ["hit3_save", *(f"auc_{t}" for t in self.tasks)]
+        if self.val_metric not in allowed:
+            raise ConfigError(f"RankerConfig: key 'val_metric' expects one of {', '.join(allowed)}, "
+                              f"got {self.val_metric!r}")
         if len(self.task_weights) != len(self.tasks) or len(self.score_weights) != len(self.tasks):
             raise ConfigError(f"RankerConfig: keys 'task_weights' ({len(self.task_weights)}) and 'score_weights' "
                               f"({len(self.score_weights)}) must have one value per task ({len(self.tasks)}: "
                               f"{self.tasks})")
         if not self.mlp_dims or not self.finalmlp_dims:
             raise ConfigError("RankerConfig: keys 'mlp_dims' and 'finalmlp_dims' expect at least one width")
+
+    def validation_metric(self) -> str:
+        """The metric early stopping and tuning maximise: ``val_metric``, except that ``hit3_save`` (the default)
+        without a ``save`` task is ``auc_<first task>`` (no save, no HIT@3/save)."""
+        if self.val_metric == "hit3_save" and "save" not in self.tasks:
+            return f"auc_{self.tasks[0]}"
+        return self.val_metric
 
 
 MODEL_CONFIGS: dict[str, type] = {

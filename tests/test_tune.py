@@ -20,6 +20,7 @@ from components.cli import main as cli_main
 from components.evaluation import tuning
 from components.evaluation.katib import KatibValidationError, build_experiment, validate_experiment
 from components.evaluation.protocol import period_bounds
+from components.evaluation.ranker import ranker_period_metrics
 from components.evaluation.search_space import OBJECTIVE, SPACES
 
 # patience 1: trials stop early on the validation period as the harness does (the *_eval experiments' path)
@@ -204,3 +205,68 @@ def test_a_ranker_trial_prints_each_validation_for_katib_and_no_prune_only_the_l
     assert cli_main([*base, "--no-prune"]) == 0
     lines = [x for x in capsys.readouterr().out.strip().splitlines() if "hit3_save=" in x]
     assert len(lines) == 1
+
+
+# the ranker's validation metric (val_metric): AUC(save) instead of HIT@3/save for early stopping and the study
+AUC = {"patience": 1, "val_every": 1, "max_steps": 3, "max_train_rows": 3000, "log_every": 1000,
+       "val_metric": "auc_save"}
+
+
+def test_a_bad_val_metric_is_a_config_error_and_hit3_save_without_save_is_auc_of_the_first_task(tmp_path, capsys):
+    rc = cli_main(["tune", "ranker", "--katib", "--experiment", "ranker_tiny", "--set", "val_metric=ndcg",
+                   "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "val_metric" in err and "'ndcg'" in err and "hit3_save" in err and "auc_save" in err
+    assert not (tmp_path / "ranker_katib.yaml").exists()
+    # auc_<task> only for a configured task; the default hit3_save without a save task validates auc_<first task>
+    no_save = {"tasks": ["click", "hide"], "task_weights": [1.0, 1.0], "score_weights": [1.0, -1.0]}
+    with pytest.raises(config.ConfigError, match="val_metric.*auc_click, auc_hide, got 'auc_save'"):
+        config.load("ranker_tiny", {**no_save, "val_metric": "auc_save"}, model="ranker")
+    assert config.load("ranker_tiny", no_save, model="ranker").validation_metric() == "auc_click"
+    assert config.load("ranker_tiny", {}, model="ranker").validation_metric() == "hit3_save"
+
+
+def test_tune_ranker_on_auc_save_scores_each_trial_with_its_models_val_auc(tiny_data, tmp_path):
+    """val_metric=auc_save: every trial early-stops on val AUC(save) (its train log's validate events), the study's
+    objective is the trial model's AUC(save) on the 'val' period, and trials.json and the manifest name it."""
+    out = tmp_path / "t"
+    s = tuning.tune("ranker", tiny_data, out, "ranker_tiny", trials=2, overrides=AUC)
+    assert s["objective_metric"] == "auc_save" and s["objective"].startswith("auc_save ")
+    assert len(s["records"]) == 2
+    for r in s["records"]:
+        model_dir = out / "trials" / f"ranker-{r['trial']}" / "model"
+        assert "hit3_save" not in r and 0.0 < r["auc_save"] < 1.0
+        assert r["auc_save"] == ranker_period_metrics(model_dir, tiny_data, "val")["auc_save"]
+        log = [json.loads(x) for x in (model_dir / "train_log.jsonl").read_text().splitlines()]
+        vals = [x for x in log if x["event"] == "validate"]
+        assert vals and all(x["metric"] == "val_auc_save" for x in vals)
+        # the best validated weights are the scored ones
+        assert r["auc_save"] == pytest.approx(json.loads((model_dir / "metrics.json").read_text())["best_val_auc_save"])
+    assert s["best_value"] == max(r["auc_save"] for r in s["records"])
+    spec = validate_experiment(yaml.safe_load((out / "ranker_katib.yaml").read_text()))["spec"]
+    assert spec["objective"]["objectiveMetricName"] == "auc_save"
+
+
+def test_the_katib_manifest_of_an_auc_save_experiment_names_it_and_its_trial_prints_it(tiny_data, tmp_path, capsys):
+    """`tune ranker --katib` takes the objective from the experiment's config (val_metric, with the fixed --set
+    values, which the trial command carries); the manifest validates, and its trial command, run here with the
+    tiny data, prints Katib lines of that metric."""
+    sets = [x for k, v in AUC.items() for x in ("--set", f"{k}={v}")]
+    assert cli_main(["tune", "ranker", "--katib", "--experiment", "ranker_tiny", *sets, "--out", str(tmp_path)]) == 0
+    m = validate_experiment(yaml.safe_load((tmp_path / "ranker_katib.yaml").read_text()))
+    assert m["spec"]["objective"]["objectiveMetricName"] == "auc_save"
+    assert m["spec"]["objective"]["metricStrategies"] == [{"name": "auc_save", "value": "latest"}]
+    command = m["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "val_metric=auc_save" in command
+    values = {"lr": "0.002", "weight_decay": "0.0001", "dropout": "0.1"}  # what Katib substitutes
+    trial = [re.sub(r"\$\{trialParameters\.(\w+)\}", lambda g: values[g.group(1)], x) for x in command[1:]]
+    trial[trial.index("--data") + 1] = str(tiny_data)
+    capsys.readouterr()
+    assert cli_main(trial) == 0
+    lines = [_katib_line(x) for x in capsys.readouterr().out.strip().splitlines() if re.match(r"\d{4}-\d\d-\d\dT", x)]
+    # each validation's value, then the best weights' score, all named as the objective
+    assert len(lines) >= 2 and all(name == "auc_save" for _, name, _ in lines)
+    assert float(lines[-1][2]) == pytest.approx(max(float(v) for _, _, v in lines[:-1]), abs=2e-6)
+    # pinsage keeps its own objective
+    assert build_experiment("pinsage", "pinsage_eval", 5)["spec"]["objective"]["objectiveMetricName"] == OBJECTIVE["pinsage"]

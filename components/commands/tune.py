@@ -4,6 +4,7 @@
     homefeed tune pinsage --katib --out out/tune             # only the Katib manifest (for a cluster)
     homefeed tune pinsage --trial --data D --set lr=0.001    # one trial, as Katib runs it: prints <time> mrr=...
     homefeed tune pinsage --data D --no-prune                # every trial to its end (no median pruning)
+    homefeed tune ranker --experiment E --katib              # objective: E's val_metric (hit3_save, auc_save...)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from components import config
 from components.data import durable
 from components.evaluation import tuning
 from components.evaluation.katib import build_experiment
-from components.evaluation.search_space import DEFAULT_EXPERIMENT, OBJECTIVE, SPACES, TRIALS
+from components.evaluation.search_space import DEFAULT_EXPERIMENT, SPACES, TRIALS, objective_name
 from components.steps.images import CPU_IMAGE
 
 
@@ -27,25 +28,28 @@ def _run(args: argparse.Namespace) -> int:
     experiment = args.experiment or DEFAULT_EXPERIMENT[model]
     trials = args.trials if args.trials is not None else TRIALS[model]
     prune = not args.no_prune
+    overrides = config.parse_overrides(args.overrides)
+    # a bad experiment or value fails here; the ranker's objective is the experiment's val_metric
+    name = objective_name(model, config.load(experiment, overrides, model=model))
     if args.katib:
         manifest = build_experiment(model, experiment, trials, image=args.image, seed=args.seed,
-                                    early_stopping=tuning.katib_early_stopping(prune))
+                                    early_stopping=tuning.katib_early_stopping(prune), objective=name,
+                                    overrides=overrides)
         path = durable.atomic_write_bytes(Path(args.out) / f"{model}_katib.yaml", yaml.safe_dump(manifest, sort_keys=False).encode())
         print(f"written: {path}")
         return 0
     if args.data is None:
         raise config.ConfigError(f"tune {model}: --data is required (except with --katib)")
     if args.trial:
-        params = config.parse_overrides(args.overrides)
         # each validation's value, then the best weights' score: Katib's collector reads every line (its
         # medianstop stops the Job on them) and takes the last as the objective (metricStrategies: latest)
-        reports = tuning.TrialReports(echo=OBJECTIVE[model]) if prune else None
+        reports = tuning.TrialReports(echo=name) if prune else None
         with tempfile.TemporaryDirectory(prefix=f"homefeed-trial-{model}-") as work:
-            value = tuning.validation_score(model, args.data, experiment, params, args.seed, work, report=reports)
-        print(tuning.katib_line(OBJECTIVE[model], value), flush=True)
+            value = tuning.validation_score(model, args.data, experiment, overrides, args.seed, work, report=reports)
+        print(tuning.katib_line(name, value), flush=True)
         return 0
     summary = tuning.tune(model, args.data, args.out, experiment, trials, seed=args.seed,
-                          overrides=config.parse_overrides(args.overrides), prune=prune)
+                          overrides=overrides, prune=prune)
     print(f"best {summary['objective']}: {summary['best_value']:.4f} with {summary['best_params']}; "
           f"{summary['pruned']} of {summary['trials']} trials pruned, {summary['seconds']:.0f} s of trials")
     print(f"written: {Path(args.out) / (summary['tuned_experiment'] + '.yaml')}, {model}_trials.json, {model}_katib.yaml")

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.evaluation.search_space import OBJECTIVE, SPACES, Param
+import yaml
+
+from components.evaluation.search_space import OBJECTIVE, SPACES, Param, katib_safe
 
 API_VERSION = "kubeflow.org/v1beta1"
 KUBE_VERSION = "1.30.0"
@@ -42,15 +44,29 @@ def _feasible(p: Param) -> dict[str, Any]:
     return {"min": str(lo), "max": str(hi), "distribution": "logUniform" if p.log else "uniform"}
 
 
+def _yaml_value(value: Any) -> str:
+    """``value`` as one-line YAML, so that ``--set key=<it>`` parses back to the same value."""
+    return yaml.safe_dump(value, default_flow_style=True, width=1_000_000).removesuffix("\n...\n").strip()
+
+
 def build_experiment(model: str, experiment: str, trials: int, image: str = "homefeed-steps:latest",
                      namespace: str = "kubeflow", data_path: str = "/data/homefeed", parallel: int = 2,
-                     seed: int = 0, early_stopping: tuple[int, int] | None = None) -> dict[str, Any]:
+                     seed: int = 0, early_stopping: tuple[int, int] | None = None, objective: str | None = None,
+                     overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The Katib Experiment for ``model``'s search space (:data:`SPACES`), ``trials`` trials, TPE;
-    ``early_stopping`` = (min_trials_required, start_step) of Katib's medianstop, or None for none."""
+    ``early_stopping`` = (min_trials_required, start_step) of Katib's medianstop, or None for none.
+    ``objective``: the metric the trials print (default :data:`OBJECTIVE`; the ranker's is its experiment's
+    ``val_metric``, ``search_space.objective_name``), made Katib-safe. ``overrides``: fixed ``--set`` values of
+    every trial (before the searched ones), as ``homefeed tune --set`` fixes them locally."""
     space = SPACES[model]
+    metric = katib_safe(objective or OBJECTIVE[model])
     name = f"homefeed-tune-{model}-{experiment.replace('_', '-')}"[:63].rstrip("-")
     command = ["homefeed", "tune", model, "--trial", "--experiment", experiment, "--data", data_path,
                "--seed", str(seed)] + ([] if early_stopping else ["--no-prune"])
+    searched = {p.name for p in space}
+    for key, value in (overrides or {}).items():
+        if key not in searched:
+            command += ["--set", f"{key}={_yaml_value(value)}"]
     for p in space:
         command += ["--set", f"{p.name}=${{trialParameters.{p.name}}}"]
     job = {"apiVersion": "batch/v1", "kind": "Job",
@@ -66,8 +82,8 @@ def build_experiment(model: str, experiment: str, trials: int, image: str = "hom
         "apiVersion": API_VERSION, "kind": "Experiment",
         "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/part-of": "homefeed"}},
         "spec": {
-            "objective": {"type": "maximize", "objectiveMetricName": OBJECTIVE[model],
-                          "metricStrategies": [{"name": OBJECTIVE[model], "value": "latest"}]},
+            "objective": {"type": "maximize", "objectiveMetricName": metric,
+                          "metricStrategies": [{"name": metric, "value": "latest"}]},
             "algorithm": {"algorithmName": "tpe", "algorithmSettings": [{"name": "random_state", "value": str(seed)}]},
             **stopping,
             "maxTrialCount": int(trials), "parallelTrialCount": int(parallel), "maxFailedTrialCount": 3,

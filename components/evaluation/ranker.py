@@ -9,7 +9,8 @@ baselines (per-pin popularity, logistic regression, LightGBM) on the same split 
 process so that its peak memory is its own: peak RSS is sampled every 5 ms while ``train`` runs.
 
 Early stopping (``patience`` > 0, as in the ``*_eval`` experiments): each run is validated on the ``val``
-period's requests (HIT@3/save), keeps its best weights and stops after ``patience`` validations without
+period's requests (its experiment's ``val_metric``: HIT@3/save by default, or ``auc_<task>``; the protocol records
+it per experiment, so ``eval merge`` keeps runs stopped on different metrics apart), keeps its best weights and stops after ``patience`` validations without
 gain; report with ``--period test`` so that no choice saw the reported requests.
 """
 
@@ -248,7 +249,7 @@ def evaluate(experiments: list[str], data_dir: str | Path, out_dir: str | Path =
                   "queries": "every evaluation request with at least one save (HIT@3/save); every row (AUC)",
                   "candidate pool": "each request's logged impressions", "seeds": seeds,
                   "overrides": extra, "tasks": tasks,
-                  "early stopping": {e: (f"HIT@3/save on the 'val' period every {c.val_every or 'epoch'}"
+                  "early stopping": {e: (f"{_val_metric_text(c)} on the 'val' period every {c.val_every or 'epoch'}"
                                          f"{' steps' if c.val_every else ''}, patience {c.patience}, best weights "
                                          "kept (report --period test)") if c.patience > 0 else "none"
                                      for e, c in cfgs.items()}},
@@ -284,6 +285,13 @@ def evaluate(experiments: list[str], data_dir: str | Path, out_dir: str | Path =
     write_result(result, out_dir)
     plot(result, out_dir / f"ranker_{dataset}.png")
     return result
+
+
+def _val_metric_text(cfg: Any) -> str:
+    """The early-stopping metric as the protocol says it: ``HIT@3/save`` for the default (the text of results
+    written before ``val_metric`` existed, so they still merge), else ``AUC(<task>) (val_metric auc_<task>)``."""
+    key = cfg.validation_metric()
+    return "HIT@3/save" if key == "hit3_save" else f"AUC({key.removeprefix('auc_')}) (val_metric {key})"
 
 
 def _default_command(experiments: list[str], data_dir: str | Path, out_dir: Path, seeds: list[int],

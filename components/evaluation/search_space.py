@@ -1,9 +1,11 @@
 """The search spaces ``homefeed tune`` explores, shared by the local Optuna study
 (:mod:`components.evaluation.tuning`) and the Katib ``Experiment`` for clusters
-(:mod:`components.evaluation.katib`): one space, one trial budget and one objective per model."""
+(:mod:`components.evaluation.katib`): one space, one trial budget and one objective per model (the ranker's
+objective is its experiment's ``val_metric``: :func:`objective_name`)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,5 +33,20 @@ SPACES: dict[str, list[Param]] = {
                Param("dropout", "float", 0.0, 0.3)],
 }
 TRIALS = {"pinsage": 20, "pinnerformer": 20, "ranker": 20}  # the budget, the same for every compared variant
-OBJECTIVE = {"pinsage": "mrr", "pinnerformer": "recall_at_10", "ranker": "hit3_save"}  # Katib-safe names
+# Katib-safe names; the ranker's is its config's val_metric (objective_name), hit3_save by default
+OBJECTIVE = {"pinsage": "mrr", "pinnerformer": "recall_at_10", "ranker": "hit3_save"}
 DEFAULT_EXPERIMENT = {"pinsage": "pinsage_eval", "pinnerformer": "pinnerformer_eval", "ranker": "ranker_tiny"}
+
+
+def katib_safe(name: str) -> str:
+    """``name`` with every character outside ``[A-Za-z0-9_-]`` as ``_``: what Katib's objectiveMetricName and its
+    StdOut collector's default ``name=value`` filter accept (``auc_<task>`` with any task name)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+
+def objective_name(model: str, cfg: Any = None) -> str:
+    """The study's objective (Katib metric) name: the ranker's is ``cfg``'s validation metric (``val_metric``,
+    ``RankerConfig.validation_metric``), the other models' :data:`OBJECTIVE`."""
+    if model == "ranker" and cfg is not None:
+        return katib_safe(cfg.validation_metric())
+    return OBJECTIVE[model]

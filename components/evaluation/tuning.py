@@ -3,8 +3,9 @@
 One search space per model (:data:`SPACES`), one fixed trial budget per model (:data:`TRIALS`, the same for
 every variant that is compared), one objective measured on the *validation* period only
 (:mod:`components.evaluation.protocol`): PinSage's MRR on held-out pairs of the validation days, PinnerFormer's
-Recall@10 on the validation half of the held-out users, the ranker's HIT@3/save on the validation days'
-requests. The test period is never scored while tuning; ``homefeed eval ... --period test`` reports it
+Recall@10 on the validation half of the held-out users, the ranker's ``val_metric`` (HIT@3/save by default, or
+``auc_<task>``: :func:`components.evaluation.search_space.objective_name`) on the validation days' requests, the
+metric its early stopping validates. The test period is never scored while tuning; ``homefeed eval ... --period test`` reports it
 once, with the tuned experiment.
 
 The best parameters are written as a YAML experiment (``<experiment>_tuned``, extending the base one) and
@@ -41,7 +42,7 @@ from components.evaluation.pinnerformer import recall_at_split
 from components.evaluation.pinnerformer_harness import content_pin_table, early_stopping, heldout_half
 from components.evaluation.protocol import Period, period_bounds
 from components.evaluation.ranker import ranker_period_metrics
-from components.evaluation.search_space import DEFAULT_EXPERIMENT, OBJECTIVE, SPACES, TRIALS, Model, Param
+from components.evaluation.search_space import DEFAULT_EXPERIMENT, SPACES, TRIALS, Model, Param, objective_name
 from components.graph.graph import build_graph
 from components.models.pinnerformer import load_model as load_pinnerformer
 from components.training import pinnerformer as pinnerformer_training
@@ -168,7 +169,8 @@ def validation_score(model: Model, data_dir: str | Path, experiment: str, params
         return float(r["recall@10"] or 0.0)
     val = period_bounds(data_dir, "val") if cfg.patience > 0 else None  # as the evaluation harness trains
     _raise_if_pruned(ranker_training.train(cfg, data_dir, work_dir / "model", val_period=val, report=report))
-    return ranker_period_metrics(work_dir / "model", data_dir, period)["hit3_save"] or 0.0
+    # the metric early stopping validated (val_metric); an undefined one (no save / one class) scores 0
+    return ranker_period_metrics(work_dir / "model", data_dir, period)[cfg.validation_metric()] or 0.0
 
 
 def _raise_if_pruned(metrics: dict[str, Any]) -> None:
@@ -199,7 +201,7 @@ def tune(model: Model, data_dir: str | Path, out_dir: str | Path, experiment: st
     # trial 0 is the experiment as configured, so a small budget never picks values that scored below it
     study.enqueue_trial(current_params(base, SPACES[model]))
     records: list[dict[str, Any]] = []
-    name = OBJECTIVE[model]
+    name = objective_name(model, base)  # the ranker's val_metric (what its trials validate), else OBJECTIVE
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, SPACES[model])
@@ -227,10 +229,11 @@ def tune(model: Model, data_dir: str | Path, out_dir: str | Path, experiment: st
     best = {k: (float(v) if isinstance(v, float) else v) for k, v in study.best_params.items()}
     durable.atomic_write_bytes(out_dir / f"{tuned}.yaml", yaml.safe_dump({tuned: {"extends": experiment, **(overrides or {}), **best}},
                                                                      sort_keys=False).encode())
-    manifest = build_experiment(model, experiment, trials, seed=seed, early_stopping=katib_early_stopping(prune))
+    manifest = build_experiment(model, experiment, trials, seed=seed, early_stopping=katib_early_stopping(prune),
+                                objective=name, overrides=overrides)
     durable.atomic_write_bytes(out_dir / f"{model}_katib.yaml", yaml.safe_dump(manifest, sort_keys=False).encode())
     summary = {"model": model, "experiment": experiment, "tuned_experiment": tuned, "trials": trials, "seed": seed,
-               "objective": f"{name} on the validation period (higher is better)",
+               "objective": f"{name} on the validation period (higher is better)", "objective_metric": name,
                "pruning": (f"{type(pruner).__name__}({_pruner_settings(pruner)}) on each validation; trial 0 never "
                            "pruned" if prune else "off (--no-prune)"),
                "pruned": sum(r["pruned"] for r in records),

@@ -348,11 +348,12 @@ class RankerTask(TrainTask):
 
 def validation_on(task: RankerTask, start: int, end: int | None,
                   report: Callable[[int, float | None], bool] | None = None) -> Validation:
-    """Early stopping for ``task`` (``cfg.patience`` > 0): HIT@3/save (AUC of the first task without a save
-    task) on its evaluation impressions in [start, end), the validation period; best weights kept. ``report``:
-    :class:`Validation`'s optional hook (a tuning study's pruner)."""
+    """Early stopping for ``task`` (``cfg.patience`` > 0): ``cfg.validation_metric()`` (``val_metric``:
+    HIT@3/save by default, AUC of the first task without a save task; or ``auc_<task>``) on its evaluation
+    impressions in [start, end), the validation period, logged as ``val_<metric>``; best weights kept.
+    ``report``: :class:`Validation`'s optional hook (a tuning study's pruner)."""
     cfg = task.cfg
-    key = "hit3_save" if "save" in cfg.tasks else f"auc_{cfg.tasks[0]}"
+    key = cfg.validation_metric()
 
     def score(model: nn.Module) -> float | None:
         data = task.eval_data
