@@ -140,3 +140,28 @@ def test_one_seed_records_the_readme_orderings_and_merge_recomputes_them(tiny_da
     diffs = [m.values(final, "auc_save")[s] - m.values(gbdt, "auc_save")[s] for s in (0, 1)]
     assert c.diff_mean == pytest.approx(sum(diffs) / 2)
     assert ranker_eval.orderings(["ranker_mlp_tiny", "ranker_dcnv2_lowrank_pepnet_tiny"]) == []  # no twin, no baseline
+
+
+def test_early_stopping_on_val_auc_save_is_recorded_in_the_protocol(tiny_data, tmp_path, capsys):
+    """val_metric=auc_save: the harness's run validates AUC(save) on the 'val' period (its train log's validate
+    events are val_auc_save), the protocol says so per experiment, and `eval merge` refuses to join it with a
+    result early-stopped on HIT@3/save (the default's protocol text, unchanged so older results still merge)."""
+    sets = {"patience": 1, "val_every": 2, "max_steps": 4, "max_train_rows": 3000, "log_every": 10_000,
+            "val_metric": "auc_save"}
+    out = tmp_path / "auc"
+    r = ranker_eval.evaluate(["ranker_mlp_tiny"], tiny_data, out, seeds=[0], overrides=sets, baselines=False)
+    text = r.protocol["early stopping"]["ranker_mlp_tiny"]
+    assert text.startswith("AUC(save) (val_metric auc_save) on the 'val' period every 2 steps, patience 1")
+    log = (out / "runs" / "ranker_synthetic" / "ranker_mlp_tiny" / "seed-0" / "train_log.jsonl").read_text()
+    vals = [x for x in map(json.loads, log.splitlines()) if x["event"] == "validate"]
+    assert vals and all(x["metric"] == "val_auc_save" for x in vals)
+    default = config.load("ranker_mlp_tiny", {**sets, "val_metric": "hit3_save"}, model="ranker")
+    assert ranker_eval._val_metric_text(default) == "HIT@3/save"
+    other = json.loads((out / "ranker_synthetic.json").read_text())
+    other["protocol"]["early stopping"]["ranker_mlp_tiny"] = text.replace("AUC(save) (val_metric auc_save)", "HIT@3/save")
+    (tmp_path / "hit").mkdir()
+    (tmp_path / "hit" / "ranker_synthetic.json").write_text(json.dumps(other))
+    capsys.readouterr()
+    assert cli_main(["eval", "merge", str(out / "ranker_synthetic.json"), str(tmp_path / "hit" / "ranker_synthetic.json"),
+                     "--out", str(tmp_path / "merged")]) == 2
+    assert "early stopping" in capsys.readouterr().err
