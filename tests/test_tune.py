@@ -270,3 +270,36 @@ def test_the_katib_manifest_of_an_auc_save_experiment_names_it_and_its_trial_pri
     assert float(lines[-1][2]) == pytest.approx(max(float(v) for _, _, v in lines[:-1]), abs=2e-6)
     # pinsage keeps its own objective
     assert build_experiment("pinsage", "pinsage_eval", 5)["spec"]["objective"]["objectiveMetricName"] == OBJECTIVE["pinsage"]
+
+
+def test_trial_seeds_score_each_trial_by_the_mean_of_its_trainings(tiny_data, tmp_path):
+    """--trial-seeds 0,1: every trial trains once per seed and scores their mean; the first seed's training is the
+    one a single-seed study runs (same value), and the Katib trial command carries the seeds."""
+    one = tuning.tune("pinsage", tiny_data, tmp_path / "one", "pinsage_tiny", trials=1, overrides=TINY)
+    two = tuning.tune("pinsage", tiny_data, tmp_path / "two", "pinsage_tiny", trials=2, overrides=TINY,
+                      trial_seeds=[0, 1])
+    assert two["trial_seeds"] == [0, 1] and one["trial_seeds"] == [0]
+    for r in two["records"]:
+        assert set(r["per_seed"]) == {"0", "1"} and r["mrr"] == pytest.approx(sum(r["per_seed"].values()) / 2)
+        assert (tmp_path / "two" / "trials" / f"pinsage-{r['trial']}" / "seed-1" / "model").is_dir()
+    assert two["records"][0]["per_seed"]["0"] == one["records"][0]["mrr"]  # trial 0, seed 0: the same training
+    assert two["records"][0]["per_seed"]["0"] != two["records"][0]["per_seed"]["1"]  # two real trainings
+    manifest = yaml.safe_load((tmp_path / "two" / "pinsage_katib.yaml").read_text())
+    command = manifest["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--trial-seeds") + 1] == "0,1"
+    validate_experiment(manifest)
+    assert "--trial-seeds" not in yaml.safe_load((tmp_path / "one" / "pinsage_katib.yaml").read_text())["spec"][
+        "trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
+def test_trial_with_two_seeds_prints_their_mean_last_and_bad_seeds_exit_2(tiny_data, tmp_path, capsys):
+    argv = ["tune", "pinsage", "--trial", "--experiment", "pinsage_tiny", "--data", str(tiny_data),
+            *[f"--set={k}={v}" for k, v in TINY.items()]]
+    values = []
+    for seeds in ("0", "1", "0,1"):
+        assert cli_main([*argv, "--trial-seeds", seeds]) == 0
+        values.append(float(capsys.readouterr().out.strip().splitlines()[-1].split("mrr=")[1]))
+    assert values[2] == pytest.approx((values[0] + values[1]) / 2, abs=1e-6)  # printed with 6 decimals
+    assert cli_main([*argv, "--trial-seeds", "0,x"]) == 2
+    err = capsys.readouterr().err
+    assert "--trial-seeds" in err and "0,x" in err and "Traceback" not in err

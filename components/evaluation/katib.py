@@ -52,17 +52,20 @@ def _yaml_value(value: Any) -> str:
 def build_experiment(model: str, experiment: str, trials: int, image: str = "homefeed-steps:latest",
                      namespace: str = "kubeflow", data_path: str = "/data/homefeed", parallel: int = 2,
                      seed: int = 0, early_stopping: tuple[int, int] | None = None, objective: str | None = None,
-                     overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                     overrides: dict[str, Any] | None = None, trial_seeds: list[int] | None = None) -> dict[str, Any]:
     """The Katib Experiment for ``model``'s search space (:data:`SPACES`), ``trials`` trials, TPE;
     ``early_stopping`` = (min_trials_required, start_step) of Katib's medianstop, or None for none.
     ``objective``: the metric the trials print (default :data:`OBJECTIVE`; the ranker's is its experiment's
     ``val_metric``, ``search_space.objective_name``), made Katib-safe. ``overrides``: fixed ``--set`` values of
-    every trial (before the searched ones), as ``homefeed tune --set`` fixes them locally."""
+    every trial (before the searched ones), as ``homefeed tune --set`` fixes them locally. ``trial_seeds``: more
+    than one makes every trial train once per seed and print their mean (``--trial-seeds``)."""
     space = SPACES[model]
     metric = katib_safe(objective or OBJECTIVE[model])
     name = f"homefeed-tune-{model}-{experiment.replace('_', '-')}"[:63].rstrip("-")
     command = ["homefeed", "tune", model, "--trial", "--experiment", experiment, "--data", data_path,
                "--seed", str(seed)] + ([] if early_stopping else ["--no-prune"])
+    if trial_seeds and list(trial_seeds) != [seed]:
+        command += ["--trial-seeds", ",".join(map(str, trial_seeds))]
     searched = {p.name for p in space}
     for key, value in (overrides or {}).items():
         if key not in searched:

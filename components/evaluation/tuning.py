@@ -173,6 +173,24 @@ def validation_score(model: Model, data_dir: str | Path, experiment: str, params
     return ranker_period_metrics(work_dir / "model", data_dir, period)[cfg.validation_metric()] or 0.0
 
 
+def mean_validation_score(model: Model, data_dir: str | Path, experiment: str, params: dict[str, Any],
+                          seeds: list[int], work_dir: str | Path, overrides: dict[str, Any] | None = None,
+                          report: Report | None = None) -> tuple[float, list[float]]:
+    """The mean of :func:`validation_score` over ``seeds`` (one training each) and the per-seed values.
+
+    One seed's early-stopped validation score moves by as much as a study's gain (README: PinSage's best trial,
+    re-run with its values rounded to 4 digits, fell from MRR 0.0396 to 0.0329), so a best-of-N over single
+    runs picks lucky runs; the mean of a few seeds is the fix. Only the first seed reports to ``report``: the
+    pruner compares trials on the same seed's curve, and a trial it stops never trains the other seeds. With one
+    seed the trial trains in ``work_dir`` itself (as before), else in ``work_dir/seed-<s>``."""
+    work_dir = Path(work_dir)
+    values = [validation_score(model, data_dir, experiment, params, s,
+                               work_dir if len(seeds) == 1 else work_dir / f"seed-{s}", overrides=overrides,
+                               report=report if i == 0 else None)
+              for i, s in enumerate(seeds)]
+    return float(np.mean(values)), values
+
+
 def _raise_if_pruned(metrics: dict[str, Any]) -> None:
     if metrics.get("stopped_by_report"):
         raise optuna.TrialPruned(f"pruned after validation {metrics.get('validations')}")
@@ -180,13 +198,15 @@ def _raise_if_pruned(metrics: dict[str, Any]) -> None:
 
 def tune(model: Model, data_dir: str | Path, out_dir: str | Path, experiment: str | None = None,
          trials: int | None = None, seed: int = 0, overrides: dict[str, Any] | None = None, prune: bool = True,
-         pruner: optuna.pruners.BasePruner | None = None) -> dict[str, Any]:
+         pruner: optuna.pruners.BasePruner | None = None, trial_seeds: list[int] | None = None) -> dict[str, Any]:
     """Run the Optuna study (TPE, seeded; trial 0 is ``experiment``'s own values) on the validation period;
     write ``<out>/<experiment>_tuned.yaml`` (the best parameters as an experiment), ``<out>/<model>_trials.json``
     and the Katib manifest ``<out>/<model>_katib.yaml``. With ``prune`` (default) each trial reports its
     validations and ``pruner`` (default :func:`default_pruner`) may stop it; trial 0 is never pruned. Every
     trial's record has its ``seconds``; a pruned one its last value, ``pruned: true`` and
-    ``stopped_at_validation``. Returns the summary written to the JSON file."""
+    ``stopped_at_validation``. ``trial_seeds`` (default ``[seed]``): every trial trains once per seed and
+    scores their mean (:func:`mean_validation_score`; its record lists ``per_seed``). Returns the summary
+    written to the JSON file."""
     if model not in SPACES:
         raise config_mod.ConfigError(f"tune: model '{model}' is not one of {sorted(SPACES)}")
     experiment = experiment or DEFAULT_EXPERIMENT[model]
@@ -194,6 +214,7 @@ def tune(model: Model, data_dir: str | Path, out_dir: str | Path, experiment: st
     trials = TRIALS[model] if trials is None else int(trials)
     if trials < 1:
         raise config_mod.ConfigError(f"tune: --trials must be >= 1, got {trials}")
+    seeds = list(dict.fromkeys(trial_seeds)) if trial_seeds else [seed]
     out_dir = Path(out_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner = (pruner or default_pruner()) if prune else optuna.pruners.NopPruner()
@@ -209,8 +230,9 @@ def tune(model: Model, data_dir: str | Path, out_dir: str | Path, experiment: st
         t0 = time.perf_counter()
         record: dict[str, Any] = {"trial": trial.number, "params": params}
         try:
-            value = validation_score(model, data_dir, experiment, params, seed, out_dir / "trials" / f"{model}-{trial.number}",
-                                     overrides=overrides, report=reports)
+            value, per_seed = mean_validation_score(model, data_dir, experiment, params, seeds,
+                                                    out_dir / "trials" / f"{model}-{trial.number}",
+                                                    overrides=overrides, report=reports)
         except optuna.TrialPruned:
             last = next(v for v in reversed(reports.values) if v is not None)
             records.append({**record, name: last, "pruned": True, "stopped_at_validation": reports.pruned_at,
@@ -218,6 +240,8 @@ def tune(model: Model, data_dir: str | Path, out_dir: str | Path, experiment: st
             print(f"[tune {model}] trial {trial.number}: {params} pruned at validation {reports.pruned_at} "
                   f"({name} {last:.4f})", flush=True)
             raise
+        if len(seeds) > 1:
+            record["per_seed"] = dict(zip(map(str, seeds), per_seed, strict=True))
         records.append({**record, name: value, "pruned": False,
                         **({"validations": len(reports.values)} if reports is not None else {}),
                         "seconds": round(time.perf_counter() - t0, 1)})
@@ -230,9 +254,10 @@ def tune(model: Model, data_dir: str | Path, out_dir: str | Path, experiment: st
     durable.atomic_write_bytes(out_dir / f"{tuned}.yaml", yaml.safe_dump({tuned: {"extends": experiment, **(overrides or {}), **best}},
                                                                      sort_keys=False).encode())
     manifest = build_experiment(model, experiment, trials, seed=seed, early_stopping=katib_early_stopping(prune),
-                                objective=name, overrides=overrides)
+                                objective=name, overrides=overrides, trial_seeds=seeds)
     durable.atomic_write_bytes(out_dir / f"{model}_katib.yaml", yaml.safe_dump(manifest, sort_keys=False).encode())
     summary = {"model": model, "experiment": experiment, "tuned_experiment": tuned, "trials": trials, "seed": seed,
+               "trial_seeds": seeds,
                "objective": f"{name} on the validation period (higher is better)", "objective_metric": name,
                "pruning": (f"{type(pruner).__name__}({_pruner_settings(pruner)}) on each validation; trial 0 never "
                            "pruned" if prune else "off (--no-prune)"),
