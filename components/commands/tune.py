@@ -31,10 +31,7 @@ def _run(args: argparse.Namespace) -> int:
     trials = args.trials if args.trials is not None else TRIALS[model]
     prune = not args.no_prune
     overrides = config.parse_overrides(args.overrides)
-    try:
-        seeds = parse_seeds(args.trial_seeds, default=args.seed)
-    except config.ConfigError as e:  # the same rules as eval's --seeds, named after this flag
-        raise config.ConfigError(str(e).replace("--seeds", "--trial-seeds", 1)) from None
+    seeds = parse_seeds(args.trial_seeds, default=args.seed, flag="--trial-seeds")
     # a bad experiment or value fails here; the ranker's objective is the experiment's val_metric
     name = objective_name(model, config.load(experiment, overrides, model=model))
     if args.katib:

@@ -94,7 +94,7 @@ def parse_rows(text: str | None) -> list[Row] | None:
         parts = item.split("/")
         row = (parts[0], parts[1], parts[2] == "logq") if len(parts) == 3 and parts[2] in ("logq", "nologq") else None
         if row not in known:
-            names = ", ".join(f"{o}/{n}/{'logq' if q else 'nologq'}" for o, n, q in known)
+            names = ", ".join(map(row_label, known))
             raise ConfigError(f"--rows: '{item}' is not one of {names}")
         rows.append(row)
     return rows
@@ -197,7 +197,7 @@ def run_eval(data_dir: str | Path, out_dir: str | Path, pin_embeddings: str | Pa
         row_cfg = per_row.get((objective, negatives, logq), base)
         cfg = dataclasses.replace(row_cfg, objective=objective, negatives=negatives, logq=logq, seed=seed,
                                   **EVAL_OVERRIDES)
-        run_dir = work / f"{objective}-{negatives}-{'logq' if logq else 'nologq'}" / f"seed-{seed}"
+        run_dir = work / row_label((objective, negatives, logq)).replace("/", "-") / f"seed-{seed}"
         t0 = time.perf_counter()
         metrics = train(cfg, data_dir, pin_embeddings, run_dir, evaluate=False,
                         validation=early_stopping(cfg, data_dir, table, seqs))

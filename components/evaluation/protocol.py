@@ -37,8 +37,9 @@ Period = Literal["val", "test", "all"]
 PERIODS: tuple[str, ...] = ("val", "test", "all")
 
 
-def parse_seeds(text: str | int | list[int] | None, default: int = 0) -> list[int]:
-    """``"0,1,2"`` -> [0, 1, 2]; ``"3"`` or 3 -> [3]; None -> [default]. Rejects negatives and duplicates."""
+def parse_seeds(text: str | int | list[int] | None, default: int = 0, flag: str = "--seeds") -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; ``"3"`` or 3 -> [3]; None -> [default]. Rejects negatives and duplicates, in an
+    error naming ``flag`` (the option that gave ``text``)."""
     if text is None or text == "":
         return [int(default)]
     if isinstance(text, int):
@@ -49,11 +50,11 @@ def parse_seeds(text: str | int | list[int] | None, default: int = 0) -> list[in
         try:
             items = [int(x) for x in str(text).split(",") if x.strip()]
         except ValueError:
-            raise ConfigError(f"--seeds: expected a comma-separated list of integers such as 0,1,2, got '{text}'") from None
+            raise ConfigError(f"{flag}: expected a comma-separated list of integers such as 0,1,2, got '{text}'") from None
     if not items or any(int(s) < 0 for s in items):
-        raise ConfigError(f"--seeds: expected non-negative integers such as 0,1,2, got '{text}'")
+        raise ConfigError(f"{flag}: expected non-negative integers such as 0,1,2, got '{text}'")
     if len(set(items)) != len(items):
-        raise ConfigError(f"--seeds: a seed is repeated in '{text}'")
+        raise ConfigError(f"{flag}: a seed is repeated in '{text}'")
     return [int(s) for s in items]
 
 

@@ -40,7 +40,7 @@ from components.evaluation import pinsage as pinsage_eval
 from components.evaluation.katib import build_experiment
 from components.evaluation.pinnerformer import recall_at_split
 from components.evaluation.pinnerformer_harness import content_pin_table, early_stopping, heldout_half
-from components.evaluation.protocol import Period, period_bounds
+from components.evaluation.protocol import Period, parse_seeds, period_bounds
 from components.evaluation.ranker import ranker_period_metrics
 from components.evaluation.search_space import DEFAULT_EXPERIMENT, SPACES, TRIALS, Model, Param, objective_name
 from components.graph.graph import build_graph
@@ -214,7 +214,7 @@ def tune(model: Model, data_dir: str | Path, out_dir: str | Path, experiment: st
     trials = TRIALS[model] if trials is None else int(trials)
     if trials < 1:
         raise config_mod.ConfigError(f"tune: --trials must be >= 1, got {trials}")
-    seeds = list(dict.fromkeys(trial_seeds)) if trial_seeds else [seed]
+    seeds = parse_seeds(trial_seeds or None, default=seed, flag="trial_seeds")
     out_dir = Path(out_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner = (pruner or default_pruner()) if prune else optuna.pruners.NopPruner()
