@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import optuna
 import pyarrow as pa
@@ -101,21 +101,27 @@ def test_one_trial_prints_the_validation_metric_for_katib(tiny_data, capsys):
     args = ["tune", "pinsage", "--trial", "--experiment", "pinsage_tiny", "--data", str(tiny_data), "--set", "lr=0.002"]
     args += [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
     assert cli_main(args) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    stamp, name, value = _katib_line(lines[-1])
+    out = capsys.readouterr().out
+    stamp, name, value = _katib_line(out.strip().splitlines()[-1], out)
     assert name == "mrr" and 0.0 < float(value) <= 1.0
     # TINY validates once (patience 1, one epoch): that value, then the best weights' score, the same weights
-    values = [_katib_line(line) for line in lines if "mrr=" in line]
+    values = _katib_lines(out, "mrr")
     assert len(values) == 2 and float(values[0][2]) == pytest.approx(float(value), abs=2e-6)
 
 
-def _katib_line(line):
-    """(time, name, value) of a line as Katib's StdOut collector reads it: an RFC 3339 first word (the
-    observation's time), then name=value (its default filter)."""
-    stamp, rest = line.split(" ", 1)
-    datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ")
+def _katib_lines(out, name):
+    """(time, name, value) of every line of stdout ``out`` that reports ``name``, each parsed as Katib's StdOut
+    collector reads it: an RFC 3339 first word (the observation's time), then name=value (its default filter). A
+    line that does not parse fails with the whole output, so that a failure elsewhere (CI) says what was printed."""
+    return [_katib_line(x, out) for x in out.strip().splitlines() if f"{name}=" in x]
+
+
+def _katib_line(line, out=""):
+    stamp, _, rest = line.partition(" ")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp), f"{line!r} in stdout:\n{out}"
+    assert abs(datetime.now(UTC) - datetime.fromisoformat(stamp)) < timedelta(hours=1), line  # this run's time
     m = re.fullmatch(r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)", rest.strip())
-    assert m, line
+    assert m, f"{line!r} in stdout:\n{out}"
     return stamp, m.group(1), m.group(2)
 
 
@@ -197,7 +203,7 @@ def test_a_ranker_trial_prints_each_validation_for_katib_and_no_prune_only_the_l
     base = ["tune", "ranker", "--trial", "--experiment", "ranker_tiny", "--data", str(tiny_data)]
     base += [x for k, v in RANKER.items() for x in ("--set", f"{k}={v}")]
     assert cli_main(base) == 0
-    lines = [_katib_line(x) for x in capsys.readouterr().out.strip().splitlines() if "hit3_save=" in x]
+    lines = _katib_lines(capsys.readouterr().out, "hit3_save")
     assert len(lines) == 4 + 1 and all(name == "hit3_save" for _, name, _ in lines)
     assert [t for t, _, _ in lines] == sorted(t for t, _, _ in lines)  # in time order, as medianstop needs
     # the last line (Katib's objective, metricStrategies latest) is the best validated weights' score
@@ -264,7 +270,7 @@ def test_the_katib_manifest_of_an_auc_save_experiment_names_it_and_its_trial_pri
     trial[trial.index("--data") + 1] = str(tiny_data)
     capsys.readouterr()
     assert cli_main(trial) == 0
-    lines = [_katib_line(x) for x in capsys.readouterr().out.strip().splitlines() if re.match(r"\d{4}-\d\d-\d\dT", x)]
+    lines = _katib_lines(capsys.readouterr().out, "auc_save")
     # each validation's value, then the best weights' score, all named as the objective
     assert len(lines) >= 2 and all(name == "auc_save" for _, name, _ in lines)
     assert float(lines[-1][2]) == pytest.approx(max(float(v) for _, _, v in lines[:-1]), abs=2e-6)

@@ -76,8 +76,16 @@ def katib_line(name: str, value: float) -> str:
     """``<RFC 3339 UTC time> name=value``: Katib's StdOut/File collector takes the line's first word as the
     observation's time when it parses as RFC 3339 (early stopping needs the order of the values) and reads
     ``name=value`` with its default filter."""
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return f"{now} {name}={value:.6f}"
+    return f"{rfc3339_now()} {name}={value:.6f}"
+
+
+def rfc3339_now() -> str:
+    """The current UTC time as RFC 3339 with microseconds (``2026-12-02T11:19:48.486966Z``), formatted from the
+    datetime's fields rather than by the C library's ``strftime``, whose result depends on the process's locale
+    and time settings."""
+    t = datetime.now(UTC)
+    return (f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
+            f".{t.microsecond:06d}Z")
 
 
 @dataclasses.dataclass
