@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -14,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from pymilvus import MilvusClient
 
 from components import stack, stackconfig
 from components.data import io
@@ -21,7 +26,8 @@ from components.data.baseline import content_embeddings
 from components.data.tables import write_table
 from components.serving import feast_store
 from components.serving import milvus_index as mi
-from components.stack.processes import alive
+from components.stack import servers
+from components.stack.processes import alive, stop_group
 from components.stackconfig import StackConfigError, load_stack, parse_stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -261,3 +267,64 @@ def test_a_stopped_server_restarts_on_its_port_with_its_data_and_password(server
         client("wrong").ping()
     with pytest.raises(stack.StackError, match="no server 'nope' recorded; recorded: .*valkey"):
         stack.restart(state, "nope")
+
+
+def test_a_milvus_start_whose_binary_dies_before_it_is_ready_is_started_again(server_stack):
+    """milvus-server's launcher keeps running when the standalone binary under it dies, so a start could wait out
+    its whole timeout (a restart under load did: a Go panic after /healthz answered). Here the binary of a restart
+    is killed (by its pid) as soon as it runs: the start sees it gone, keeps its logs, starts again and comes up
+    on the same endpoint with the same password."""
+    state = Path(server_stack.source).parent
+    binary_dir = str(state / "milvus" / "bin")
+    killed: list[int] = []
+    done = threading.Event()
+
+    def kill_the_first_binary() -> None:
+        while not done.is_set() and not killed:
+            for d in Path("/proc").iterdir():
+                try:
+                    argv = (d / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if d.name.isdigit() and argv[:3] == [f"{binary_dir}/milvus".encode(), b"run", b"standalone"]:
+                    os.kill(int(d.name), signal.SIGKILL)
+                    killed.append(int(d.name))
+                    return
+            time.sleep(0.05)
+
+    stack.stop_server(state, "milvus")
+    watcher = threading.Thread(target=kill_the_first_binary, daemon=True)
+    watcher.start()
+    try:
+        back = stack.restart(state, "milvus")
+    finally:
+        done.set()
+        watcher.join()
+    assert len(killed) == 1
+    kept = state / "milvus" / "logs" / "crashed-start-1"
+    assert kept.is_dir() and (kept / "milvus-stderr.log").exists()
+    assert back.endpoint == server_stack.milvus.uri
+    client = MilvusClient(uri=back.endpoint, token=server_stack.milvus_token(), timeout=10)
+    try:
+        client.list_collections()
+    finally:
+        client.close()
+
+
+def test_wait_names_a_server_that_died_under_its_launcher(tmp_path):
+    """The detection itself, on a real process tree: a launcher whose child prints a Go-style panic and exits
+    while the launcher sleeps on; _wait raises ServerCrashed quoting the panic and stops the launcher's group."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    child = "import sys, time; time.sleep(1); print('panic: boom', file=sys.stderr, flush=True); sys.exit(2)"
+    launcher = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}], "
+                f"stderr=open({str(logs / 'milvus-stderr.log')!r}, 'w')); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", launcher], start_new_session=True)
+    try:
+        with pytest.raises(servers.ServerCrashed, match=r"standalone binary \(pid \d+\) exited: milvus-stderr.log: panic: boom"):
+            servers._wait("x", proc, tmp_path / "x.log", lambda: False, 60,
+                          crashed=servers._milvus_binary_exited(proc.pid, logs))
+        assert alive(proc.pid) == []
+    finally:
+        stop_group(proc.pid)
+        proc.wait()

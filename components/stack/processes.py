@@ -14,18 +14,23 @@ class StackError(RuntimeError):
     """A server of the stack could not start or stop; the message names it and carries its log tail."""
 
 
-def alive(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, from /proc."""
-    pids = []
+def group_states(pgid: int) -> dict[int, str]:
+    """The processes of a process group and their states (``Z``: exited, not yet reaped by its parent), from /proc."""
+    states = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
                 fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                pids.append(int(d.name))
-    return pids
+            if int(fields[2]) == pgid:
+                states[int(d.name)] = fields[0]
+    return states
+
+
+def alive(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, from /proc."""
+    return [pid for pid, state in group_states(pgid).items() if state != "Z"]
 
 
 def stop_group(pgid: int, sig: int = signal.SIGTERM, grace_s: float = 20.0) -> list[int]:

@@ -36,7 +36,7 @@ import redis
 from pymilvus import MilvusClient
 
 from components.serving.triton import TritonServer, free_port
-from components.stack.processes import StackError, stop_group, wait_port_free
+from components.stack.processes import StackError, group_states, stop_group, wait_port_free
 
 __all__ = ["Proc", "start_valkey", "start_postgres", "start_milvus", "start_feast_serve", "start_triton", "valkey_binary"]
 
@@ -72,7 +72,15 @@ def _spawn(name: str, cmd: list[str], log: Path, env: dict[str, str] | None = No
                                 start_new_session=True, user=user)
 
 
-def _wait(name: str, proc: subprocess.Popen, log: Path, ready: Callable[[], bool], timeout_s: float) -> None:
+class ServerCrashed(StackError):
+    """A server died before it was ready while the process we started lives on (milvus-server's launcher keeps
+    running when the standalone binary under it exits)."""
+
+
+def _wait(name: str, proc: subprocess.Popen, log: Path, ready: Callable[[], bool], timeout_s: float,
+          crashed: Callable[[], str | None] | None = None) -> None:
+    """Poll ``ready`` until it is true; fail when ``proc`` exits, when ``crashed`` returns why the server died
+    (:class:`ServerCrashed`), or after ``timeout_s``, stopping the process group on the way out."""
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:
@@ -82,6 +90,9 @@ def _wait(name: str, proc: subprocess.Popen, log: Path, ready: Callable[[], bool
                 return
         except Exception:  # noqa: BLE001 - not up yet: connection refused, reset, auth not set up yet
             pass
+        if crashed is not None and (why := crashed()):
+            stop_group(proc.pid)
+            raise ServerCrashed(f"{name}: {why} before it was ready")
         if time.monotonic() > deadline:
             stop_group(proc.pid)
             raise StackError(f"{name} not ready after {timeout_s:.0f} s (log {log}):\n{_tail(log)}")
@@ -282,8 +293,8 @@ def start_milvus(state: Path, password: str, timeout_s: float = 420.0, port: int
     env = {**os.environ, "ETCD_CONFIG_PATH": str(etcd_conf)}
     settings = [arg for key, value in (MILVUS_CONFIG if config is None else config).items()
                 for arg in ("--extra-config", f"{key}={value}")]
-    proc = _spawn("milvus", [str(exe), "--data", str(data), "--proxy-port", str(port), "--etcd-port", str(etcd_client),
-                             "--authorization-enabled", "true", *settings], log, env=env)
+    cmd = [str(exe), "--data", str(data), "--proxy-port", str(port), "--etcd-port", str(etcd_client),
+           "--authorization-enabled", "true", *settings]
     uri = f"http://127.0.0.1:{port}"
     changed = {"done": restart}
 
@@ -302,14 +313,71 @@ def start_milvus(state: Path, password: str, timeout_s: float = 420.0, port: int
         finally:
             client.close()
 
-    try:
-        _wait("milvus-server", proc, log, ready, timeout_s)
-    except StackError as e:  # the wrapper's log is a banner: add the standalone server's own log
-        logs = sorted((data / "logs").glob("*.log"), key=lambda f: f.stat().st_mtime)
-        raise StackError(f"{e}\n{logs[-1] if logs else data / 'logs'}:\n{_tail(logs[-1], 40) if logs else ''}") from None
+    # The standalone binary can die while starting (seen once in a restart on a loaded 2-core machine: a Go panic
+    # after /healthz answered) and the launcher then waits forever: that is detected and the start tried again.
+    deadline = time.monotonic() + timeout_s
+    crashes: list[str] = []
+    while True:
+        proc = _spawn("milvus", cmd, log, env=env)
+        try:
+            _wait("milvus-server", proc, log, ready, max(deadline - time.monotonic(), 1.0),
+                  crashed=_milvus_binary_exited(proc.pid, data / "logs"))
+            break
+        except ServerCrashed as e:
+            crashes.append(f"{e}; its logs kept in {_keep_logs(data / 'logs', len(crashes) + 1)}")
+            if len(crashes) > MILVUS_START_ATTEMPTS - 1 or time.monotonic() > deadline:
+                raise ServerCrashed("\n".join(crashes)) from None
+            print(f"{crashes[-1]}; starting it again", file=sys.stderr, flush=True)
+            wait_port_free(port, reuse_addr=False)
+        except StackError as e:  # the wrapper's log is a banner: add the standalone server's own log
+            logs = sorted((data / "logs").glob("*.log"), key=lambda f: f.stat().st_mtime)
+            raise StackError(f"{e}\n{logs[-1] if logs else data / 'logs'}:\n{_tail(logs[-1], 40) if logs else ''}") from None
     # the unpacked server binaries and data (~500 MB) go with the stack
     return Proc("milvus", proc.pid, uri, str(log), cleanup=[str(data)],
                 extra={"etcd_client": str(etcd_client), "etcd_peer": str(etcd_peer)})
+
+
+MILVUS_START_ATTEMPTS = 2  # a start whose standalone binary dies before it is ready is tried once more
+
+
+def _milvus_binary_exited(launcher: int, logs: Path) -> Callable[[], str | None]:
+    """For :func:`_wait`: why the standalone binary under milvus-server's launcher (process group ``launcher``)
+    is gone, else None. The launcher never reaps it, so an exited binary stays a zombie of the group (or, seen
+    running before, is no longer there); the reason quotes the first panic or fatal line of its logs."""
+    seen: list[int] = []
+
+    def crashed() -> str | None:
+        children = {pid: state for pid, state in group_states(launcher).items() if pid != launcher}
+        exited = [pid for pid, state in children.items() if state == "Z"]
+        if not exited and (children or not seen):  # running, or not started yet
+            seen[:] = seen or list(children)
+            return None
+        pid = (exited or seen)[0]
+        return f"the standalone binary (pid {pid}) exited: {_first_fatal(logs) or 'no panic or fatal line in its logs'}"
+
+    return crashed
+
+
+def _first_fatal(logs: Path) -> str:
+    """The first line of milvus-stderr.log / milvus-stdout.log that reports a panic or a fatal error."""
+    for name in ("milvus-stderr.log", "milvus-stdout.log"):
+        try:
+            lines = (logs / name).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if line.startswith(("panic:", "fatal error:")) or "[FATAL]" in line or "[PANIC]" in line:
+                return f"{name}: {line[:300]}"
+    return ""
+
+
+def _keep_logs(logs: Path, attempt: int) -> Path:
+    """Copy the standalone binary's logs aside before a new start truncates them; return where."""
+    kept = logs / f"crashed-start-{attempt}"
+    kept.mkdir(parents=True, exist_ok=True)
+    for f in logs.glob("milvus-std*.log"):
+        shutil.copy2(f, kept / f.name)
+    return kept
 
 
 # ---- feast serve ----------------------------------------------------------------------------------
