@@ -313,8 +313,8 @@ def start_milvus(state: Path, password: str, timeout_s: float = 420.0, port: int
         finally:
             client.close()
 
-    # The standalone binary can die while starting (seen once in a restart on a loaded 2-core machine: a Go goroutine dump
-    # after /healthz answered) and the launcher then waits forever: that is detected and the start tried again.
+    # The standalone binary can die while starting (seen once in a restart on a loaded 2-core machine: a goroutine
+    # dump after /healthz answered) and the launcher then waits forever: that is detected and the start tried again.
     deadline = time.monotonic() + timeout_s
     crashes: list[str] = []
     while True:
