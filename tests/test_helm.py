@@ -933,7 +933,7 @@ def test_official_chart_values_files():
     milvus = yaml.safe_load((REPO / "helm" / "milvus-values.yaml").read_text())
     redis = yaml.safe_load((REPO / "helm" / "redis-values.yaml").read_text())
     assert milvus["cluster"]["enabled"] is False
-    from components.stack.servers import MILVUS_CONFIG  # the segment size the local stack's server runs with
+    from components.stack.milvus_server import MILVUS_CONFIG  # the segment size the local stack's server runs with
     user = yaml.safe_load(milvus["extraConfigFiles"]["user.yaml"])
     assert str(user["dataCoord"]["segment"]["maxSize"]) == MILVUS_CONFIG["dataCoord.segment.maxSize"]
     assert values["endpoints"]["milvus"]["uri"] == f"http://milvus:{milvus['service']['port']}"

@@ -17,7 +17,7 @@ from components.data.tables import write_table
 from components.serving import milvus_index as mi
 from components.serving import milvus_search as ms
 from components.serving.recommend import RecommendConfig
-from components.stack.servers import MILVUS_CONFIG
+from components.stack.milvus_server import MILVUS_CONFIG
 from components.stackconfig import StackConfigError, load_stack, parse_stack, to_dict
 
 
@@ -107,7 +107,7 @@ def test_the_server_serves_the_built_collection_from_indexed_sealed_segments(ser
         _same_hits(client, alias, table, 100)
     finally:
         mi.disconnect(client, uri)
-    # the stack started its Milvus with the settings of components.stack.servers.MILVUS_CONFIG
+    # the stack started its Milvus with the settings of components.stack.milvus_server.MILVUS_CONFIG
     written = (state / "milvus" / "configs" / "milvus.yaml").read_text()
     assert "maxSize: 2048 # Maximum size of a segment in MB" in written
     assert MILVUS_CONFIG["dataCoord.segment.maxSize"] == "2048"

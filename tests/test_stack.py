@@ -26,7 +26,7 @@ from components.data.baseline import content_embeddings
 from components.data.tables import write_table
 from components.serving import feast_store
 from components.serving import milvus_index as mi
-from components.stack import servers
+from components.stack import milvus_server, servers
 from components.stack.processes import alive, stop_group
 from components.stackconfig import StackConfigError, load_stack, parse_stack
 
@@ -323,7 +323,7 @@ def test_wait_names_a_server_that_died_under_its_launcher(tmp_path):
     try:
         with pytest.raises(servers.ServerCrashed, match=r"standalone binary \(pid \d+\) exited: milvus-stderr.log: panic: boom"):
             servers._wait("x", proc, tmp_path / "x.log", lambda: False, 60,
-                          crashed=servers._milvus_binary_exited(proc.pid, logs))
+                          crashed=milvus_server._milvus_binary_exited(proc.pid, logs))
         assert alive(proc.pid) == []
     finally:
         stop_group(proc.pid)

@@ -27,15 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+from components.stack.milvus_server import start_milvus
 from components.stack.processes import StackError, alive, endpoint_port, remove, stop_group
-from components.stack.servers import (
-    Proc,
-    start_feast_serve,
-    start_milvus,
-    start_postgres,
-    start_triton,
-    start_valkey,
-)
+from components.stack.servers import Proc, start_feast_serve, start_postgres, start_triton, start_valkey
 from components.stackconfig import PROFILES, SecretRef, StackConfig, dump_stack, feast_secret_env, load_stack
 
 STACK_FILE = "stack.yaml"

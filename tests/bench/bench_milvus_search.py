@@ -3,7 +3,7 @@
     HOMEFEED_BENCH_MILVUS_PINS=100000 pytest -q -s tests/bench/bench_milvus_search.py
     HOMEFEED_BENCH_MILVUS_SEGMENT_MB=16 ...   # the server's dataCoord.segment.maxSize: many small segments
 
-One Milvus server started as the stack starts it (components.stack.servers.start_milvus, with its MILVUS_CONFIG
+One Milvus server started as the stack starts it (components.stack.milvus_server.start_milvus, with its MILVUS_CONFIG
 unless HOMEFEED_BENCH_MILVUS_SEGMENT_MB is set), HOMEFEED_BENCH_MILVUS_PINS (default 20000) clustered 64-d pins
 indexed by ``milvus_index.build_index`` (HNSW M 16, efConstruction 200), plus a 10-row collection. Then ROUNDS
 rounds; in each, every variant runs BATCH single-query requests (order reversed every other round, so load drifts
@@ -38,8 +38,8 @@ import numpy as np
 from components.data.tables import EmbeddingTable, write_table
 from components.serving import milvus_index as mi
 from components.serving import milvus_search as ms
+from components.stack.milvus_server import MILVUS_CONFIG, start_milvus
 from components.stack.processes import alive, stop_group
-from components.stack.servers import MILVUS_CONFIG, start_milvus
 
 PINS = int(os.environ.get("HOMEFEED_BENCH_MILVUS_PINS", "20000"))
 SEGMENT_MB = os.environ.get("HOMEFEED_BENCH_MILVUS_SEGMENT_MB", "")
