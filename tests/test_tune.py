@@ -59,7 +59,9 @@ def test_tune_two_trials_never_reads_the_test_period(tiny_data, tmp_path):
     assert tuned["pinsage_tiny_tuned"]["extends"] == "pinsage_tiny"
     assert {p.name for p in SPACES["pinsage"]} <= set(tuned["pinsage_tiny_tuned"])
     assert tuned["pinsage_tiny_tuned"]["lr"] == a["best_params"]["lr"]
-    assert json.loads((tmp_path / "a" / "pinsage_trials.json").read_text())["trials"] == 2
+    written = json.loads((tmp_path / "a" / "pinsage_trials.json").read_text())
+    assert written["trials"] == 2
+    assert written["pruning"] == "MedianPruner(n_startup_trials=5, n_warmup_steps=2) on each validation; trial 0 never pruned"
     validate_experiment(yaml.safe_load((tmp_path / "a" / "pinsage_katib.yaml").read_text()))
 
 

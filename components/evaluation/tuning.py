@@ -67,6 +67,9 @@ def katib_early_stopping(prune: bool = True) -> tuple[int, int] | None:
     return (PRUNE_STARTUP_TRIALS, PRUNE_WARMUP_VALIDATIONS + 1) if prune else None
 
 
+DEFAULT_PRUNING = f"MedianPruner(n_startup_trials={PRUNE_STARTUP_TRIALS}, n_warmup_steps={PRUNE_WARMUP_VALIDATIONS})"
+
+
 def default_pruner() -> optuna.pruners.BasePruner:
     """The study's pruner: median stopping with the settings above."""
     return optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=PRUNE_WARMUP_VALIDATIONS)
@@ -225,6 +228,9 @@ def tune(model: Model, data_dir: str | Path, out_dir: str | Path, experiment: st
     seeds = parse_seeds(trial_seeds or None, default=seed, flag="trial_seeds")
     out_dir = Path(out_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # what trials.json says of the pruning: the default's settings come from the constants it is built from (Optuna
+    # has no public accessor); a pruner given by the caller is named by its class
+    pruning = (f"{type(pruner).__name__} (given)" if pruner is not None else DEFAULT_PRUNING) if prune else None
     pruner = (pruner or default_pruner()) if prune else optuna.pruners.NopPruner()
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
     # trial 0 is the experiment as configured, so a small budget never picks values that scored below it
@@ -267,18 +273,10 @@ def tune(model: Model, data_dir: str | Path, out_dir: str | Path, experiment: st
     summary = {"model": model, "experiment": experiment, "tuned_experiment": tuned, "trials": trials, "seed": seed,
                "trial_seeds": seeds,
                "objective": f"{name} on the validation period (higher is better)", "objective_metric": name,
-               "pruning": (f"{type(pruner).__name__}({_pruner_settings(pruner)}) on each validation; trial 0 never "
-                           "pruned" if prune else "off (--no-prune)"),
+               "pruning": f"{pruning} on each validation; trial 0 never pruned" if pruning else "off (--no-prune)",
                "pruned": sum(r["pruned"] for r in records),
                "seconds": round(sum(r["seconds"] for r in records), 1),
                "best_params": best, "best_value": float(study.best_value), "records": records,
                "space": [dataclasses.asdict(p) for p in SPACES[model]]}
     durable.atomic_write_bytes(out_dir / f"{model}_trials.json", json.dumps(summary, indent=2).encode())
     return summary
-
-
-def _pruner_settings(pruner: optuna.pruners.BasePruner) -> str:
-    """``n_startup_trials=5, n_warmup_steps=2`` for a MedianPruner (its private fields; '' if unknown)."""
-    keys = ("n_startup_trials", "n_warmup_steps", "lower", "upper")
-    values = {k: getattr(pruner, "_" + k, None) for k in keys}
-    return ", ".join(f"{k}={v}" for k, v in values.items() if v is not None and abs(v) != float("inf"))
