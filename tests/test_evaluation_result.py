@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
+import re
 
 import pytest
 
@@ -71,3 +73,7 @@ def test_write_and_read_round_trip(tmp_path):
     assert "| A > B | mrr |" in md and "holds" in md and "different protocol" in md
     d = json.loads(path.read_text())
     assert d["summary"]["A"]["mrr"]["mean"] == pytest.approx(0.31) and d["metrics"]["train_seconds"] == "lower"
+    # created_at: this run's UTC time, RFC 3339 to the second
+    created = dt.datetime.fromisoformat(d["created_at"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", d["created_at"])
+    assert abs(dt.datetime.now(dt.UTC) - created) < dt.timedelta(hours=1)

@@ -23,8 +23,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +53,15 @@ def _clean(v: Any) -> float | None:
         return None
     v = float(v)
     return v if math.isfinite(v) else None
+
+
+def rfc3339_utc(microseconds: bool = False) -> str:
+    """The current UTC time as RFC 3339 (``2026-12-02T11:19:48Z``, or ``...48.486966Z``), formatted from the
+    datetime's fields rather than by the C library's ``strftime``: CI once printed an empty first word where
+    ``strftime`` made the time of a Katib line, a result no locale or TZ reproduced here."""
+    t = datetime.now(UTC)
+    frac = f".{t.microsecond:06d}" if microseconds else ""
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}{frac}Z"
 
 
 @dataclass
@@ -139,7 +148,7 @@ class EvalResult:
     papers: list[PaperNumber] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
-    created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    created_at: str = field(default_factory=rfc3339_utc)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from components.evaluation.pinnerformer import recall_at_split
 from components.evaluation.pinnerformer_harness import content_pin_table, early_stopping, heldout_half
 from components.evaluation.protocol import Period, parse_seeds, period_bounds
 from components.evaluation.ranker import ranker_period_metrics
+from components.evaluation.result import rfc3339_utc
 from components.evaluation.search_space import DEFAULT_EXPERIMENT, SPACES, TRIALS, Model, Param, objective_name
 from components.graph.graph import build_graph
 from components.models.pinnerformer import load_model as load_pinnerformer
@@ -79,16 +79,7 @@ def katib_line(name: str, value: float) -> str:
     """``<RFC 3339 UTC time> name=value``: Katib's StdOut/File collector takes the line's first word as the
     observation's time when it parses as RFC 3339 (early stopping needs the order of the values) and reads
     ``name=value`` with its default filter."""
-    return f"{rfc3339_now()} {name}={value:.6f}"
-
-
-def rfc3339_now() -> str:
-    """The current UTC time as RFC 3339 with microseconds (``2026-12-02T11:19:48.486966Z``), formatted from the
-    datetime's fields rather than by the C library's ``strftime``, whose result depends on the process's locale
-    and time settings."""
-    t = datetime.now(UTC)
-    return (f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
-            f".{t.microsecond:06d}Z")
+    return f"{rfc3339_utc(microseconds=True)} {name}={value:.6f}"
 
 
 @dataclasses.dataclass
