@@ -271,7 +271,7 @@ def test_a_stopped_server_restarts_on_its_port_with_its_data_and_password(server
 
 def test_a_milvus_start_whose_binary_dies_before_it_is_ready_is_started_again(server_stack):
     """milvus-server's launcher keeps running when the standalone binary under it dies, so a start could wait out
-    its whole timeout (a restart under load did: a Go panic after /healthz answered). Here the binary of a restart
+    its whole timeout (a restart under load did: a goroutine dump after /healthz answered). Here the binary of a restart
     is killed (by its pid) as soon as it runs: the start sees it gone, keeps its logs, starts again and comes up
     on the same endpoint with the same password."""
     state = Path(server_stack.source).parent

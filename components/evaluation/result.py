@@ -56,12 +56,11 @@ def _clean(v: Any) -> float | None:
 
 
 def rfc3339_utc(microseconds: bool = False) -> str:
-    """The current UTC time as RFC 3339 (``2026-12-02T11:19:48Z``, or ``...48.486966Z``), formatted from the
-    datetime's fields rather than by the C library's ``strftime``: CI once printed an empty first word where
-    ``strftime`` made the time of a Katib line, a result no locale or TZ reproduced here."""
-    t = datetime.now(UTC)
-    frac = f".{t.microsecond:06d}" if microseconds else ""
-    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}{frac}Z"
+    """The current UTC time as RFC 3339 (``2026-12-02T11:19:48Z``, or ``...48.486966Z``), by ``isoformat`` rather
+    than the C library's ``strftime``: CI once printed an empty first word where ``strftime`` made the time of a
+    Katib line, a result no locale or TZ reproduced here."""
+    now = datetime.now(UTC).isoformat(timespec="microseconds" if microseconds else "seconds")
+    return now.replace("+00:00", "Z")
 
 
 @dataclass

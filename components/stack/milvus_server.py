@@ -116,7 +116,7 @@ def start_milvus(state: Path, password: str, timeout_s: float = 420.0, port: int
             break
         except ServerCrashed as e:
             crashes.append(f"{e}; its logs kept in {_keep_logs(data / 'logs', len(crashes) + 1)}")
-            if len(crashes) > MILVUS_START_ATTEMPTS - 1 or time.monotonic() > deadline:
+            if len(crashes) >= MILVUS_START_ATTEMPTS or time.monotonic() > deadline:
                 raise ServerCrashed("\n".join(crashes)) from None
             print(f"{crashes[-1]}; starting it again", file=sys.stderr, flush=True)
             wait_port_free(port, reuse_addr=False)
