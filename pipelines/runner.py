@@ -9,12 +9,14 @@ lists every artifact path and the parameters, and the daily run reads the traini
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import inspect
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,22 @@ def _summary(root: Path, prefix: str, since: float) -> tuple[Path, dict[str, dic
     return run, tasks
 
 
+@contextmanager
+def local_session(pipeline_root: Path, workspace_root: Path) -> Iterator[None]:
+    """``kfp.local`` initialised for a run (SubprocessRunner without a venv, errors raised), and this process's
+    ``print`` as it was afterwards. kfp.local 2.17 indents ``print`` for each task by swapping ``builtins.print``
+    and putting back the one it found; the threads of a ``dsl.ParallelFor`` (the sharded daily run) put back each
+    other's, so ``print`` stayed indented in the process: the Katib lines of a later ``homefeed tune --trial``
+    started with spaces and Katib would not have read their time."""
+    original = builtins.print
+    kfp_local.init(runner=kfp_local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
+                   workspace_root=str(workspace_root), raise_on_error=True)
+    try:
+        yield
+    finally:
+        builtins.print = original
+
+
 def run_local(name: str, out: str | Path, params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run pipeline ``name`` with ``kfp.local``; write and return ``<out>/<name>-run.json``.
 
@@ -122,10 +140,9 @@ def run_local(name: str, out: str | Path, params: dict[str, Any] | None = None) 
     _check_params(func, params, name)
     root = out / "kfp"
     root.mkdir(parents=True, exist_ok=True)
-    kfp_local.init(runner=kfp_local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
-               workspace_root=str(out / "kfp-workspace"), raise_on_error=True)
     t0 = time.time()
-    func(**params)
+    with local_session(root, out / "kfp-workspace"):
+        func(**params)
     run_dir, tasks = _summary(root, PIPELINES[name], t0)
     summary = {"pipeline": PIPELINES[name], "run_dir": str(run_dir), "seconds": round(time.time() - t0, 1),
                "parameters": params, "artifacts": tasks}

@@ -5,7 +5,9 @@ kfp.local with 3 shards against the unsharded library calls its steps wrap)."""
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -99,10 +101,8 @@ def daily_run(models, tiny_data, tmp_path_factory) -> dict:
     """The daily pipeline through kfp.local with 3 shards (user store seeded with the previous day, Feast on SQLite,
     Milvus Lite). The unsharded daily pipeline runs end to end in test_pipelines_local, test_stack_pipeline and
     test_demo; here the sharded run is compared with the unsharded library calls (``unsharded``)."""
-    from kfp import local
-
     from components.inference.users import embed_users
-    from pipelines.runner import PIPELINES, _summary, pipeline_func
+    from pipelines.runner import PIPELINES, _summary, local_session, pipeline_func
 
     date = _date(tiny_data)
     previous = [d for d in io.partitions(tiny_data, "events") if d < date][-1]
@@ -110,15 +110,23 @@ def daily_run(models, tiny_data, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp(f"daily_{SHARDS}_shards")
     store = out / "store"
     embed_users(models / "pinnerformer", tiny_data, pin_table, store / "embeddings", previous)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"),
-               workspace_root=str(out / "kfp-workspace"), raise_on_error=True)
     t0 = dt.datetime.now().timestamp()
-    pipeline_func("daily", local=True)(
-        date=date, data_uri=str(tiny_data), pinsage_model_uri=str(models / "pinsage"),
-        pinnerformer_model_uri=str(models / "pinnerformer"), embeddings_root=str(store / "embeddings"),
-        feature_repo=str(store / "feature_repo"), milvus_uri=str(store / "milvus.db"), shards=SHARDS)
+    print_before = builtins.print
+    with local_session(out / "kfp", out / "kfp-workspace"):
+        pipeline_func("daily", local=True)(
+            date=date, data_uri=str(tiny_data), pinsage_model_uri=str(models / "pinsage"),
+            pinnerformer_model_uri=str(models / "pinnerformer"), embeddings_root=str(store / "embeddings"),
+            feature_repo=str(store / "feature_repo"), milvus_uri=str(store / "milvus.db"), shards=SHARDS)
     run_dir, tasks = _summary(out / "kfp", PIPELINES["daily"], t0)
-    return {"store": store, "tasks": tasks, "run_dir": run_dir, "date": date, "previous": previous}
+    return {"store": store, "tasks": tasks, "run_dir": run_dir, "date": date, "previous": previous,
+            "print_before": print_before, "print_after": builtins.print}
+
+
+def test_a_sharded_run_leaves_print_as_it_was(daily_run):
+    """kfp.local's ParallelFor threads race on the ``builtins.print`` each task indents; the run's session puts
+    the process's ``print`` back (before it, a later Katib line in the same test process began with spaces)."""
+    assert daily_run["print_after"] is daily_run["print_before"]
+    assert inspect.isbuiltin(builtins.print)
 
 
 @pytest.fixture(scope="module")
