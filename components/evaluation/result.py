@@ -56,9 +56,8 @@ def _clean(v: Any) -> float | None:
 
 
 def rfc3339_utc(microseconds: bool = False) -> str:
-    """The current UTC time as RFC 3339 (``2026-12-02T11:19:48Z``, or ``...48.486966Z``), by ``isoformat`` rather
-    than the C library's ``strftime``: CI once printed an empty first word where ``strftime`` made the time of a
-    Katib line, a result no locale or TZ reproduced here."""
+    """The current UTC time as RFC 3339 (``2026-12-02T11:19:48Z``, or ``...48.486966Z``, the time of a Katib
+    line), by ``isoformat``."""
     now = datetime.now(UTC).isoformat(timespec="microseconds" if microseconds else "seconds")
     return now.replace("+00:00", "Z")
 
